@@ -1,0 +1,131 @@
+"""The model directory: the contract between export (training/export.py) and everything that serves it.
+
+    decoder.pt     TorchScript  forward(z: float32[N, D], y: int64[N]) -> float32[N, 1, 28, 28] in [0, 1]
+                                logits(z, y) -> the same before the sigmoid
+    encoder.pt     TorchScript  forward(x: float32[N, 1, 28, 28] in [0, 1], y: int64[N])
+                                -> (mean: float32[N, D], log_var: float32[N, D])
+    manifest.json  format_version, id, latent_dim, image_shape, labels, prior, data, config, metrics,
+                   artifacts (sha256 of each file above), torch_version, created, reproduce
+
+Loading verifies every checksum and refuses, naming the file, when anything is missing or differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.prior import GaussianPrior
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+ENCODER_FILE = "encoder.pt"
+DECODER_FILE = "decoder.pt"
+ARTIFACT_FILES = (DECODER_FILE, ENCODER_FILE)
+REQUIRED_KEYS = ("format_version", "id", "latent_dim", "image_shape", "labels", "prior", "artifacts")
+
+
+class ModelDirError(RuntimeError):
+    """The model directory cannot be used; the message names the file and what is wrong with it."""
+
+
+@contextlib.contextmanager
+def quiet_torchscript() -> Iterator[None]:
+    """TorchScript works in torch 2.13 but warns on every call that it is deprecated; the product keeps it
+    on purpose (behind export's equality check), so those warnings are not for users' eyes."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=DeprecationWarning)
+        yield
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    encoder: torch.jit.ScriptModule
+    decoder: torch.jit.ScriptModule
+    prior: GaussianPrior
+    manifest: dict[str, Any]
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return str(self.manifest["id"])
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.manifest["latent_dim"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.manifest["labels"])
+
+
+def read_manifest(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / MANIFEST_FILE
+    if not Path(model_dir).is_dir():
+        raise ModelDirError(f"{model_dir}: model directory does not exist")
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise ModelDirError(f"{path}: missing (not a model directory?)") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelDirError(f"{path}: unreadable: {e}") from e
+    if not isinstance(manifest, dict):
+        raise ModelDirError(f"{path}: expected a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise ModelDirError(f"{path}: missing keys {missing}")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise ModelDirError(f"{path}: format_version {manifest['format_version']!r}, this code reads {FORMAT_VERSION}")
+    return manifest
+
+
+def verify_model_dir(model_dir: str | Path) -> dict[str, Any]:
+    """Check the manifest and the sha256 of every artifact it lists -> the manifest."""
+    manifest = read_manifest(model_dir)
+    for name in ARTIFACT_FILES:
+        path = Path(model_dir) / name
+        expected = manifest["artifacts"].get(name)
+        if not path.is_file():
+            raise ModelDirError(f"{path}: missing")
+        if expected is None:
+            raise ModelDirError(f"{Path(model_dir) / MANIFEST_FILE}: no checksum listed for {name}")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ModelDirError(f"{path}: sha256 {actual} does not match the manifest's {expected}")
+    return manifest
+
+
+def load_model_dir(model_dir: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    manifest = verify_model_dir(model_dir)
+    model_dir = Path(model_dir)
+    modules = []
+    for name in (ENCODER_FILE, DECODER_FILE):
+        try:
+            with quiet_torchscript():
+                modules.append(torch.jit.load(str(model_dir / name), map_location=device).eval())
+        except Exception as e:  # torch raises RuntimeError, ValueError, ... for a bad archive
+            raise ModelDirError(f"{model_dir / name}: not a loadable TorchScript module: {e}") from e
+    try:
+        prior = GaussianPrior.from_dict(manifest["prior"]).to(device)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelDirError(f"{model_dir / MANIFEST_FILE}: bad 'prior': {e}") from e
+    if prior.latent_dim != manifest["latent_dim"] or prior.num_classes != len(manifest["labels"]):
+        raise ModelDirError(f"{model_dir / MANIFEST_FILE}: prior shape disagrees with latent_dim/labels")
+    return LoadedModel(encoder=modules[0], decoder=modules[1], prior=prior, manifest=manifest, path=model_dir)

@@ -1,0 +1,77 @@
+"""Inference that training, evaluation and serving share: label scoring and likelihood bounds.
+
+The functions take the encoder and decoder as modules, eager or TorchScript, so the service measures
+exactly what evaluation measures.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from model.loss import reconstruction_nll
+from model.prior import GaussianPrior
+
+
+class EncoderLike(Protocol):
+    def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]: ...
+
+
+class DecoderLike(Protocol):
+    def __call__(self, z: Tensor, y: Tensor) -> Tensor: ...
+    def logits(self, z: Tensor, y: Tensor) -> Tensor: ...
+
+
+def elbo_terms(
+    encoder: EncoderLike, decoder: DecoderLike, prior: GaussianPrior, x: Tensor, y: Tensor, eps: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(reconstruction, kl, mean, log_var) per image; -ELBO = reconstruction + kl, KL taken to `prior`.
+
+    With eps=None the reconstruction is decoded from one sample of q; pass zeros for the posterior mean.
+    """
+    mean, log_var = encoder(x, y)
+    if eps is None:
+        eps = torch.randn_like(mean)
+    z = mean + torch.exp(0.5 * log_var) * eps
+    return reconstruction_nll(decoder.logits(z, y), x), prior.kl(mean, log_var, y), mean, log_var
+
+
+def label_log_probs(
+    encoder: EncoderLike, decoder: DecoderLike, prior: GaussianPrior, x: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """log p(y | x) for every label, by Bayes' rule with a uniform p(y) and the ELBO (at the posterior mean)
+    standing in for log p(x | y): the label under which the model explains the image best wins.
+
+    x: (N, 1, H, W) -> (log_probs (N, C), mean (N, C, D), log_var (N, C, D)); deterministic.
+    """
+    n, c = x.shape[0], prior.num_classes
+    xs = x.repeat_interleave(c, dim=0)  # (N*C, 1, H, W)
+    ys = torch.arange(c, device=x.device).repeat(n)  # (N*C,)
+    recon, kl, mean, log_var = elbo_terms(encoder, decoder, prior, xs, ys, eps=torch.zeros(n * c, prior.latent_dim, device=x.device))
+    log_probs = (-(recon + kl)).view(n, c).log_softmax(dim=1)
+    return log_probs, mean.view(n, c, -1), log_var.view(n, c, -1)
+
+
+def importance_weighted_nll(
+    encoder: EncoderLike,
+    decoder: DecoderLike,
+    prior: GaussianPrior,
+    x: Tensor,
+    y: Tensor,
+    k: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The k-sample importance-weighted bound on -log p(x | y) per image (Burda et al. 2016, eq. 8). -> (N,)"""
+    n = x.shape[0]
+    mean, log_var = encoder(x, y)  # (N, D)
+    std = torch.exp(0.5 * log_var)
+    eps = torch.randn((k, *mean.shape), generator=generator, device=mean.device)  # (k, N, D)
+    z = mean + std * eps  # (k, N, D)
+    yk = y.repeat(k)
+    log_px = -reconstruction_nll(decoder.logits(z.flatten(0, 1), yk), x.repeat(k, 1, 1, 1)).view(k, n)
+    log_pz = prior.log_prob(z.flatten(0, 1), yk).view(k, n)
+    log_qz = (-0.5 * eps.pow(2) - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum(dim=-1)  # (k, N)
+    return -(torch.logsumexp(log_px + log_pz - log_qz, dim=0) - math.log(k))

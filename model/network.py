@@ -1,0 +1,159 @@
+"""The conditional VAE: an encoder q(z | x, y), a decoder p(x | z, y), and the two joined.
+
+The digit label y enters both halves as a one-hot vector, so the latent z only has to carry *style*
+(slant, stroke width, ...): one z decoded under ten labels writes ten digits in one hand.
+Every module here is TorchScript-scriptable; ``training.export`` relies on that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Arch = Literal["mlp", "conv"]
+
+
+@dataclass(frozen=True)
+class CVAEConfig:
+    image_size: int = 28  # images are (1, image_size, image_size), grey values in [0, 1]
+    num_classes: int = 10  # number of labels (digits 0-9)
+    latent_dim: int = 16  # D, size of z
+    encoder: Arch = "conv"  # "conv": two stride-2 convolutions then an MLP head; "mlp": MLP only
+    decoder: Arch = "mlp"  # "mlp": MLP to logits; "conv": MLP to a 7x7 map, two transposed convolutions
+    hidden: tuple[int, ...] = (512, 512)  # widths of the hidden MLP layers (the decoder mirrors them)
+    channels: tuple[int, int] = (32, 64)  # conv channels at 14x14 and 7x7 (conv halves only)
+
+    def __post_init__(self) -> None:
+        # Accept lists (from JSON) but store tuples, so the config stays hashable and immutable.
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        if self.encoder not in ("mlp", "conv") or self.decoder not in ("mlp", "conv"):
+            raise ValueError(f"encoder/decoder must be 'mlp' or 'conv', got {self.encoder!r}/{self.decoder!r}")
+        if self.latent_dim < 1 or self.num_classes < 2 or not self.hidden or len(self.channels) != 2:
+            raise ValueError(f"invalid CVAE config: {self}")
+        if "conv" in (self.encoder, self.decoder) and self.image_size % 4:
+            raise ValueError(f"conv layers need image_size divisible by 4, got {self.image_size}")
+
+    @property
+    def num_pixels(self) -> int:
+        return self.image_size * self.image_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CVAEConfig:
+        return cls(**d)
+
+
+def _mlp(widths: list[int]) -> nn.Sequential:
+    """Linear layers with SiLU between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(widths) - 2:
+            layers.append(nn.SiLU())
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """q(z | x, y) = N(mean, diag(exp(log_var))).
+
+    forward(x: float32[N, 1, H, W] in [0, 1], y: int64[N]) -> (mean: float32[N, D], log_var: float32[N, D])
+    """
+
+    def __init__(self, cfg: CVAEConfig) -> None:
+        super().__init__()
+        self.num_classes = cfg.num_classes
+        self.latent_dim = cfg.latent_dim
+        self.use_conv = cfg.encoder == "conv"
+        c1, c2 = cfg.channels
+        if self.use_conv:
+            self.features = nn.Sequential(
+                nn.Conv2d(1, c1, 4, stride=2, padding=1),  # (N, c1, H/2, W/2)
+                nn.SiLU(),
+                nn.Conv2d(c1, c2, 4, stride=2, padding=1),  # (N, c2, H/4, W/4)
+                nn.SiLU(),
+                nn.Flatten(),
+            )
+            n_features = c2 * (cfg.image_size // 4) ** 2
+        else:
+            self.features = nn.Sequential(nn.Flatten())
+            n_features = cfg.num_pixels
+        self.body = nn.Sequential(_mlp([n_features + cfg.num_classes, *cfg.hidden]), nn.SiLU())
+        self.head = nn.Linear(cfg.hidden[-1], 2 * cfg.latent_dim)
+
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.features(x)  # (N, F)
+        onehot = F.one_hot(y, self.num_classes).to(h.dtype)  # (N, C)
+        h = self.body(torch.cat([h, onehot], dim=1))  # (N, hidden[-1])
+        mean, log_var = self.head(h).chunk(2, dim=1)  # (N, D) each
+        return mean, log_var
+
+
+class Decoder(nn.Module):
+    """p(x | z, y): independent Bernoulli pixels.
+
+    forward(z: float32[N, D], y: int64[N]) -> float32[N, 1, H, W], the Bernoulli means in [0, 1].
+    logits(z, y) gives the same before the sigmoid (what the loss needs).
+    """
+
+    def __init__(self, cfg: CVAEConfig) -> None:
+        super().__init__()
+        self.num_classes = cfg.num_classes
+        self.latent_dim = cfg.latent_dim
+        self.image_size = cfg.image_size
+        self.use_conv = cfg.decoder == "conv"
+        widths = [cfg.latent_dim + cfg.num_classes, *reversed(cfg.hidden)]
+        c1, c2 = cfg.channels
+        side = cfg.image_size // 4
+        if self.use_conv:
+            self.body = nn.Sequential(_mlp([*widths, c2 * side * side]), nn.SiLU(), nn.Unflatten(1, (c2, side, side)))
+            self.out = nn.Sequential(
+                nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),  # (N, c1, H/2, W/2)
+                nn.SiLU(),
+                nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1),  # (N, 1, H, W)
+            )
+        else:
+            self.body = nn.Sequential(_mlp([*widths, cfg.num_pixels]), nn.Unflatten(1, (1, cfg.image_size, cfg.image_size)))
+            self.out = nn.Sequential(nn.Identity())
+
+    @torch.jit.export
+    def logits(self, z: Tensor, y: Tensor) -> Tensor:
+        onehot = F.one_hot(y, self.num_classes).to(z.dtype)  # (N, C)
+        return self.out(self.body(torch.cat([z, onehot], dim=1)))  # (N, 1, H, W)
+
+    def forward(self, z: Tensor, y: Tensor) -> Tensor:
+        return torch.sigmoid(self.logits(z, y))
+
+
+def reparameterize(mean: Tensor, log_var: Tensor, eps: Tensor | None = None) -> Tensor:
+    """z = mean + sigma * eps with eps ~ N(0, I) (Kingma & Welling 2014, section 2.4)."""
+    if eps is None:
+        eps = torch.randn_like(mean)
+    return mean + torch.exp(0.5 * log_var) * eps
+
+
+@dataclass
+class CVAEOutput:
+    logits: Tensor  # (N, 1, H, W)
+    mean: Tensor  # (N, D)
+    log_var: Tensor  # (N, D)
+    z: Tensor = field(repr=False)  # (N, D), the reparameterised sample the logits were decoded from
+
+
+class CVAE(nn.Module):
+    def __init__(self, cfg: CVAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+
+    def forward(self, x: Tensor, y: Tensor) -> CVAEOutput:
+        mean, log_var = self.encoder(x, y)
+        z = reparameterize(mean, log_var)
+        return CVAEOutput(logits=self.decoder.logits(z, y), mean=mean, log_var=log_var, z=z)

@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny random-weight model exported into a temporary model directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.network import CVAE, CVAEConfig
+from model.prior import GaussianPrior
+from training.export import export_model_dir
+
+TINY = CVAEConfig(latent_dim=4, hidden=(32,), channels=(4, 8), encoder="conv", decoder="mlp")
+
+
+def make_model_dir(out: Path, cfg: CVAEConfig = TINY, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = CVAE(cfg).eval()
+    export_model_dir(
+        model,
+        GaussianPrior.standard(cfg.num_classes, cfg.latent_dim),
+        out,
+        data={"name": "none (random weights)", "count": 0, "files": {}},
+        config={"model": cfg.to_dict()},
+        metrics={},
+        reproduce="tests/conftest.py: make_model_dir",
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model directory (random weights, latent_dim 4) shared by the whole session; do not modify it."""
+    return make_model_dir(tmp_path_factory.mktemp("models") / "tiny")

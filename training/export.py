@@ -1,0 +1,123 @@
+"""Export: eager model -> TorchScript encoder and decoder + manifest.json, written atomically.
+
+TorchScript is deprecated upstream in favour of torch.export; this module is the one place that uses it,
+and it refuses to write anything unless the scripted modules, saved and loaded back, reproduce the eager
+model on random inputs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.artifacts import (
+    DECODER_FILE,
+    ENCODER_FILE,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    quiet_torchscript,
+    sha256_file,
+)
+from model.network import CVAE
+from model.prior import GaussianPrior
+
+TOLERANCE = 1e-5  # largest |scripted - eager| accepted, on outputs of order 1
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def _check_equal(name: str, scripted: Any, eager: Any) -> None:
+    pairs = list(zip(scripted, eager, strict=True)) if isinstance(eager, tuple) else [(scripted, eager)]
+    for s, e in pairs:
+        if s.shape != e.shape or s.dtype != e.dtype:
+            raise ExportError(f"{name}: scripted output {tuple(s.shape)}/{s.dtype} != eager {tuple(e.shape)}/{e.dtype}")
+        diff = (s - e).abs().max().item()
+        if not diff <= TOLERANCE:
+            raise ExportError(f"{name}: scripted output differs from eager by {diff:.3g} (> {TOLERANCE})")
+
+
+@torch.no_grad()
+def check_scripted(model: CVAE, encoder: Any, decoder: Any, n: int = 64, seed: int = 0) -> None:
+    """Raise ExportError unless the scripted modules give the eager model's outputs on random inputs."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.cfg
+    z = torch.randn(n, cfg.latent_dim, generator=g)
+    y = torch.randint(0, cfg.num_classes, (n,), generator=g)
+    x = torch.rand(n, 1, cfg.image_size, cfg.image_size, generator=g)
+    _check_equal("decoder", decoder(z, y), model.decoder(z, y))
+    _check_equal("decoder.logits", decoder.logits(z, y), model.decoder.logits(z, y))
+    _check_equal("encoder", encoder(x, y), model.encoder(x, y))
+
+
+def export_model_dir(
+    model: CVAE,
+    prior: GaussianPrior,
+    out_dir: str | Path,
+    *,
+    data: dict[str, Any],
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    reproduce: str,
+) -> dict[str, Any]:
+    """Write out_dir/{decoder.pt, encoder.pt, manifest.json}; replaces out_dir only once all is written.
+
+    -> the manifest.
+    """
+    out_dir = Path(out_dir)
+    model = model.to("cpu").eval()
+    cfg = model.cfg
+    with quiet_torchscript():
+        encoder = torch.jit.script(model.encoder)
+        decoder = torch.jit.script(model.decoder)
+    check_scripted(model, encoder, decoder)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        with quiet_torchscript():
+            torch.jit.save(encoder, str(tmp / ENCODER_FILE))
+            torch.jit.save(decoder, str(tmp / DECODER_FILE))
+            check_scripted(model, torch.jit.load(str(tmp / ENCODER_FILE)), torch.jit.load(str(tmp / DECODER_FILE)))
+        artifacts = {name: sha256_file(tmp / name) for name in (DECODER_FILE, ENCODER_FILE)}
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "id": f"cvae-{artifacts[DECODER_FILE][:12]}",
+            "latent_dim": cfg.latent_dim,
+            "image_shape": [1, cfg.image_size, cfg.image_size],
+            "labels": [str(i) for i in range(cfg.num_classes)],
+            "pixel_model": "independent Bernoulli on grey values in [0, 1]",
+            "training_prior": "standard_normal",
+            "prior": prior.to("cpu").to_dict(),
+            "data": data,
+            "config": config,
+            "metrics": metrics,
+            "artifacts": artifacts,
+            "torch_version": torch.__version__,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "reproduce": reproduce,
+        }
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, 0o755)
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            out_dir.rename(old)
+        tmp.rename(out_dir)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
