@@ -54,7 +54,9 @@ def decode_image(data: bytes, max_pixels: int) -> Tensor:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError("too_large", f"image refused as a decompression bomb: {e}") from e
     except UnidentifiedImageError as e:
-        raise ImageError("undecodable", "not an image in a format Pillow can read (PNG, JPEG, BMP, GIF, WebP, ...)") from e
+        raise ImageError(
+            "undecodable", "not an image in a format Pillow can read (PNG, JPEG, BMP, GIF, WebP, ...)"
+        ) from e
     except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:
         raise ImageError("undecodable", f"image could not be decoded (truncated or corrupt?): {e}") from e
 
@@ -151,4 +153,9 @@ def encode_png(grey: Tensor, compress_level: int = 1) -> bytes:
         return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
 
     header = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)  # 8-bit, colour type 0 (grey), no interlace
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw.tobytes(), compress_level)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw.tobytes(), compress_level))
+        + chunk(b"IEND", b"")
+    )

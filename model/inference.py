@@ -50,7 +50,9 @@ def label_log_probs(
     n, c = x.shape[0], prior.num_classes
     xs = x.repeat_interleave(c, dim=0)  # (N*C, 1, H, W)
     ys = torch.arange(c, device=x.device).repeat(n)  # (N*C,)
-    recon, kl, mean, log_var = elbo_terms(encoder, decoder, prior, xs, ys, eps=torch.zeros(n * c, prior.latent_dim, device=x.device))
+    recon, kl, mean, log_var = elbo_terms(
+        encoder, decoder, prior, xs, ys, eps=torch.zeros(n * c, prior.latent_dim, device=x.device)
+    )
     log_probs = (-(recon + kl)).view(n, c).log_softmax(dim=1)
     return log_probs, mean.view(n, c, -1), log_var.view(n, c, -1)
 

@@ -1,6 +1,7 @@
 """The negative ELBO of the conditional VAE, per image, in nats.
 
--ELBO(x, y) = E_q[-log p(x | z, y)] + KL(q(z | x, y) || p(z | y))   (Kingma & Welling 2014, eq. 3; Sohn et al. 2015, eq. 4)
+-ELBO(x, y) = E_q[-log p(x | z, y)] + KL(q(z | x, y) || p(z | y))
+(Kingma & Welling 2014, eq. 3; Sohn et al. 2015, eq. 4)
 with a Bernoulli likelihood on grey values in [0, 1] (binary cross-entropy with logits).
 """
 

@@ -7,6 +7,7 @@ Every module here is TorchScript-scriptable; ``training.export`` relies on that.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -53,7 +54,7 @@ class CVAEConfig:
 def _mlp(widths: list[int]) -> nn.Sequential:
     """Linear layers with SiLU between them (none after the last)."""
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
         layers.append(nn.Linear(a, b))
         if i < len(widths) - 2:
             layers.append(nn.SiLU())
@@ -119,7 +120,9 @@ class Decoder(nn.Module):
                 nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1),  # (N, 1, H, W)
             )
         else:
-            self.body = nn.Sequential(_mlp([*widths, cfg.num_pixels]), nn.Unflatten(1, (1, cfg.image_size, cfg.image_size)))
+            self.body = nn.Sequential(
+                _mlp([*widths, cfg.num_pixels]), nn.Unflatten(1, (1, cfg.image_size, cfg.image_size))
+            )
             self.out = nn.Sequential(nn.Identity())
 
     @torch.jit.export

@@ -21,7 +21,9 @@ class GaussianPrior:
 
     def __init__(self, mean: Tensor, scale_tril: Tensor, kind: str) -> None:
         if mean.ndim != 2 or scale_tril.shape != (*mean.shape, mean.shape[1]):
-            raise ValueError(f"prior shapes do not agree: mean {tuple(mean.shape)}, scale_tril {tuple(scale_tril.shape)}")
+            raise ValueError(
+                f"prior shapes do not agree: mean {tuple(mean.shape)}, scale_tril {tuple(scale_tril.shape)}"
+            )
         self.mean = mean.float()  # (C, D)
         self.scale_tril = scale_tril.float()  # (C, D, D), lower triangular, positive diagonal
         self.kind = kind
@@ -83,11 +85,15 @@ class GaussianPrior:
         a = torch.linalg.solve_triangular(tril, torch.diag_embed(std), upper=False)
         b = torch.linalg.solve_triangular(tril, (mean - self.mean[y]).unsqueeze(-1), upper=False).squeeze(-1)
         log_det = 2 * tril.diagonal(dim1=-2, dim2=-1).log().sum(dim=-1)
-        return 0.5 * (a.pow(2).sum(dim=(-2, -1)) + b.pow(2).sum(dim=-1) - self.latent_dim + log_det - log_var.sum(dim=-1))
+        return 0.5 * (
+            a.pow(2).sum(dim=(-2, -1)) + b.pow(2).sum(dim=-1) - self.latent_dim + log_det - log_var.sum(dim=-1)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "mean": self.mean.tolist(), "scale_tril": self.scale_tril.tolist()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GaussianPrior:
-        return cls(torch.tensor(d["mean"], dtype=torch.float32), torch.tensor(d["scale_tril"], dtype=torch.float32), d["kind"])
+        return cls(
+            torch.tensor(d["mean"], dtype=torch.float32), torch.tensor(d["scale_tril"], dtype=torch.float32), d["kind"]
+        )
