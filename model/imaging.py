@@ -104,13 +104,13 @@ def to_mnist(grey: Tensor) -> Tensor:
         size = (max(1, round(h * s)), max(1, round(w * s)))
         x = F.interpolate(x[None, None], size=size, mode="bilinear", antialias=s < 1, align_corners=False)[0, 0]
         x = x.clamp(0.0, 1.0)
-    # Centre of mass to the centre of the field (integer shift, as MNIST did).
+    # Centre of mass to pixel (14, 14) of the field, by an integer shift, where MNIST's digits have it.
     h, w = x.shape
     total = x.sum()
     cy = float((x.sum(dim=1) * torch.arange(h)).sum() / total)
     cx = float((x.sum(dim=0) * torch.arange(w)).sum() / total)
-    top = min(max(round((MNIST_SIZE - 1) / 2 - cy), 0), MNIST_SIZE - h)
-    left = min(max(round((MNIST_SIZE - 1) / 2 - cx), 0), MNIST_SIZE - w)
+    top = min(max(round(MNIST_SIZE / 2 - cy), 0), MNIST_SIZE - h)
+    left = min(max(round(MNIST_SIZE / 2 - cx), 0), MNIST_SIZE - w)
     out = torch.zeros(1, MNIST_SIZE, MNIST_SIZE)
     out[0, top : top + h, left : left + w] = x
     return out

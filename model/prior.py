@@ -97,3 +97,20 @@ class GaussianPrior:
         return cls(
             torch.tensor(d["mean"], dtype=torch.float32), torch.tensor(d["scale_tril"], dtype=torch.float32), d["kind"]
         )
+
+
+def style_noise(n: int, latent_dim: int, seed: int) -> Tensor:
+    """The standardised styles eps ~ N(0, I) of n grid columns, a pure function of the seed. -> (n, D)"""
+    return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed))
+
+
+def sample_latents(
+    prior: GaussianPrior, digits: list[int], n: int, seed: int, temperature: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """How the service samples: n styles from the seed, each decoded under every digit asked for.
+
+    -> (z (len(digits) * n, D), y (len(digits) * n,)), digit-major: row r of a grid is digits[r].
+    """
+    eps = style_noise(n, prior.latent_dim, seed).repeat(len(digits), 1)  # (R*n, D)
+    y = torch.tensor(digits, dtype=torch.int64).repeat_interleave(n)  # (R*n,)
+    return prior.sample(y, eps, temperature), y

@@ -1,0 +1,142 @@
+"""MNIST-style pre-processing of uploads, decoding errors, grid layout and the PNG writer."""
+
+from __future__ import annotations
+
+import io
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model.imaging import ImageError, decode_image, encode_png, tile_grid, to_mnist
+from training.data import load_pair
+
+FIXTURE = Path(__file__).parent / "fixtures" / "mnist-1000"
+MAX_PIXELS = 10_000_000
+
+
+@pytest.fixture(scope="module")
+def digits() -> torch.Tensor:
+    d = load_pair(FIXTURE / "train-images-idx3-ubyte.gz", FIXTURE / "train-labels-idx1-ubyte.gz")
+    return d.images[:200]
+
+
+def png_of(array: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_an_mnist_digit_passes_through_nearly_unchanged(digits: torch.Tensor) -> None:
+    x = digits.float() / 255
+    out = torch.stack([to_mnist(img)[0] for img in x])
+    err = (out - x).abs().mean(dim=(1, 2))
+    assert err.median() < 0.01  # most are identical
+    assert err.mean() < 0.05
+
+
+def test_dark_ink_on_light_paper_is_inverted(digits: torch.Tensor) -> None:
+    x = digits[0].float() / 255
+    torch.testing.assert_close(to_mnist(1 - x), to_mnist(x), atol=1e-5, rtol=0)
+
+
+def test_a_large_off_centre_digit_is_fitted_and_centred(digits: torch.Tensor) -> None:
+    big = Image.fromarray(digits[1].numpy()).resize((200, 200), Image.Resampling.BICUBIC)
+    canvas = Image.new("L", (600, 400), 0)
+    canvas.paste(big, (380, 10))
+    x = to_mnist(torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255))[0]
+    ink = torch.nonzero(x > 0.1)
+    height = ink[:, 0].max() - ink[:, 0].min() + 1
+    width = ink[:, 1].max() - ink[:, 1].min() + 1
+    assert max(height, width) <= 20 and max(height, width) >= 18
+    rows, cols = torch.arange(28.0), torch.arange(28.0)
+    cy = (x.sum(1) * rows).sum() / x.sum()
+    cx = (x.sum(0) * cols).sum() / x.sum()
+    assert abs(cy - 14) <= 0.5 and abs(cx - 14) <= 0.5
+    # The same digit, as MNIST made it, is what comes out (up to resampling).
+    assert (x - digits[1].float() / 255).abs().mean() < 0.06
+
+
+def test_a_blank_image_is_refused() -> None:
+    with pytest.raises(ImageError) as e:
+        to_mnist(torch.full((50, 50), 0.9))
+    assert e.value.reason == "blank"
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "1", "I;16", "F", "LA", "CMYK"])
+def test_decode_reads_any_mode_into_grey_levels(mode: str) -> None:
+    base = Image.new("L", (40, 30), 255)
+    base.paste(0, (10, 5, 20, 25))
+    img = base.convert(mode) if mode not in ("I;16", "F") else base.convert("I").convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format="TIFF" if mode in ("F", "CMYK", "I;16") else "PNG")
+    grey = decode_image(buf.getvalue(), MAX_PIXELS)
+    assert grey.shape == (30, 40) and grey.dtype == torch.float32
+    assert grey.min() >= 0 and grey.max() <= 1
+    assert grey[15, 15] < 0.2 and grey[0, 0] > 0.8
+
+
+def test_transparent_pixels_are_paper() -> None:
+    rgba = Image.new("RGBA", (20, 20), (0, 0, 0, 0))
+    rgba.paste((0, 0, 0, 255), (5, 5, 15, 15))
+    buf = io.BytesIO()
+    rgba.save(buf, format="PNG")
+    grey = decode_image(buf.getvalue(), MAX_PIXELS)
+    assert grey[0, 0] == 1.0 and grey[10, 10] == 0.0
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "BMP", "GIF", "WEBP"])
+def test_decode_reads_common_formats(fmt: str) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (255, 255, 255)).save(buf, format=fmt)
+    assert decode_image(buf.getvalue(), MAX_PIXELS).shape == (32, 32)
+
+
+def test_decode_refuses_garbage_and_truncated_files() -> None:
+    with pytest.raises(ImageError) as e:
+        decode_image(b"this is not an image", MAX_PIXELS)
+    assert e.value.reason == "undecodable"
+    whole = png_of(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
+    with pytest.raises(ImageError) as e:
+        decode_image(whole[: len(whole) // 2], MAX_PIXELS)
+    assert e.value.reason == "undecodable"
+
+
+def test_decode_refuses_huge_pixel_dimensions_before_decoding() -> None:
+    # A PNG of a few bytes whose header claims 9000x5000 pixels: refused from the header alone.
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return len(body).to_bytes(4, "big") + tag + body + zlib.crc32(tag + body).to_bytes(4, "big")
+
+    ihdr = (9000).to_bytes(4, "big") + (5000).to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    bomb = (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    )
+    with pytest.raises(ImageError) as e:
+        decode_image(bomb, MAX_PIXELS)
+    assert e.value.reason == "too_large" and "9000x5000" in str(e.value)
+
+
+def test_png_writer_round_trips_through_pillow() -> None:
+    grey = torch.randint(0, 256, (17, 23), dtype=torch.uint8)
+    img = Image.open(io.BytesIO(encode_png(grey)))
+    assert img.mode == "L" and img.size == (23, 17)
+    assert np.array_equal(np.asarray(img), grey.numpy())
+
+
+def test_grid_of_100_tiles_in_10_columns_without_padding_is_280_square() -> None:
+    tiles = torch.rand(100, 1, 28, 28)
+    grid = tile_grid(tiles, columns=10, padding=0)
+    assert grid.shape == (280, 280) and grid.dtype == torch.uint8
+    assert torch.equal(grid[28:56, 56:84], (tiles[12, 0] * 255).round().to(torch.uint8))  # row-major
+
+
+def test_grid_padding_and_scale() -> None:
+    tiles = torch.ones(5, 1, 28, 28)
+    grid = tile_grid(tiles, columns=3, padding=2, scale=2)
+    assert grid.shape == (2 * (2 * 30 + 2), 2 * (3 * 30 + 2))
+    assert grid[0].max() == 0  # padding is black
+    assert grid[4:60, 4:60].min() == 255  # first tile, scaled
+    assert grid[64:, 124:].max() == 0  # the empty sixth cell

@@ -1,0 +1,137 @@
+"""Training configuration: one frozen dataclass, parsed once from the command line in training/__main__.py."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from model.network import CVAEConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of `python -m training`; each field's docstring is its --help text."""
+
+    out: Path = Path("runs/model")
+    """model directory to export into (replaced atomically at the end)"""
+    data_dir: Path = Path("data/mnist")
+    """folder of MNIST IDX files (train-*, optionally t10k-* as the held-out set)"""
+    dataset: Literal["folder", "mnist"] = "folder"
+    """'folder': read --data-dir as it is; 'mnist': first download the official MNIST files into --data-dir"""
+    run_dir: Path | None = None
+    """where checkpoints, sample grids and the run record go (default: runs/<name of --out>)"""
+    epochs: int = 60
+    """passes over the training set"""
+    batch_size: int = 128
+    """images per optimiser step"""
+    lr: float = 2e-3
+    """peak AdamW learning rate (cosine decay to 1/20 of it over the run)"""
+    weight_decay: float = 1e-4
+    """AdamW weight decay"""
+    kl_warmup_epochs: float = 5.0
+    """linearly raise the KL weight from 0 to 1 over this many epochs (0: no warm-up)"""
+    free_bits: float = 0.0
+    """minimum KL per latent dimension in nats during training (Kingma et al. 2016); 0 disables"""
+    augment: float = 1.0
+    """strength of random affine augmentation (1: up to +-2 px shift, +-10 degrees, +-10% scale; 0: none)"""
+    val_size: int = 1000
+    """held-out digits cut from the training files when the folder has no t10k files"""
+    seed: int = 0
+    """seed for initialisation, batching, augmentation and the validation split"""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """'auto' takes CUDA when present"""
+    threads: int = 0
+    """torch CPU threads (0: torch's default)"""
+    resume: bool = False
+    """continue from the checkpoint in --run-dir"""
+    eval_k: int = 100
+    """importance samples for the NLL bound computed at export"""
+    latent_dim: int = 16
+    """size of the latent z"""
+    encoder: Literal["mlp", "conv"] = "conv"
+    """encoder architecture"""
+    decoder: Literal["mlp", "conv"] = "mlp"
+    """decoder architecture"""
+    hidden: tuple[int, ...] = (512, 512)
+    """hidden MLP widths"""
+    channels: tuple[int, int] = (32, 64)
+    """conv channels at 14x14 and 7x7"""
+    progress: bool = True
+    """show a progress bar"""
+    evaluate: bool = True
+    """run the full evaluation (judge classifier, sample accuracy, Frechet distance, /encode accuracy) at export"""
+
+    def model_config(self) -> CVAEConfig:
+        return CVAEConfig(
+            latent_dim=self.latent_dim,
+            encoder=self.encoder,
+            decoder=self.decoder,
+            hidden=self.hidden,
+            channels=self.channels,
+        )
+
+    @property
+    def resolved_run_dir(self) -> Path:
+        return self.run_dir if self.run_dir is not None else Path("runs") / self.out.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """The string literal after each field in the class body (the attribute docstring)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in itertools.pairwise(body):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = str(nxt.value.value)  # type: ignore[union-attr]
+    return docs
+
+
+def build_parser(cls: type = TrainConfig, prog: str = "python -m training") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__)
+    docs = _field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        tp = hints[f.name]
+        help_ = f"{docs.get(f.name, '')} (default: {f.default})"
+        if tp is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
+        elif get_origin(tp) is Literal:
+            parser.add_argument(flag, choices=get_args(tp), default=f.default, help=help_)
+        elif get_origin(tp) is tuple:
+            parser.add_argument(flag, type=int, nargs="+", default=f.default, help=help_)
+        elif get_origin(tp) in (typing.Union, types.UnionType):
+            inner = next(a for a in get_args(tp) if a is not type(None))
+            parser.add_argument(flag, type=inner, default=f.default, help=help_)
+        else:
+            parser.add_argument(flag, type=tp, default=f.default, help=help_)
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    args = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
+    try:
+        cfg = TrainConfig(**args)
+        cfg.model_config()
+    except ValueError as e:
+        parser.error(str(e))
+    for name in ("epochs", "batch_size", "val_size", "eval_k"):
+        if getattr(cfg, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.lr <= 0:
+        parser.error(f"--lr must be positive, got {cfg.lr}")
+    return cfg

@@ -1,0 +1,205 @@
+"""Evaluation of a model directory: `python -m training.evaluate --model DIR --data-dir DIR`.
+
+Prints one JSON object: held-out -ELBO (nats per image; Bernoulli on grey values; KL to the model's own
+sampling prior, and to the N(0, I) it was trained against), the importance-weighted NLL bound, and,
+judged by a separately trained CNN classifier: the accuracy of generated samples, the Frechet distance of
+their features to held-out digits (beside the distance between two disjoint real sets), /encode's digit
+inference on held-out digits as they are and re-drawn as a user would upload them, and the accuracy of
+reconstructions. Sampling and pre-processing are the service's own functions from model/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from model.artifacts import ModelDirError, load_model_dir
+from model.imaging import decode_image, encode_png, to_mnist
+from model.inference import DecoderLike, EncoderLike, elbo_terms, importance_weighted_nll, label_log_probs
+from model.prior import GaussianPrior, sample_latents
+from training.data import DataError, DataSplits, Digits, load_data_dir
+from training.judge import cached_judge, predict
+
+log = logging.getLogger(__name__)
+
+SAMPLES_PER_DIGIT = 100  # 1,000 generated digits in all
+MAX_PIXELS = 10_000_000
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cvae-digits"
+
+
+def frechet_distance(a: Tensor, b: Tensor) -> float:
+    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2) (Heusel et al. 2017, eq. 6 / FID)."""
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = torch.cov(a.T), torch.cov(b.T)
+    w, v = torch.linalg.eigh(s_a)
+    root_a = v @ torch.diag(w.clamp(min=0).sqrt()) @ v.T
+    cross = torch.linalg.eigvalsh(root_a @ s_b @ root_a).clamp(min=0).sqrt().sum()
+    return float((mu_a - mu_b).pow(2).sum() + s_a.trace() + s_b.trace() - 2 * cross)
+
+
+def png_bytes(image: Tensor) -> bytes:
+    """uint8 (28, 28) -> PNG, as a user would upload an MNIST digit."""
+    return encode_png(image)
+
+
+def redrawn_jpeg(image: Tensor, rng: random.Random) -> bytes:
+    """A held-out digit re-drawn as a user would upload it: black ink on white, a 300x300 RGB JPEG, the
+    digit 150-220 px tall and off-centre."""
+    pil = Image.fromarray(image.numpy())
+    bbox = pil.getbbox() or (0, 0, 28, 28)
+    digit = pil.crop(bbox)
+    height = rng.randint(150, 220)
+    width = max(1, min(280, round(digit.width * height / digit.height)))
+    digit = digit.resize((width, height), Image.Resampling.BICUBIC)
+    canvas = Image.new("L", (300, 300), 0)
+    left = rng.randint(0, 300 - width)
+    top = rng.randint(0, 300 - height)
+    canvas.paste(digit, (left, top))
+    rgb = Image.eval(canvas, lambda p: 255 - p).convert("RGB")
+    buf = io.BytesIO()
+    rgb.save(buf, format="JPEG", quality=rng.randint(70, 95))
+    return buf.getvalue()
+
+
+def preprocess_uploads(uploads: list[bytes]) -> Tensor:
+    """The /encode path: decode -> MNIST-style pre-processing. -> (N, 1, 28, 28)"""
+    return torch.stack([to_mnist(decode_image(b, MAX_PIXELS)) for b in uploads])
+
+
+@torch.no_grad()
+def inferred_labels(encoder: EncoderLike, decoder: DecoderLike, prior: GaussianPrior, x: Tensor) -> Tensor:
+    return torch.cat(
+        [label_log_probs(encoder, decoder, prior, x[i : i + 200])[0].argmax(1) for i in range(0, len(x), 200)]
+    )
+
+
+@torch.no_grad()
+def likelihood_metrics(
+    encoder: EncoderLike, decoder: DecoderLike, prior: GaussianPrior, held_out: Digits, k: int, seed: int
+) -> dict[str, float]:
+    x = held_out.images.unsqueeze(1).float() / 255
+    y = held_out.labels
+    standard = GaussianPrior.standard(prior.num_classes, prior.latent_dim)
+    g = torch.Generator().manual_seed(seed)
+    sums = torch.zeros(4, dtype=torch.float64)
+    for i in range(0, len(x), 250):
+        xb, yb = x[i : i + 250], y[i : i + 250]
+        eps = torch.randn(len(xb), prior.latent_dim, generator=g)
+        recon, kl, mean, log_var = elbo_terms(encoder, decoder, prior, xb, yb, eps=eps)
+        kl_std = standard.kl(mean, log_var, yb)
+        iw = importance_weighted_nll(encoder, decoder, prior, xb, yb, k=k, generator=g)
+        sums += torch.stack([recon.sum(), kl.sum(), kl_std.sum(), iw.sum()]).double()
+    recon, kl, kl_std, iw = (sums / len(x)).tolist()
+    return {
+        "heldout_nelbo": recon + kl,
+        "heldout_recon": recon,
+        "heldout_kl": kl,
+        "heldout_nelbo_standard_prior": recon + kl_std,
+        "heldout_iw_nll": iw,
+        "iw_k": k,
+        "heldout_count": len(x),
+    }
+
+
+@torch.no_grad()
+def evaluate_model(
+    encoder: EncoderLike,
+    decoder: DecoderLike,
+    prior: GaussianPrior,
+    data: DataSplits,
+    k: int = 100,
+    seed: int = 0,
+    full: bool = True,
+    cache_dir: Path | None = None,
+) -> dict[str, Any]:
+    """All figures on data.val (the held-out digits). full=False: likelihoods only (no judge)."""
+    held = data.val
+    out: dict[str, Any] = {"heldout_source": data.info.get("val_source")}
+    out.update(likelihood_metrics(encoder, decoder, prior, held, k, seed))
+    if not full:
+        return out
+
+    judge, judge_acc = cached_judge(data, cache_dir or default_cache_dir(), seed=seed)
+    out["judge_heldout_accuracy"] = judge_acc
+    real = held.images.unsqueeze(1).float() / 255
+
+    # Generated samples, exactly as the service draws them (seeded styles, temperature 1).
+    z, y = sample_latents(prior, list(range(prior.num_classes)), SAMPLES_PER_DIGIT, seed=seed)
+    generated = decoder(z, y)
+    pred, gen_feats = predict(judge, generated)
+    out["sample_accuracy"] = (pred == y).float().mean().item()
+    out["sample_accuracy_by_digit"] = [(pred[y == d] == d).float().mean().item() for d in range(prior.num_classes)]
+
+    _, real_feats = predict(judge, real)
+    perm = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))
+    half = len(real) // 2
+    ref, other = real_feats[perm[:half]], real_feats[perm[half : 2 * half]]
+    gen_perm = torch.randperm(len(gen_feats), generator=torch.Generator().manual_seed(seed))[:half]
+    out["frechet_generated_vs_real"] = frechet_distance(gen_feats[gen_perm], ref)
+    out["frechet_real_vs_real"] = frechet_distance(other, ref)
+    out["frechet_ratio"] = out["frechet_generated_vs_real"] / out["frechet_real_vs_real"]
+    out["frechet_set_size"] = half
+    out["frechet_generated_1000_vs_all_heldout"] = frechet_distance(gen_feats, real_feats)
+
+    # /encode: digit inference on uploads, as they are and re-drawn; reconstruction from the encoded mean.
+    uploads = preprocess_uploads([png_bytes(img) for img in held.images])
+    inferred = inferred_labels(encoder, decoder, prior, uploads)
+    out["encode_accuracy_real"] = (inferred == held.labels).float().mean().item()
+    rng = random.Random(seed)
+    redrawn = preprocess_uploads([redrawn_jpeg(img, rng) for img in held.images])
+    out["encode_accuracy_redrawn"] = (
+        (inferred_labels(encoder, decoder, prior, redrawn) == held.labels).float().mean().item()
+    )
+    mean, _ = encoder(uploads, held.labels)
+    recon_pred, _ = predict(judge, decoder(mean, held.labels))
+    out["reconstruction_accuracy"] = (recon_pred == held.labels).float().mean().item()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="model directory (as exported by training)")
+    parser.add_argument("--data-dir", type=Path, required=True, help="folder of MNIST IDX files")
+    parser.add_argument("--k", type=int, default=100, help="importance samples for the NLL bound (default 100)")
+    parser.add_argument("--seed", type=int, default=None, help="seed (default: the model's training seed)")
+    parser.add_argument("--val-size", type=int, default=None, help="held-out split size (default: the model's)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="where the judge is cached")
+    args = parser.parse_args(argv)
+    if args.k < 1:
+        parser.error("--k must be at least 1")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        model = load_model_dir(args.model)
+        training_cfg = model.manifest.get("config", {}).get("training", {})
+        seed = args.seed if args.seed is not None else int(training_cfg.get("seed", 0))
+        val_size = args.val_size if args.val_size is not None else int(training_cfg.get("val_size", 1000))
+        data = load_data_dir(args.data_dir, val_size=val_size, seed=seed)
+    except (ModelDirError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    torch.manual_seed(seed)
+    metrics = evaluate_model(
+        model.encoder, model.decoder, model.prior, data, k=args.k, seed=seed, cache_dir=args.cache_dir
+    )
+    metrics["model_id"] = model.id
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
