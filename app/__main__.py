@@ -1,0 +1,105 @@
+"""`python -m app [--host H] [--port P]`: serve the model directory named by CVAE_MODEL_DIR (default: the
+shipped artifacts/default) with uvicorn. Other settings come from CVAE_* environment variables.
+
+A missing or corrupt model directory stops it before it binds the port: one log line naming the file, exit 1.
+On SIGTERM/SIGINT, /readyz turns 503 at once; after CVAE_SHUTDOWN_DELAY_S the port closes, and in-flight
+requests get CVAE_GRACEFUL_SHUTDOWN_S to finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import logging.config
+import signal
+import sys
+import time
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from uvicorn.config import LOGGING_CONFIG
+
+from app.factory import create_app
+from app.settings import Settings, get_settings
+from model.artifacts import ModelDirError, verify_model_dir
+
+log = logging.getLogger("app")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", help="interface to bind (default: CVAE_HOST or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="TCP port (default: CVAE_PORT or 8000)")
+    return parser.parse_args(argv)
+
+
+def logging_config(level: str) -> dict[str, Any]:
+    """uvicorn's own logging setup, with the service's loggers (app.*, model.*) printed the same way."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    for name in ("app", "model"):
+        config["loggers"][name] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, marking the app as draining (so /readyz says 503) the moment shutdown is asked for,
+    and closing the port only `delay_s` later (time for a load balancer to notice)."""
+
+    def __init__(self, config: uvicorn.Config, app_state: Any, delay_s: float) -> None:
+        super().__init__(config)
+        self.app_state = app_state
+        self.delay_s = delay_s
+        self._exit_at: float | None = None
+        self._exit_signal = signal.SIGTERM
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.app_state.draining:
+            self.app_state.draining = True
+            log.info("shutdown requested: /readyz now answers 503")
+            if self.delay_s > 0:
+                self._exit_at, self._exit_signal = time.monotonic() + self.delay_s, sig
+                return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._exit_at is not None and time.monotonic() >= self._exit_at and not self.should_exit:
+            super().handle_exit(self._exit_signal, None)
+        return await super().on_tick(counter)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings: Settings = get_settings()
+    except Exception as e:  # pydantic's ValidationError: a bad CVAE_* variable
+        logging.basicConfig(format="%(levelname)s: %(message)s")
+        log.error("invalid settings: %s", e)
+        return 2
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = settings.model_copy(update=overrides)
+    logging.config.dictConfig(logging_config(settings.log_level))
+    try:
+        verify_model_dir(settings.model_dir)  # fail before binding the port, without a traceback
+    except ModelDirError as e:
+        log.error("cannot serve the model: %s", e)
+        return 1
+    app = create_app(settings)
+    app.state.draining = False
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # configured above
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,
+        lifespan="on",
+    )
+    Server(config, app.state, settings.shutdown_delay_s).run()  # exits 3 itself if start-up fails
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

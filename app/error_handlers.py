@@ -1,0 +1,74 @@
+"""Every error leaves as application/problem+json: each kind of exception is turned into a ServiceError and
+rendered by the one function below."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException
+
+from app.errors import PROBLEM_MEDIA_TYPE, ServiceError
+
+log = logging.getLogger(__name__)
+
+
+def problem_response(error: ServiceError) -> Response:
+    return Response(error.body_bytes(), status_code=error.status, media_type=PROBLEM_MEDIA_TYPE, headers=error.headers)
+
+
+async def _service_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    return problem_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no route for {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}"
+    error = ServiceError(exc.status_code, detail, kind=getattr(exc, "kind", None), headers=dict(exc.headers or {}))
+    return problem_response(error)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    raw = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in raw):
+        e = raw[0]
+        reason = (e.get("ctx") or {}).get("error", "invalid")
+        detail = f"the body is not valid JSON: {reason} at character {e['loc'][-1]}"
+        return problem_response(ServiceError(400, detail, kind="malformed-json"))
+    content_type = request.headers.get("content-type", "")
+    if [tuple(e.get("loc", ())) for e in raw] == [("body",)] and content_type and "json" not in content_type:
+        return problem_response(
+            ServiceError(415, f"send the body as JSON (Content-Type: application/json), not {content_type}",
+                         kind="unsupported-media-type")
+        )  # fmt: skip
+    errors = [_field_error(e) for e in raw]
+    summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])
+    if len(errors) > 5:
+        summary += f"; and {len(errors) - 5} more"
+    return problem_response(ServiceError(422, summary, kind="validation-error", title="Invalid request", errors=errors))
+
+
+def _field_error(e: dict[str, Any]) -> dict[str, Any]:
+    # Only loc, msg and type: `input` can echo a large or private body and `ctx` may hold exception objects.
+    return {"loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())], "msg": e["msg"], "type": e["type"]}
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(ServiceError(500, "an unexpected error occurred; it has been logged", kind="internal"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)

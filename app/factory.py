@@ -1,0 +1,132 @@
+"""create_app(settings): the FastAPI application, its lifespan (model loading, warm-up, draining) and its
+OpenAPI document."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import torch
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from app.error_handlers import install_error_handlers
+from app.errors import PROBLEM_MEDIA_TYPE
+from app.metrics import Metrics
+from app.middleware import BodyLimitMiddleware, MetricsMiddleware
+from app.routes import encode, generate, ops
+from app.runtime import Runtime
+from app.schemas import GenerateJSON
+from app.service import DigitService
+from app.settings import Settings, get_settings
+from model.artifacts import load_model_dir
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+A conditional VAE trained on MNIST, served over HTTP.
+
+* **POST /generate** draws digits (a PNG grid, or JSON with `Accept: application/json`), reproducibly by seed.
+* **POST /encode** turns a picture of a digit into its digit and latent posterior.
+* **GET /livez**, **/readyz**, **/model**, **/metrics** for operations.
+
+Every error is `application/problem+json` (RFC 9457).
+"""
+
+
+def _version() -> str:
+    try:
+        return version("cvae-digits")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def resolve_settings(app: FastAPI) -> Settings:
+    """The settings dependency, honouring app.dependency_overrides (how tests and create_app(settings) set it)."""
+    return app.dependency_overrides.get(get_settings, get_settings)()
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state = app.state
+    settings = resolve_settings(app)
+    state.settings = settings
+    state.ready = False
+    state.draining = False
+    metrics: Metrics = state.metrics
+    torch.set_num_threads(settings.torch_threads)
+    model = load_model_dir(settings.model_dir)  # ModelDirError names the file; start-up fails
+    service = DigitService(
+        model,
+        decode_chunk=settings.decode_chunk,
+        png_compress_level=settings.png_compress_level,
+        max_image_pixels=settings.max_image_pixels,
+    )
+    metrics.set_model(model)
+    runtime = Runtime(service, settings, metrics)
+    runtime.start()
+    try:
+        await runtime.warm_up()
+        state.runtime = runtime
+        state.ready = True
+        metrics.ready.set(1)
+        log.info("serving model %s (latent_dim %d) from %s", model.id, model.latent_dim, model.path)
+        yield
+    finally:
+        state.ready = False
+        metrics.ready.set(0)
+        await runtime.stop()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The application. Cheap: settings are read and the model is loaded by the lifespan, at start-up.
+
+    settings: use these instead of the environment's (the same as overriding the get_settings dependency).
+    """
+    app = FastAPI(
+        title="cvae-digits",
+        version=_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    if settings is not None:
+        app.dependency_overrides[get_settings] = lambda: settings
+    app.state.metrics = metrics = Metrics()
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # added last: outermost, so it sees every response
+    app.include_router(generate.router)
+    app.include_router(encode.router)
+    app.include_router(ops.router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with errors as application/problem+json and our validation error shape."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for name, schema in GenerateJSON.model_json_schema(ref_template="#/components/schemas/{model}").items():
+        if name != "$defs":
+            schemas.setdefault("GenerateJSON", {})[name] = schema
+    for path in doc.get("paths", {}).values():
+        for operation in path.values():
+            for status, response in operation.get("responses", {}).items():
+                if not status.isdigit() or int(status) < 400:
+                    continue
+                content = response.get("content", {})
+                body = content.pop("application/json", None)
+                if body is not None:
+                    ref = body.get("schema", {}).get("$ref", "")
+                    if ref.endswith("/HTTPValidationError"):
+                        body = {"schema": {"$ref": "#/components/schemas/ValidationProblem"}}
+                    content[PROBLEM_MEDIA_TYPE] = body
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    app.openapi_schema = doc
+    return doc

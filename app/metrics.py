@@ -1,0 +1,89 @@
+"""Prometheus metrics, on a registry per app (so several apps, e.g. in tests, never share counters)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+
+from model.artifacts import LoadedModel
+
+# Seconds: most requests here take a millisecond or a few; the tail reaches seconds only under overload.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class Metrics:
+    """All of the service's metrics; `registry` is what /metrics exposes."""
+
+    def __init__(self, namespace: str = "cvae") -> None:
+        self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)
+        self.requests = Counter(
+            "http_requests", "HTTP requests answered, by route template and status",
+            ["method", "route", "status"], namespace=namespace, registry=r,
+        )  # fmt: skip
+        self.request_duration = Histogram(
+            "http_request_duration_seconds", "Time from request to the end of the response, by route template",
+            ["method", "route"], namespace=namespace, registry=r, buckets=LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "http_requests_in_flight", "HTTP requests being handled now", namespace=namespace, registry=r
+        )
+        self.images = Counter(
+            "images_generated", "Digit images (tiles) generated, by digit", ["digit"], namespace=namespace, registry=r
+        )
+        self.inference_duration = Histogram(
+            "inference_duration_seconds", "Time spent in the model per batch (generate) or upload (encode)",
+            ["operation"], namespace=namespace, registry=r, buckets=LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.batch_samples = Histogram(
+            "batch_size_samples", "Samples (tiles) decoded per batch", namespace=namespace, registry=r,
+            buckets=BATCH_BUCKETS,
+        )  # fmt: skip
+        self.batch_requests = Histogram(
+            "batch_size_requests", "Requests served per batch", namespace=namespace, registry=r, buckets=BATCH_BUCKETS
+        )
+        self.queue_wait = Histogram(
+            "batch_queue_wait_seconds", "Time a /generate request waits before its batch starts",
+            namespace=namespace, registry=r, buckets=LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.model_info = Info("model", "The model being served", namespace=namespace, registry=r)
+        self.ready = Gauge("ready", "1 when /readyz answers 200", namespace=namespace, registry=r)
+        # Children looked up once, not per request.
+        self._images_by_digit = {d: self.images.labels(str(d)) for d in range(10)}
+        self._generate_seconds = self.inference_duration.labels("generate")
+        self._encode_seconds = self.inference_duration.labels("encode")
+
+    def set_model(self, model: LoadedModel) -> None:
+        self.model_info.info(
+            {
+                "model_id": model.id,
+                "latent_dim": str(model.latent_dim),
+                "prior": str(model.prior.kind),
+                "torch_version": str(model.manifest.get("torch_version", "")),
+            }
+        )
+
+    def count_images(self, digits: Sequence[int], n: int) -> None:
+        for d in digits:
+            child = self._images_by_digit.get(d) or self.images.labels(str(d))
+            child.inc(n)
+
+    def observe_encode(self, seconds: float) -> None:
+        self._encode_seconds.observe(seconds)
+
+    def on_batch(self, requests: int, samples: int, queue_waits: Sequence[float], seconds: float) -> None:
+        """Batcher callback, once per batch."""
+        self._generate_seconds.observe(seconds)
+        self.batch_samples.observe(samples)
+        self.batch_requests.observe(requests)
+        for wait in queue_waits:
+            self.queue_wait.observe(wait)
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        if method not in KNOWN_METHODS:
+            method = "other"
+        self.requests.labels(method, route, str(status)).inc()
+        self.request_duration.labels(method, route).observe(seconds)

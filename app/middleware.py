@@ -1,0 +1,114 @@
+"""Pure ASGI middleware (no per-request tasks or threads): request metrics and the request body limit."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import PROBLEM_MEDIA_TYPE, ServiceError
+from app.metrics import Metrics
+
+UNMATCHED_ROUTE = "unmatched"  # route label of requests no route matched (404): never the raw path
+
+
+class MetricsMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            self.metrics.in_flight.dec()
+            route = scope.get("route")
+            template = getattr(route, "path", None) or UNMATCHED_ROUTE
+            self.metrics.observe_request(scope["method"], template, status, time.perf_counter() - started)
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from the receive channel when a body grows past the limit. An HTTPException, so that the
+    framework's body parsing lets it through to the exception handlers (any other error there becomes a 400)."""
+
+    kind = "body-too-large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than the limit of {limit} bytes")
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over `limit(scope)` bytes with 413, counting the bytes as they arrive: a
+    Content-Length over the limit is refused at once, but a missing or lying one (chunked) cannot slip by."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        settings = getattr(scope["app"].state, "settings", None)
+        if settings is None:  # lifespan not run: nothing is served anyway
+            await self.app(scope, receive, send)
+            return
+        limit: int = settings.max_upload_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    break
+                if declared > limit:
+                    await _send_problem(send, BodyTooLarge(limit))
+                    return
+                break
+        received = 0
+        response_started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BodyTooLarge as e:  # raised where no handler caught it
+            if response_started:
+                raise
+            await _send_problem(send, e)
+
+
+async def _send_problem(send: Send, e: BodyTooLarge) -> None:
+    body = ServiceError(413, e.detail, kind=e.kind).body_bytes()
+    headers = [
+        (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,219 @@
+"""Tensor and image work: sampling, decoding, grids and PNGs, and encoding uploads. No HTTP, no asyncio.
+
+Reproducibility: a request's PNG depends only on the request and the model. Its latents are computed per
+request (per digit), and the decoder always runs on chunks of exactly `decode_chunk` rows (zero-padded), so
+whatever else shares a batch, each row goes through a forward pass of the same shape.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+import torch
+from PIL import UnidentifiedImageError
+from torch import Tensor
+
+from app.errors import ServiceError, field_error
+from model.artifacts import LoadedModel
+from model.imaging import ImageError, decode_image, encode_png, tile_grid, to_mnist
+from model.inference import label_log_probs
+from model.prior import sample_latents
+
+MAX_OUTPUT_PIXELS = 4096 * 4096  # largest PNG /generate writes (width * height)
+RANDOM_SEED_BITS = 53  # seeds drawn for requests without one stay exact in JSON / JavaScript numbers
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateSpec:
+    """One /generate request, checked against the model. Tiles are digit-major, then sample."""
+
+    digits: tuple[int, ...]
+    n: int
+    latent: Tensor | None  # (n, D) float32, used as-is; None: sample from the prior
+    seed: int | None  # None exactly when latent is given
+    temperature: float
+    columns: int
+    padding: int
+    scale: int
+    width: int
+    height: int
+
+    @property
+    def size(self) -> int:
+        return len(self.digits) * self.n
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateResult:
+    png: bytes
+    z: Tensor  # (N, D), the latent of each tile
+    labels: Tensor  # (N,)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodeResult:
+    digit: int
+    inferred: bool
+    probabilities: list[float] | None
+    mean: list[float]
+    log_var: list[float]
+
+
+class DigitService:
+    """Everything the API does to tensors and images, for one loaded model."""
+
+    def __init__(
+        self, model: LoadedModel, *, decode_chunk: int, png_compress_level: int, max_image_pixels: int
+    ) -> None:
+        self.model = model
+        self.decode_chunk = decode_chunk
+        self.png_compress_level = png_compress_level
+        self.max_image_pixels = max_image_pixels
+        self.latent_dim = model.latent_dim
+        self.tile_h, self.tile_w = (int(s) for s in model.manifest["image_shape"][-2:])
+
+    @property
+    def model_id(self) -> str:
+        return self.model.id
+
+    # --- /generate -------------------------------------------------------------------------------------------
+
+    def make_spec(
+        self,
+        digits: list[int],
+        n: int,
+        latent: list[float] | list[list[float]] | None,
+        seed: int | None,
+        temperature: float,
+        columns: int | None,
+        padding: int,
+        scale: int,
+    ) -> GenerateSpec:
+        """Check what depends on the model (latent size, output size) and fix the seed. Cheap: no tensors
+        beyond the given latent."""
+        z = None
+        if latent is not None:
+            rows = latent if isinstance(latent[0], list) else [latent]
+            bad = [i for i, row in enumerate(rows) if len(row) != self.latent_dim]
+            if bad:
+                i = bad[0]
+                loc: list[str | int] = ["body", "latent"] + ([i] if rows is latent else [])
+                raise ServiceError(
+                    422,
+                    f"latent must have {self.latent_dim} numbers (the model's latent size D = {self.latent_dim}); "
+                    f"got {len(rows[i])}",
+                    kind="validation-error",
+                    title="Invalid request",
+                    errors=[field_error(loc, f"expected {self.latent_dim} numbers, got {len(rows[i])}", "latent_dim")],
+                )
+            z = torch.tensor(rows, dtype=torch.float32)  # (1 or n, D)
+            if z.shape[0] == 1 and n > 1:
+                z = z.expand(n, -1)
+            seed = None
+        elif seed is None:
+            seed = secrets.randbits(RANDOM_SEED_BITS)
+        tiles = len(digits) * n
+        columns = max(1, min(columns or n, tiles))
+        rows_ = -(-tiles // columns)
+        width = (columns * (self.tile_w + padding) + padding) * scale
+        height = (rows_ * (self.tile_h + padding) + padding) * scale
+        if width * height > MAX_OUTPUT_PIXELS:
+            raise ServiceError(
+                422,
+                f"the grid would be {width}x{height} = {width * height} pixels; the limit is {MAX_OUTPUT_PIXELS} "
+                "(fewer tiles, less padding or a smaller scale)",
+                kind="validation-error",
+                title="Invalid request",
+                errors=[field_error(["body"], "output image too large", "output_too_large")],
+            )
+        return GenerateSpec(
+            digits=tuple(digits),
+            n=n,
+            latent=z,
+            seed=seed,
+            temperature=temperature,
+            columns=columns,
+            padding=padding,
+            scale=scale,
+            width=width,
+            height=height,
+        )
+
+    def latents(self, spec: GenerateSpec) -> tuple[Tensor, Tensor]:
+        """-> z (N, D), labels (N,) for a spec, digit-major. Sampled as evaluation samples (sample_latents): the
+        styles eps ~ N(0, I) of shape (n, D) come from the seed and are shared by every digit, one per column."""
+        if spec.latent is not None:
+            labels = torch.tensor(spec.digits, dtype=torch.long).repeat_interleave(spec.n)  # (N,)
+            return spec.latent.repeat(len(spec.digits), 1), labels
+        assert spec.seed is not None
+        return sample_latents(self.model.prior, list(spec.digits), spec.n, spec.seed, spec.temperature)
+
+    def decode(self, z: Tensor, labels: Tensor) -> Tensor:
+        """(N, D), (N,) -> (N, 1, H, W), run in forward passes of exactly decode_chunk rows."""
+        b = self.decode_chunk
+        count = z.shape[0]
+        padded = -(-count // b) * b
+        zp = z.new_zeros(padded, z.shape[1])
+        zp[:count] = z
+        yp = labels.new_zeros(padded)
+        yp[:count] = labels
+        decoder = self.model.decoder
+        return torch.cat([decoder(zp[i : i + b], yp[i : i + b]) for i in range(0, padded, b)])[:count]
+
+    def render(self, spec: GenerateSpec, images: Tensor) -> bytes:
+        grid = tile_grid(images, spec.columns, spec.padding, spec.scale)
+        return encode_png(grid, self.png_compress_level)
+
+    @torch.inference_mode()
+    def generate_batch(self, specs: list[GenerateSpec]) -> list[GenerateResult]:
+        """Decode several requests in shared forward passes -> one result per spec, in order."""
+        parts = [self.latents(s) for s in specs]
+        z = torch.cat([p[0] for p in parts])
+        labels = torch.cat([p[1] for p in parts])
+        images = self.decode(z, labels)
+        results = []
+        start = 0
+        for spec, (zs, ys) in zip(specs, parts, strict=True):
+            results.append(GenerateResult(self.render(spec, images[start : start + spec.size]), zs, ys))
+            start += spec.size
+        return results
+
+    # --- /encode ---------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def encode(self, data: bytes, digit: int | None) -> EncodeResult:
+        """Upload bytes (any format Pillow reads) -> the posterior of z for the given or inferred digit."""
+        try:
+            x = to_mnist(decode_image(data, self.max_image_pixels))[None]  # (1, 1, 28, 28)
+        except ImageError as e:
+            raise _image_error(e) from e
+        m = self.model
+        if digit is None:
+            log_probs, means, log_vars = label_log_probs(m.encoder, m.decoder, m.prior, x)
+            best = int(log_probs[0].argmax())
+            return EncodeResult(
+                digit=best,
+                inferred=True,
+                probabilities=log_probs[0].exp().tolist(),
+                mean=means[0, best].tolist(),
+                log_var=log_vars[0, best].tolist(),
+            )
+        mean, log_var = m.encoder(x, torch.tensor([digit]))
+        return EncodeResult(digit, False, None, mean[0].tolist(), log_var[0].tolist())
+
+    @torch.inference_mode()
+    def warm_up_encoder(self) -> None:
+        x = torch.zeros(1, 1, self.tile_h, self.tile_w)
+        x[0, 0, self.tile_h // 4 : -self.tile_h // 4, self.tile_w // 2] = 1.0
+        label_log_probs(self.model.encoder, self.model.decoder, self.model.prior, x)
+
+
+def _image_error(e: ImageError) -> ServiceError:
+    if e.reason == "too_large":
+        return ServiceError(413, str(e), kind="image-too-large", title="Image too large")
+    if e.reason == "blank":
+        return ServiceError(422, str(e), kind="blank-image", title="No digit in the image")
+    if isinstance(e.__cause__, UnidentifiedImageError):
+        return ServiceError(415, str(e), kind="unsupported-image", title="Not an image")
+    return ServiceError(400, str(e), kind="corrupt-image", title="Image could not be decoded")

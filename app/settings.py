@@ -1,0 +1,46 @@
+"""The service's settings: one class, read from CVAE_* environment variables, through a cached dependency."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_model_dir() -> Path:
+    """The model shipped with the code: <repository>/artifacts/default."""
+    return Path(__file__).resolve().parents[1] / "artifacts" / "default"
+
+
+class Settings(BaseSettings):
+    """Every field is read from the environment variable CVAE_<FIELD NAME>, e.g. CVAE_MODEL_DIR."""
+
+    model_config = SettingsConfigDict(env_prefix="CVAE_", frozen=True, extra="ignore")
+
+    model_dir: Path = Field(default_factory=default_model_dir, description="model directory to serve")
+    host: str = Field("127.0.0.1", description="interface `python -m app` binds (flag --host overrides)")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port `python -m app` binds (flag --port overrides)")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    access_log: bool = Field(True, description="log one line per request (uvicorn's access log)")
+    torch_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads for inference")
+    max_batch: int = Field(256, ge=1, le=65536, description="most samples decoded in one batch")
+    max_wait_ms: float = Field(1.0, ge=0, le=1000, description="longest a request waits for others to batch with")
+    max_pending: int = Field(1024, ge=1, description="requests queued for the batcher before 503 (overloaded)")
+    decode_chunk: int = Field(64, ge=1, le=4096, description="rows per decoder forward pass (fixed: reproducible)")
+    png_compress_level: int = Field(1, ge=0, le=9, description="zlib level of PNG responses")
+    max_upload_bytes: int = Field(4 * 1024 * 1024, ge=1, description="largest request body accepted (413 above)")
+    max_image_pixels: int = Field(25_000_000, ge=1, description="largest upload in pixels, checked before decoding")
+    graceful_shutdown_s: int = Field(10, ge=0, description="how long in-flight requests may finish at shutdown")
+    shutdown_delay_s: float = Field(
+        0.0, ge=0, description="after SIGTERM, keep serving with /readyz 503 this long before closing the port"
+    )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The settings from the environment, read once. Tests override it (app.dependency_overrides) or pass
+    Settings to create_app."""
+    return Settings()
