@@ -1,0 +1,71 @@
+# cvae-digits: the REST API (default command) and the trainer (`python -m training`), CPU-only by default.
+#
+#   docker build -t cvae-digits .                                             # CPU torch from PyTorch's CPU index
+#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t cvae-digits:cuda .
+#   docker build --build-arg TORCH_INDEX_URL= -t cvae-digits:cuda .          # empty: PyPI (CUDA builds on Linux)
+#
+# Offline builds: put wheels into .ci/wheels/ (ignored by git); pip looks there first. The CI drops the local CPU
+# torch wheel there and builds with TORCH_INDEX_URL= and TORCH_SPEC=torch==2.13.0+cpu.
+# Classic-builder compatible on purpose: no BuildKit-only syntax.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# ---- build: a virtual environment with torch and the project (no dev tools) --------------------------------------
+FROM ${PYTHON_IMAGE} AS build
+
+# The torch requirement and where it comes from. Keep TORCH_SPEC in step with the pin in pyproject.toml.
+ARG TORCH_SPEC=torch==2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_FIND_LINKS=/wheels
+
+RUN python -m venv /opt/venv
+
+# torch first, in its own layer: it is most of the image and changes least often.
+COPY .ci/wheels/ /wheels/
+# torch/test holds C++ test binaries (~80 MB) that nothing imports.
+RUN if [ -n "$TORCH_INDEX_URL" ]; then set -- --index-url "$TORCH_INDEX_URL"; else set --; fi \
+    && /opt/venv/bin/pip install --no-cache-dir "$@" "$TORCH_SPEC" \
+    && rm -rf /opt/venv/lib/python3*/site-packages/torch/test
+
+# The project, non-editable, with the trainer's extra (tqdm) but without the dev extra (pytest, ruff, httpx).
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY model/ model/
+COPY training/ training/
+COPY app/ app/
+RUN /opt/venv/bin/pip install --no-cache-dir ".[train]" \
+    && /opt/venv/bin/python -c "import torch, model, app, training; print('torch', torch.__version__)"
+
+# ---- runtime ----------------------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE}
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    CVAE_MODEL_DIR=/app/artifacts/default
+
+# An unprivileged user. /models, /data and /runs exist and belong to it so that named volumes mounted there (the compose
+# `train` service) start out writable by it.
+RUN groupadd --gid 10001 cvae \
+    && useradd --uid 10001 --gid cvae --create-home --home-dir /home/cvae --shell /usr/sbin/nologin cvae \
+    && mkdir -p /models /data /runs \
+    && chown cvae:cvae /models /data /runs
+
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+# The default model shipped with the image (the app is installed non-editable, hence CVAE_MODEL_DIR above).
+COPY artifacts/default/ /app/artifacts/default/
+
+USER 10001:10001
+EXPOSE 8000
+
+# Ready = model loaded and warmed up. python's urllib: the slim image has no curl.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"]
+
+# uvicorn finishes in-flight requests on SIGTERM. Run with an init (`docker run --init`, compose `init: true`).
+STOPSIGNAL SIGTERM
+CMD ["python", "-m", "app", "--host", "0.0.0.0", "--port", "8000"]
