@@ -1,0 +1,107 @@
+"""Request body limit: 413 as problem+json, counted as the bytes arrive (not trusting Content-Length)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.factory import create_app
+from app.settings import Settings
+
+LIMIT = 10_000
+
+
+@pytest.fixture(scope="module")
+def client(tiny_model_dir: Path):
+    with TestClient(create_app(Settings(model_dir=tiny_model_dir, max_upload_bytes=LIMIT))) as c:
+        yield c
+
+
+def assert_413(status: int, headers: dict[str, str], body: bytes) -> None:
+    assert status == 413, body
+    assert headers["content-type"] == "application/problem+json"
+    problem = json.loads(body)
+    assert problem["status"] == 413 and str(LIMIT) in problem["detail"]
+
+
+def test_upload_over_the_limit_is_413(client):
+    r = client.post("/encode", files={"file": ("big.png", b"\0" * (LIMIT + 1), "image/png")})
+    assert_413(r.status_code, r.headers, r.content)
+
+
+def test_json_body_over_the_limit_is_413(client):
+    r = client.post("/generate", json={"digit": 1, "latent": [0.0] * 5000})
+    assert_413(r.status_code, r.headers, r.content)
+
+
+def test_chunked_body_without_content_length_over_the_limit_is_413(client):
+    def chunks():
+        for _ in range(20):
+            yield b"x" * 1000
+
+    r = client.post("/encode", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert "content-length" not in r.request.headers  # sent chunked
+    assert_413(r.status_code, r.headers, r.content)
+
+
+def test_chunked_json_body_over_the_limit_is_413(client):
+    def chunks():
+        yield b'{"digit": 1, "latent": ['
+        for _ in range(3000):
+            yield b"0.0, "
+        yield b"0.0]}"
+
+    r = client.post("/generate", content=chunks(), headers={"Content-Type": "application/json"})
+    assert_413(r.status_code, r.headers, r.content)
+
+
+@pytest.mark.parametrize("path", ["/encode", "/generate"])
+def test_body_larger_than_its_content_length_claims_is_413(client, path):
+    """Sent through the ASGI interface directly: no HTTP client would send a lying Content-Length."""
+    app = client.app
+    if path == "/encode":  # a well-formed multipart body, so the parser keeps reading
+        head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'
+        chunks = [head] + [b"\0" * 4000] * 5 + [b"\r\n--b--\r\n"]
+    else:
+        chunks = [b'{"digit": 1, "latent": ['] + [b"0.0, " * 800] * 5 + [b"0.0]}"]
+
+    content_type = b"multipart/form-data; boundary=b" if path == "/encode" else b"application/json"
+
+    async def call() -> tuple[int, dict[str, str], bytes]:
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+            "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+            "headers": [(b"host", b"test"), (b"content-length", b"100"), (b"content-type", content_type)],
+            "client": ("127.0.0.1", 1), "server": ("test", 80),
+        }  # fmt: skip
+        pending = list(chunks)
+        sent: list[dict] = []
+
+        async def receive():
+            body = pending.pop(0) if pending else b""
+            return {"type": "http.request", "body": body, "more_body": bool(pending)}
+
+        async def send(message):
+            sent.append(message)
+
+        await app(scope, receive, send)
+        start = next(m for m in sent if m["type"] == "http.response.start")
+        headers = {k.decode(): v.decode() for k, v in start["headers"]}
+        return start["status"], headers, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+    assert_413(*client.portal.call(call))
+
+
+def test_content_length_over_the_limit_is_refused_before_reading(client):
+    r = client.post("/generate", content=b"x" * (LIMIT + 5), headers={"Content-Type": "application/json"})
+    assert_413(r.status_code, r.headers, r.content)
+
+
+def test_body_at_the_limit_is_accepted(client):
+    body = json.dumps({"digit": 1, "n": 1}).encode()
+    body += b" " * (LIMIT - len(body))
+    r = client.post("/generate", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 200

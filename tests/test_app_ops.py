@@ -1,0 +1,244 @@
+"""Probes, /model, /metrics, the OpenAPI document, generic HTTP errors, settings and start-up failures."""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.config
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.factory import create_app
+from app.settings import Settings, default_model_dir, get_settings
+from model.artifacts import ModelDirError
+
+ENDPOINTS = {("post", "/generate"), ("post", "/encode"), ("get", "/livez"), ("get", "/readyz"), ("get", "/model"),
+             ("get", "/metrics")}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def client(tiny_model_dir: Path):
+    with TestClient(create_app(Settings(model_dir=tiny_model_dir))) as c:
+        yield c
+
+
+def problem(r, status: int) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert body["status"] == status and body["title"] and body["detail"] and body["type"]
+    return body
+
+
+# --- probes ---------------------------------------------------------------------------------------------------
+
+
+def test_livez_answers(client):
+    assert client.get("/livez").json() == {"status": "alive"}
+
+
+def test_readyz_is_200_once_the_model_is_loaded_and_warmed_up(client):
+    body = client.get("/readyz").json()
+    assert body["status"] == "ready" and body["model_id"].startswith("cvae-")
+
+
+def test_readyz_is_503_while_draining(client):
+    client.app.state.draining = True
+    try:
+        p = problem(client.get("/readyz"), 503)
+        assert "shutting down" in p["detail"]
+        assert client.get("/livez").status_code == 200
+    finally:
+        client.app.state.draining = False
+    assert client.get("/readyz").status_code == 200
+
+
+def test_readiness_ends_with_the_lifespan(tiny_model_dir):
+    app = create_app(Settings(model_dir=tiny_model_dir))
+    with TestClient(app) as c:
+        assert c.get("/readyz").status_code == 200
+    assert app.state.ready is False
+
+
+def test_probes_answer_while_inference_is_busy(client):
+    runtime = client.app.state.runtime
+    release = threading.Event()
+    runtime.executor.submit(release.wait, 10)  # occupy the one inference thread
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(client.post, "/generate", json={"digit": 1, "seed": 1})
+        try:
+            started = time.perf_counter()
+            assert client.get("/livez").status_code == 200
+            assert client.get("/readyz").status_code == 200
+            assert client.get("/metrics").status_code == 200
+            assert time.perf_counter() - started < 2
+            assert not pending.done()
+        finally:
+            release.set()
+        assert pending.result(timeout=10).status_code == 200
+
+
+# --- information ----------------------------------------------------------------------------------------------
+
+
+def test_model_returns_the_manifest(client, tiny_model_dir):
+    assert client.get("/model").json() == json.loads((tiny_model_dir / "manifest.json").read_text())
+
+
+def test_metrics_are_prometheus_text_with_the_services_series(client):
+    client.post("/generate", json={"digit": [3, 4], "n": 5, "seed": 1})
+    client.get("/nope/123")
+    r = client.get("/metrics")
+    assert r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    for expected in [
+        'cvae_http_requests_total{method="POST",route="/generate",status="200"}',
+        'cvae_http_requests_total{method="GET",route="unmatched",status="404"}',  # never the raw path
+        'cvae_http_request_duration_seconds_bucket{le="0.0005",method="POST",route="/generate"}',
+        'cvae_http_request_duration_seconds_bucket{le="2.5",method="POST",route="/generate"}',
+        "cvae_http_requests_in_flight ",
+        'cvae_images_generated_total{digit="3"}',
+        'cvae_inference_duration_seconds_count{operation="generate"}',
+        "cvae_batch_size_samples_bucket",
+        "cvae_batch_size_requests_bucket",
+        "cvae_batch_queue_wait_seconds_bucket",
+        "cvae_model_info{",
+        "cvae_ready 1.0",
+        "process_cpu_seconds_total",
+    ]:
+        assert expected in text, expected
+    assert "/nope/123" not in text
+
+
+def test_each_app_has_its_own_metrics_registry(tiny_model_dir):
+    a, b = create_app(Settings(model_dir=tiny_model_dir)), create_app(Settings(model_dir=tiny_model_dir))
+    assert a.state.metrics.registry is not b.state.metrics.registry
+
+
+def test_openapi_lists_every_endpoint_with_examples_and_problem_errors(client):
+    doc = client.get("/openapi.json").json()
+    ops = {(method, path): op for path, item in doc["paths"].items() for method, op in item.items()}
+    assert ops.keys() >= ENDPOINTS
+    assert "example" in json.dumps(doc["paths"]["/generate"]) and "examples" in json.dumps(doc["paths"]["/generate"])
+    for key in ENDPOINTS - {("get", "/livez"), ("get", "/readyz")}:
+        assert "example" in json.dumps(ops[key]) or "example" in json.dumps(doc["components"]), key
+    for (method, path), op in ops.items():
+        for status, response in op["responses"].items():
+            if int(status) >= 400:
+                assert list(response["content"]) == ["application/problem+json"], (method, path, status)
+    assert "HTTPValidationError" not in json.dumps(doc)
+    assert set(doc["paths"]["/generate"]["post"]["responses"]["200"]["content"]) == {"image/png", "application/json"}
+
+
+def test_docs_page_is_served(client):
+    assert client.get("/docs").status_code == 200
+
+
+# --- generic HTTP errors --------------------------------------------------------------------------------------
+
+
+def test_unknown_path_is_a_404_problem(client):
+    assert problem(client.get("/nope"), 404)["type"] == "about:blank"
+
+
+def test_wrong_method_is_a_405_problem_with_allow(client):
+    r = client.get("/generate")
+    problem(r, 405)
+    assert r.headers["allow"] == "POST"
+
+
+def test_unexpected_failure_is_a_500_problem_without_internals(tiny_model_dir):
+    app = create_app(Settings(model_dir=tiny_model_dir))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        runtime = app.state.runtime
+
+        def broken(specs):
+            raise RuntimeError("secret internals")
+
+        runtime.batcher._run = broken
+        p = problem(c.post("/generate", json={"digit": 1}), 500)
+        assert "secret" not in json.dumps(p)
+        assert c.get("/readyz").status_code == 200  # one failed batch does not take the service down
+
+
+# --- settings -------------------------------------------------------------------------------------------------
+
+
+def test_settings_come_from_cvae_environment_variables(monkeypatch, tmp_path):
+    monkeypatch.setenv("CVAE_MODEL_DIR", str(tmp_path))
+    monkeypatch.setenv("CVAE_MAX_BATCH", "7")
+    monkeypatch.setenv("CVAE_MAX_UPLOAD_BYTES", "123")
+    s = Settings()
+    assert (s.model_dir, s.max_batch, s.max_upload_bytes) == (tmp_path, 7, 123)
+
+
+def test_settings_default_to_the_shipped_model():
+    assert default_model_dir() == Path(__file__).resolve().parents[1] / "artifacts" / "default"
+
+
+def test_invalid_setting_is_refused(monkeypatch):
+    monkeypatch.setenv("CVAE_TORCH_THREADS", "0")
+    with pytest.raises(ValueError, match="torch_threads"):
+        Settings()
+
+
+def test_settings_dependency_override_reaches_the_lifespan(tiny_model_dir):
+    app = create_app()
+    app.dependency_overrides[get_settings] = lambda: Settings(model_dir=tiny_model_dir, max_upload_bytes=999)
+    with TestClient(app) as c:
+        assert c.get("/readyz").status_code == 200
+        assert app.state.settings.max_upload_bytes == 999
+
+
+def test_importing_app_main_reads_no_settings_and_loads_no_model():
+    import app.main
+
+    assert not hasattr(app.main.app.state, "settings")
+    assert not hasattr(app.main.app.state, "runtime")
+
+
+# --- start-up failures ----------------------------------------------------------------------------------------
+
+
+def test_start_up_fails_on_a_missing_model_directory_naming_it(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ModelDirError, match="no-such-model"), TestClient(create_app(Settings(model_dir=missing))):
+        pass
+
+
+@pytest.fixture
+def corrupted_model_dir(tiny_model_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny model whose decoder.pt no longer matches the manifest's checksum."""
+    copy = Path(shutil.copytree(tiny_model_dir, tmp_path / "corrupted"))
+    with open(copy / "decoder.pt", "ab") as f:
+        f.write(b"tampered")
+    return copy
+
+
+def test_start_up_fails_when_a_checksum_does_not_match_naming_the_file(corrupted_model_dir):
+    with (
+        pytest.raises(ModelDirError, match=r"decoder\.pt.*sha256"),
+        TestClient(create_app(Settings(model_dir=corrupted_model_dir))),
+    ):
+        pass
+
+
+def test_python_m_app_exits_1_with_one_log_line_on_a_bad_model(monkeypatch, caplog, corrupted_model_dir):
+    from app.__main__ import main
+
+    monkeypatch.setattr(logging.config, "dictConfig", lambda config: None)  # keep pytest's logging as it is
+    monkeypatch.setenv("CVAE_MODEL_DIR", str(corrupted_model_dir))
+    get_settings.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO):
+            assert main(["--port", "0"]) == 1
+    finally:
+        get_settings.cache_clear()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "decoder.pt" in errors[0].getMessage() and errors[0].exc_info is None
