@@ -31,7 +31,9 @@ class TrainConfig:
     batch_size: int = 128
     """images per optimiser step"""
     lr: float = 2e-3
-    """peak AdamW learning rate (cosine decay to 1/20 of it over the run)"""
+    """peak AdamW learning rate"""
+    schedule: Literal["cosine", "constant"] = "cosine"
+    """learning-rate schedule: short warm-up then cosine decay to lr/20, or constant"""
     weight_decay: float = 1e-4
     """AdamW weight decay"""
     kl_warmup_epochs: float = 5.0
@@ -50,6 +52,8 @@ class TrainConfig:
     """torch CPU threads (0: torch's default)"""
     resume: bool = False
     """continue from the checkpoint in --run-dir"""
+    prior: Literal["class_gaussian", "standard"] = "class_gaussian"
+    """the prior the exported model samples from: each class's aggregate posterior fitted after training, or N(0, I)"""
     eval_k: int = 100
     """importance samples for the NLL bound computed at export"""
     latent_dim: int = 16

@@ -79,7 +79,9 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
 
 
 def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
-    """Linear warm-up over the first 2% of steps, then cosine decay to lr/20."""
+    """Linear warm-up over the first 2% of steps, then cosine decay to lr/20 (or constant)."""
+    if cfg.schedule == "constant":
+        return cfg.lr
     warm = max(1, total_steps // 50)
     if step < warm:
         return cfg.lr * (step + 1) / warm
@@ -295,7 +297,10 @@ def finish(
     from training.export import export_model_dir
 
     model.eval()
-    prior = fit_prior(model, train)
+    if cfg.prior == "standard":
+        prior = GaussianPrior.standard(model.cfg.num_classes, model.cfg.latent_dim)
+    else:
+        prior = fit_prior(model, train)
     (cfg.resolved_run_dir / "samples" / "final.png").write_bytes(sample_grid_png(model, prior.to(train.x.device)))
     cpu_model = model.to("cpu")
     metrics: dict[str, Any] = {"epochs": len(history), "train_history_last": history[-1] if history else None}
