@@ -57,7 +57,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.ready = False
     state.draining = False
     metrics: Metrics = state.metrics
-    torch.set_num_threads(settings.torch_threads)
     model = load_model_dir(settings.model_dir)  # ModelDirError names the file; start-up fails
     service = DigitService(
         model,
@@ -66,6 +65,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_image_pixels=settings.max_image_pixels,
     )
     metrics.set_model(model)
+    threads_before = torch.get_num_threads()  # process-wide: put back at shutdown (tests run many apps)
+    torch.set_num_threads(settings.torch_threads)
     runtime = Runtime(service, settings, metrics)
     runtime.start()
     try:
@@ -79,6 +80,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.ready = False
         metrics.ready.set(0)
         await runtime.stop()
+        torch.set_num_threads(threads_before)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

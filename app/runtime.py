@@ -1,5 +1,8 @@
 """The async side of inference: one single-thread executor that all model work runs in (so the event loop
-never blocks and torch's thread count is what the settings say), the /generate batcher, and warm-up."""
+never blocks and torch's thread count is what the settings say), the /generate batcher, and warm-up.
+
+Decoding uploads (Pillow, up to CVAE_MAX_IMAGE_PIXELS) runs in a second single thread, so that a large
+upload never holds up the batches of /generate."""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ class Runtime:
         self.service = service
         self.metrics = metrics
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvae-inference")
+        self.upload_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvae-uploads")
         self.batcher: Batcher[GenerateSpec, GenerateResult] = Batcher(
             service.generate_batch,
             self.executor,
@@ -38,6 +42,7 @@ class Runtime:
     async def stop(self) -> None:
         await self.batcher.stop()
         self.executor.shutdown(wait=True)
+        self.upload_executor.shutdown(wait=True)
 
     async def generate(self, spec: GenerateSpec) -> GenerateResult:
         result = await self.batcher.submit(spec, spec.size)
@@ -46,8 +51,9 @@ class Runtime:
 
     async def encode(self, data: bytes, digit: int | None) -> EncodeResult:
         loop = asyncio.get_running_loop()
+        x = await loop.run_in_executor(self.upload_executor, self.service.preprocess, data)
         started = time.perf_counter()
-        result = await loop.run_in_executor(self.executor, self.service.encode, data, digit)
+        result = await loop.run_in_executor(self.executor, self.service.encode, x, digit)
         self.metrics.observe_encode(time.perf_counter() - started)
         return result
 

@@ -182,12 +182,16 @@ class DigitService:
     # --- /encode ---------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def encode(self, data: bytes, digit: int | None) -> EncodeResult:
-        """Upload bytes (any format Pillow reads) -> the posterior of z for the given or inferred digit."""
+    def preprocess(self, data: bytes) -> Tensor:
+        """Upload bytes (any format Pillow reads) -> the MNIST-style digit (1, 1, H, W) the model reads."""
         try:
-            x = to_mnist(decode_image(data, self.max_image_pixels))[None]  # (1, 1, 28, 28)
+            return to_mnist(decode_image(data, self.max_image_pixels))[None]
         except ImageError as e:
             raise _image_error(e) from e
+
+    @torch.inference_mode()
+    def encode(self, x: Tensor, digit: int | None) -> EncodeResult:
+        """A preprocessed digit (1, 1, H, W) -> the posterior of z for the given or inferred digit."""
         m = self.model
         if digit is None:
             log_probs, means, log_vars = label_log_probs(m.encoder, m.decoder, m.prior, x)

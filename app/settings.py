@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     max_batch: int = Field(256, ge=1, le=65536, description="most samples decoded in one batch")
     max_wait_ms: float = Field(1.0, ge=0, le=1000, description="longest a request waits for others to batch with")
     max_pending: int = Field(1024, ge=1, description="requests queued for the batcher before 503 (overloaded)")
-    decode_chunk: int = Field(64, ge=1, le=4096, description="rows per decoder forward pass (fixed: reproducible)")
+    decode_chunk: int = Field(32, ge=1, le=4096, description="rows per decoder forward pass (fixed: reproducible)")
     png_compress_level: int = Field(1, ge=0, le=9, description="zlib level of PNG responses")
     max_upload_bytes: int = Field(4 * 1024 * 1024, ge=1, description="largest request body accepted (413 above)")
     max_image_pixels: int = Field(25_000_000, ge=1, description="largest upload in pixels, checked before decoding")
