@@ -112,6 +112,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    runtime = getattr(app.state, "runtime", None)
+    if runtime is not None:  # built after start-up: make the latent example fit the model served
+        examples = doc["paths"]["/generate"]["post"]["requestBody"]["content"]["application/json"]["examples"]
+        examples["from_latent"]["value"]["latent"] = [0.0] * runtime.service.latent_dim
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     for name, schema in GenerateJSON.model_json_schema(ref_template="#/components/schemas/{model}").items():
         if name != "$defs":

@@ -60,7 +60,9 @@ class GenerateRequest(BaseModel):
     """What to draw and how to lay it out."""
 
     model_config = ConfigDict(
-        strict=True, extra="forbid", json_schema_extra={"examples": [e["value"] for e in GENERATE_EXAMPLES.values()]}
+        strict=True,
+        extra="forbid",
+        json_schema_extra={"examples": [e["value"] for k, e in GENERATE_EXAMPLES.items() if k != "from_latent"]},
     )
 
     digit: Digits = Field(

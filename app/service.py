@@ -92,6 +92,15 @@ class DigitService:
     ) -> GenerateSpec:
         """Check what depends on the model (latent size, output size) and fix the seed. Cheap: no tensors
         beyond the given latent."""
+        unknown = sorted({d for d in digits if d >= self.model.num_classes})
+        if unknown:  # only for a model with fewer than ten labels: the schema allows 0-9
+            raise ServiceError(
+                422,
+                f"this model draws digits 0-{self.model.num_classes - 1}, not {unknown}",
+                kind="validation-error",
+                title="Invalid request",
+                errors=[field_error(["body", "digit"], f"digits must be below {self.model.num_classes}", "label")],
+            )
         z = None
         if latent is not None:
             rows = latent if isinstance(latent[0], list) else [latent]
@@ -115,9 +124,9 @@ class DigitService:
             seed = secrets.randbits(RANDOM_SEED_BITS)
         tiles = len(digits) * n
         columns = max(1, min(columns or n, tiles))
-        rows_ = -(-tiles // columns)
+        grid_rows = -(-tiles // columns)
         width = (columns * (self.tile_w + padding) + padding) * scale
-        height = (rows_ * (self.tile_h + padding) + padding) * scale
+        height = (grid_rows * (self.tile_h + padding) + padding) * scale
         if width * height > MAX_OUTPUT_PIXELS:
             raise ServiceError(
                 422,

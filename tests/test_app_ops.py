@@ -134,6 +134,9 @@ def test_openapi_lists_every_endpoint_with_examples_and_problem_errors(client):
                 assert list(response["content"]) == ["application/problem+json"], (method, path, status)
     assert "HTTPValidationError" not in json.dumps(doc)
     assert set(doc["paths"]["/generate"]["post"]["responses"]["200"]["content"]) == {"image/png", "application/json"}
+    examples = doc["paths"]["/generate"]["post"]["requestBody"]["content"]["application/json"]["examples"]
+    for example in examples.values():  # every example is a valid request for the model served
+        assert client.post("/generate", json=example["value"]).status_code == 200, example
 
 
 def test_docs_page_is_served(client):
