@@ -13,15 +13,21 @@ from model.network import CVAE, CVAEConfig
 
 
 def save_checkpoint(
-    path: str | Path, model: CVAE, meta: dict[str, Any], optimizer_state: dict[str, Any] | None = None
+    path: str | Path,
+    model: CVAE,
+    meta: dict[str, Any],
+    optimizer_state: dict[str, Any] | None = None,
+    ema_state_dict: dict[str, Any] | None = None,
 ) -> None:
-    """Write {"config", "state_dict", "meta", "optimizer"} atomically: a crash never leaves half a file."""
+    """Write {"config", "state_dict", "meta", "optimizer", "ema_state_dict"} atomically: a crash never leaves
+    half a file. The optimiser's state and the moving average of the weights are there to resume training."""
     path = Path(path)
     payload = {
         "config": model.cfg.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": meta,
         "optimizer": optimizer_state,
+        "ema_state_dict": ema_state_dict,
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -34,7 +40,7 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[CVAE, dict[str, Any]]:
-    """-> (model in eval mode, the whole payload: "meta" and "optimizer" included)."""
+    """-> (model in eval mode, the whole payload: "meta", "optimizer" and "ema_state_dict" included)."""
     payload = torch.load(path, map_location=map_location, weights_only=True)
     model = CVAE(CVAEConfig.from_dict(payload["config"]))
     model.load_state_dict(payload["state_dict"])

@@ -32,3 +32,10 @@ def free_bits_kl(mean: Tensor, log_var: Tensor, bits_per_dim: float) -> Tensor:
     clamped from below at `bits_per_dim` nats, so the optimiser gains nothing by collapsing it. -> scalar"""
     per_dim = 0.5 * (mean.pow(2) + log_var.exp() - 1.0 - log_var).mean(dim=0)  # (D,)
     return torch.clamp(per_dim, min=bits_per_dim).sum()
+
+
+def label_discrimination_loss(scores: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy of the true labels under softmax(scores), scores (N, C) being -ELBO(x, y) for every label y:
+    the log-likelihood of p(y | x) by Bayes' rule with a uniform p(y), as in hybrid generative-discriminative
+    training (Lasserre et al. 2006). -> scalar"""
+    return F.cross_entropy(scores, labels)

@@ -36,10 +36,17 @@ class TrainConfig:
     """learning-rate schedule: short warm-up then cosine decay to lr/20, or constant"""
     weight_decay: float = 1e-4
     """AdamW weight decay"""
+    ema: float = 0.999
+    """decay of the exponential moving average of the weights that validation and export use (0: no averaging)"""
     kl_warmup_epochs: float = 5.0
     """linearly raise the KL weight from 0 to 1 over this many epochs (0: no warm-up)"""
     free_bits: float = 0.0
     """minimum KL per latent dimension in nats during training (Kingma et al. 2016); 0 disables"""
+    label_weight: float = 1.0
+    """weight of the label-discrimination term: cross-entropy of the true label under softmax over labels of -ELBO
+    (the rule /encode infers digits by); it also makes the decoder lean on the label for the digit (0 disables)"""
+    label_batch: int = 32
+    """images per step that the label-discrimination term scores under every label"""
     augment: float = 1.0
     """strength of random affine augmentation (1: up to +-2 px shift, +-10 degrees, +-10% scale; 0: none)"""
     val_size: int = 1000

@@ -20,7 +20,7 @@ from training.data import DataSplits
 
 log = logging.getLogger(__name__)
 
-JUDGE_VERSION = 1  # bump when the architecture or its training changes, so caches are not reused
+JUDGE_VERSION = 2  # bump when the architecture or its training changes, so caches are not reused
 FEATURES = 64  # width of the penultimate layer
 
 
@@ -62,7 +62,7 @@ def predict(judge: Judge, x: Tensor, batch: int = 1000) -> tuple[Tensor, Tensor]
 
 
 @torch.enable_grad()
-def train_judge(data: DataSplits, epochs: int = 10, seed: int = 0) -> tuple[Judge, float]:
+def train_judge(data: DataSplits, epochs: int = 16, seed: int = 0) -> tuple[Judge, float]:
     """Train on data.train with augmentation. -> (judge, its accuracy on data.val)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)

@@ -8,6 +8,7 @@ epoch checkpoint continues exactly as if it had never stopped (on CPU).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.imaging import encode_png, tile_grid
-from model.loss import free_bits_kl, kl_to_standard_normal, reconstruction_nll
+from model.loss import free_bits_kl, kl_to_standard_normal, label_discrimination_loss, reconstruction_nll
 from model.network import CVAE
 from model.prior import GaussianPrior
 from training.augment import random_affine
@@ -102,8 +103,12 @@ def train_one_epoch(
     cfg: TrainConfig,
     epoch: int,
     device: torch.device,
+    ema: CVAE | None = None,
 ) -> dict[str, float]:
+    """One pass over `data`; updates `ema` (a moving average of the weights) after each step when given."""
     model.train()
+    params = list(model.parameters())
+    ema_params = list(ema.parameters()) if ema is not None else []
     g = epoch_generator(cfg.seed, epoch, device)
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
@@ -122,9 +127,14 @@ def train_one_epoch(
         kl = kl_to_standard_normal(out.mean.float(), out.log_var.float()).mean()
         kl_train = free_bits_kl(out.mean.float(), out.log_var.float(), cfg.free_bits) if cfg.free_bits > 0 else kl
         loss = recon + beta * kl_train
+        if cfg.label_weight > 0:
+            loss = loss + cfg.label_weight * label_loss(model, x[: cfg.label_batch], y[: cfg.label_batch], device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(ema_params, params, 1.0 - min(cfg.ema, (1 + step) / (10 + step)))
         n = x.shape[0]
         sums += torch.stack([recon + kl, recon, kl]).detach() * n
         count += n
@@ -136,6 +146,23 @@ def train_one_epoch(
         bar.close()
     loss, recon, kl = (sums / count).tolist()
     return {"train_nelbo": loss, "train_recon": recon, "train_kl": kl}
+
+
+def label_scores(model: CVAE, x: Tensor) -> Tensor:
+    """-ELBO(x, y) for every label y, at the posterior mean and with KL to N(0, I). (N, 1, H, W) -> (N, C)"""
+    n, c = x.shape[0], model.cfg.num_classes
+    xs = x.repeat_interleave(c, dim=0)  # (N*C, 1, H, W)
+    ys = torch.arange(c, device=x.device).repeat(n)  # (N*C,)
+    mean, log_var = model.encoder(xs, ys)
+    logits = model.decoder.logits(mean, ys)
+    nelbo = reconstruction_nll(logits.float(), xs) + kl_to_standard_normal(mean.float(), log_var.float())
+    return -nelbo.view(n, c)
+
+
+def label_loss(model: CVAE, x: Tensor, y: Tensor, device: torch.device) -> Tensor:
+    with autocast(device):
+        scores = label_scores(model, x)
+    return label_discrimination_loss(scores.float(), y)
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
@@ -223,6 +250,7 @@ def main(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
 
     torch.manual_seed(cfg.seed)
     model = CVAE(cfg.model_config()).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_epoch, history = 0, []
     ckpt_path = run_dir / CHECKPOINT
@@ -235,6 +263,8 @@ def main(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
         model.load_state_dict(loaded.state_dict())
         if payload["optimizer"] is not None:
             optimizer.load_state_dict(payload["optimizer"])
+        if ema is not None and payload["ema_state_dict"] is not None:
+            ema.load_state_dict(payload["ema_state_dict"])
         start_epoch, history = payload["meta"]["epochs_done"], payload["meta"]["history"]
         log.info("resumed from %s after epoch %d", ckpt_path, start_epoch)
 
@@ -251,23 +281,24 @@ def main(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
 
     def checkpoint(epochs_done: int) -> None:
         meta = {"epochs_done": epochs_done, "history": history, "train_config": cfg.to_dict()}
-        save_checkpoint(ckpt_path, model, meta, optimizer.state_dict())
+        save_checkpoint(ckpt_path, model, meta, optimizer.state_dict(), ema.state_dict() if ema is not None else None)
 
+    final = ema if ema is not None else model  # the weights that are validated and exported
     epoch = start_epoch
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
-            stats = train_one_epoch(model, train, optimizer, cfg, epoch, device)
+            stats = train_one_epoch(model, train, optimizer, cfg, epoch, device, ema)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
-            stats.update({f"val_{k}": v for k, v in validate(model, val, seed=cfg.seed).items()})
+            stats.update({f"val_{k}": v for k, v in validate(final, val, seed=cfg.seed).items()})
             stats.update(epoch=epoch + 1, seconds=seconds, samples_per_s=len(train) / seconds)
             history.append(stats)
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(stats) + "\n")
             standard = GaussianPrior.standard(model.cfg.num_classes, model.cfg.latent_dim)
-            (run_dir / "samples" / f"epoch-{epoch + 1:03d}.png").write_bytes(sample_grid_png(model, standard))
+            (run_dir / "samples" / f"epoch-{epoch + 1:03d}.png").write_bytes(sample_grid_png(final, standard))
             checkpoint(epoch + 1)
             log.info(
                 "epoch %d/%d  train -ELBO %.2f  val -ELBO %.2f (recon %.2f + KL %.2f)  %.1fs (%.0f img/s)",
@@ -279,7 +310,7 @@ def main(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
         log.warning("interrupted: checkpoint saved to %s; continue with --resume", ckpt_path)
         raise
 
-    return finish(model, train, val, data, cfg, history, command, record)
+    return finish(final, train, val, data, cfg, history, command, record)
 
 
 def finish(
