@@ -27,6 +27,7 @@ class CVAEConfig:
     decoder: Arch = "mlp"  # "mlp": MLP to logits; "conv": MLP to a 7x7 map, two transposed convolutions
     hidden: tuple[int, ...] = (512, 512)  # widths of the hidden MLP layers (the decoder mirrors them)
     channels: tuple[int, int] = (32, 64)  # conv channels at 14x14 and 7x7 (conv halves only)
+    dropout: float = 0.0  # dropout after each hidden MLP layer while training (identity in eval mode)
 
     def __post_init__(self) -> None:
         # Accept lists (from JSON) but store tuples, so the config stays hashable and immutable.
@@ -34,6 +35,8 @@ class CVAEConfig:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
         if self.encoder not in ("mlp", "conv") or self.decoder not in ("mlp", "conv"):
             raise ValueError(f"encoder/decoder must be 'mlp' or 'conv', got {self.encoder!r}/{self.decoder!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.latent_dim < 1 or self.num_classes < 2 or not self.hidden or len(self.channels) != 2:
             raise ValueError(f"invalid CVAE config: {self}")
         if "conv" in (self.encoder, self.decoder) and self.image_size % 4:
@@ -51,13 +54,15 @@ class CVAEConfig:
         return cls(**d)
 
 
-def _mlp(widths: list[int]) -> nn.Sequential:
-    """Linear layers with SiLU between them (none after the last)."""
+def _mlp(widths: list[int], dropout: float = 0.0) -> nn.Sequential:
+    """Linear layers with SiLU (and dropout, when > 0) between them, none after the last."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(itertools.pairwise(widths)):
         layers.append(nn.Linear(a, b))
         if i < len(widths) - 2:
             layers.append(nn.SiLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
 
@@ -85,7 +90,7 @@ class Encoder(nn.Module):
         else:
             self.features = nn.Sequential(nn.Flatten())
             n_features = cfg.num_pixels
-        self.body = nn.Sequential(_mlp([n_features + cfg.num_classes, *cfg.hidden]), nn.SiLU())
+        self.body = nn.Sequential(_mlp([n_features + cfg.num_classes, *cfg.hidden], cfg.dropout), nn.SiLU())
         self.head = nn.Linear(cfg.hidden[-1], 2 * cfg.latent_dim)
 
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -113,7 +118,9 @@ class Decoder(nn.Module):
         c1, c2 = cfg.channels
         side = cfg.image_size // 4
         if self.use_conv:
-            self.body = nn.Sequential(_mlp([*widths, c2 * side * side]), nn.SiLU(), nn.Unflatten(1, (c2, side, side)))
+            self.body = nn.Sequential(
+                _mlp([*widths, c2 * side * side], cfg.dropout), nn.SiLU(), nn.Unflatten(1, (c2, side, side))
+            )
             self.out = nn.Sequential(
                 nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),  # (N, c1, H/2, W/2)
                 nn.SiLU(),
@@ -121,7 +128,7 @@ class Decoder(nn.Module):
             )
         else:
             self.body = nn.Sequential(
-                _mlp([*widths, cfg.num_pixels]), nn.Unflatten(1, (1, cfg.image_size, cfg.image_size))
+                _mlp([*widths, cfg.num_pixels], cfg.dropout), nn.Unflatten(1, (1, cfg.image_size, cfg.image_size))
             )
             self.out = nn.Sequential(nn.Identity())
 

@@ -73,6 +73,8 @@ class TrainConfig:
     """hidden MLP widths"""
     channels: tuple[int, int] = (32, 64)
     """conv channels at 14x14 and 7x7"""
+    dropout: float = 0.0
+    """dropout after each hidden MLP layer while training"""
     progress: bool = True
     """show a progress bar"""
     evaluate: bool = True
@@ -85,6 +87,7 @@ class TrainConfig:
             decoder=self.decoder,
             hidden=self.hidden,
             channels=self.channels,
+            dropout=self.dropout,
         )
 
     @property
