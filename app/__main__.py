@@ -43,6 +43,21 @@ def logging_config(level: str) -> dict[str, Any]:
     return config
 
 
+def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
+    """How the service runs under uvicorn (one worker; the HTTP and event-loop implementations uvicorn picks).
+    tests/bench/serve.py runs its reference apps with this too, so that they share the service's stack."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # configured by the caller
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,
+        lifespan="on",
+    )
+
+
 class Server(uvicorn.Server):
     """uvicorn's server, marking the app as draining (so /readyz says 503) the moment shutdown is asked for,
     and closing the port only `delay_s` later (time for a load balancer to notice)."""
@@ -87,17 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     app = create_app(settings)
     app.state.draining = False
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,  # configured above
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-        timeout_graceful_shutdown=settings.graceful_shutdown_s,
-        lifespan="on",
-    )
-    Server(config, app.state, settings.shutdown_delay_s).run()  # exits 3 itself if start-up fails
+    Server(uvicorn_config(app, settings), app.state, settings.shutdown_delay_s).run()  # exits 3 if start-up fails
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Requests wait in a queue; one worker task takes as many as fit in `max_batch` samples (a request is never
 split; one larger than max_batch runs alone), waits at most `max_wait_s` after the first one's arrival for
-more, and runs the batch function in an executor, so the event loop stays free. Under load, requests that
+more, and runs the batch function in an executor (or awaits it, when it is a coroutine function handing the work
+to another process), so the event loop stays free. Under load, requests that
 arrive while a batch runs form the next one without waiting at all. No HTTP here.
 """
 
@@ -12,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -38,12 +39,13 @@ class _Item:
 
 
 class Batcher(Generic[J, R]):
-    """`await submit(job, size)` -> run([..., job, ...])[its index], run in batches in `executor`."""
+    """`await submit(job, size)` -> run([..., job, ...])[its index], run in batches: in `executor`, or, without
+    one, awaited (then `run` is a coroutine function)."""
 
     def __init__(
         self,
-        run: Callable[[list[J]], list[R]],
-        executor: Executor,
+        run: Callable[[list[J]], list[R]] | Callable[[list[J]], Awaitable[list[R]]],
+        executor: Executor | None,
         *,
         max_batch: int,
         max_wait_s: float,
@@ -138,9 +140,16 @@ class Batcher(Generic[J, R]):
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Item], total: int) -> None:
         started = time.perf_counter()
         try:
-            results = await loop.run_in_executor(self._executor, self._run, [item.job for item in batch])
+            jobs = [item.job for item in batch]
+            if self._executor is not None:
+                results = await loop.run_in_executor(self._executor, self._run, jobs)  # type: ignore[arg-type]
+            else:
+                results = await self._run(jobs)  # type: ignore[misc]
         except Exception as e:  # the whole batch failed: every caller gets the error
-            log.exception("batch of %d requests failed", len(batch))
+            if isinstance(e, ServiceError):
+                log.warning("batch of %d requests failed: %s", len(batch), e)
+            else:
+                log.exception("batch of %d requests failed", len(batch))
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(e)

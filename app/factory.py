@@ -22,6 +22,7 @@ from app.runtime import Runtime
 from app.schemas import GenerateJSON
 from app.service import DigitService
 from app.settings import Settings, get_settings
+from app.worker import InferenceProcess
 from model.artifacts import load_model_dir
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,11 @@ def _version() -> str:
 
 
 def resolve_settings(app: FastAPI) -> Settings:
-    """The settings dependency, honouring app.dependency_overrides (how tests and create_app(settings) set it)."""
+    """The settings: those given to create_app, else the get_settings dependency (honouring
+    app.dependency_overrides, as tests may set it)."""
+    given: Settings | None = getattr(app.state, "given_settings", None)
+    if given is not None:
+        return given
     return app.dependency_overrides.get(get_settings, get_settings)()
 
 
@@ -57,7 +62,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.ready = False
     state.draining = False
     metrics: Metrics = state.metrics
-    model = load_model_dir(settings.model_dir)  # ModelDirError names the file; start-up fails
+    process = InferenceProcess(settings) if settings.inference_process else None
+    if process is not None:
+        process.spawn()  # it loads the model while this process does too
+    try:
+        model = load_model_dir(settings.model_dir)  # ModelDirError names the file; start-up fails
+    except BaseException:
+        if process is not None:
+            await process.stop()
+        raise
     service = DigitService(
         model,
         decode_chunk=settings.decode_chunk,
@@ -67,14 +80,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     metrics.set_model(model)
     threads_before = torch.get_num_threads()  # process-wide: put back at shutdown (tests run many apps)
     torch.set_num_threads(settings.torch_threads)
-    runtime = Runtime(service, settings, metrics)
-    runtime.start()
+    runtime = Runtime(service, settings, metrics, process)
     try:
+        await runtime.start()
         await runtime.warm_up()
         state.runtime = runtime
         state.ready = True
         metrics.ready.set(1)
-        log.info("serving model %s (latent_dim %d) from %s", model.id, model.latent_dim, model.path)
+        where = f"inference process {process.pid}" if process is not None else "inference thread"
+        log.info("serving model %s (latent_dim %d) from %s (%s)", model.id, model.latent_dim, model.path, where)
         yield
     finally:
         state.ready = False
@@ -86,7 +100,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The application. Cheap: settings are read and the model is loaded by the lifespan, at start-up.
 
-    settings: use these instead of the environment's (the same as overriding the get_settings dependency).
+    settings: use these instead of the environment's. Kept on app.state, not in app.dependency_overrides: while
+    that dict is not empty, FastAPI rebuilds every route's sub-dependencies on every request.
     """
     app = FastAPI(
         title="cvae-digits",
@@ -94,8 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    if settings is not None:
-        app.dependency_overrides[get_settings] = lambda: settings
+    app.state.given_settings = settings
     app.state.metrics = metrics = Metrics()
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware)

@@ -54,6 +54,7 @@ class Metrics:
         # Children looked up once, not per request.
         self._images_by_digit = {d: self.images.labels(str(d)) for d in range(10)}
         self._generate_seconds = self.inference_duration.labels("generate")
+        self._by_request: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}  # (method, route, status)
         self._encode_seconds = self.inference_duration.labels("encode")
 
     def set_model(self, model: LoadedModel) -> None:
@@ -85,5 +86,9 @@ class Metrics:
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         if method not in KNOWN_METHODS:
             method = "other"
-        self.requests.labels(method, route, str(status)).inc()
-        self.request_duration.labels(method, route).observe(seconds)
+        children = self._by_request.get((method, route, status))
+        if children is None:  # first of its kind (few: routes are templates, never raw paths)
+            children = self.requests.labels(method, route, str(status)), self.request_duration.labels(method, route)
+            self._by_request[(method, route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)

@@ -1,8 +1,11 @@
-"""The async side of inference: one single-thread executor that all model work runs in (so the event loop
-never blocks and torch's thread count is what the settings say), the /generate batcher, and warm-up.
+"""The async side of inference: where model work runs (so the event loop never blocks and torch's thread count
+is what the settings say), the /generate batcher, and warm-up.
 
-Decoding uploads (Pillow, up to CVAE_MAX_IMAGE_PIXELS) runs in a second single thread, so that a large
-upload never holds up the batches of /generate."""
+/generate batches (sampling, decoding, PNGs) run in the inference process (app/worker.py) when
+CVAE_INFERENCE_PROCESS is true, the default: there they have an interpreter and a core of their own, and the
+event loop only relays them. Otherwise, and always for /encode, model work runs in one single-thread executor
+of this process. Decoding uploads (Pillow, up to CVAE_MAX_IMAGE_PIXELS) runs in a second single thread, so that
+a large upload never holds up the model work."""
 
 from __future__ import annotations
 
@@ -13,8 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from app.batching import Batcher
 from app.metrics import Metrics
-from app.service import DigitService, EncodeResult, GenerateResult, GenerateSpec
+from app.service import DigitService, EncodeResult, GenerateSpec
 from app.settings import Settings
+from app.worker import InferenceProcess
 
 log = logging.getLogger(__name__)
 
@@ -22,32 +26,47 @@ WARM_UP_RUNS = 3  # TorchScript's profiling executor settles after its first run
 
 
 class Runtime:
-    def __init__(self, service: DigitService, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, service: DigitService, settings: Settings, metrics: Metrics, process: InferenceProcess | None = None
+    ) -> None:
+        """process: where /generate batches run (spawned; start() waits for it), or None: the inference thread."""
         self.service = service
         self.metrics = metrics
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvae-inference")
         self.upload_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvae-uploads")
-        self.batcher: Batcher[GenerateSpec, GenerateResult] = Batcher(
-            service.generate_batch,
-            self.executor,
+        self.process = process
+        self.batcher: Batcher[GenerateSpec, bytes] = Batcher(
+            self.process.draw if self.process is not None else service.draw_batch,
+            None if self.process is not None else self.executor,
             max_batch=settings.max_batch,
             max_wait_s=settings.max_wait_ms / 1000.0,
             max_pending=settings.max_pending,
             observer=metrics,
         )
 
-    def start(self) -> None:
+    @property
+    def available(self) -> bool:
+        """False while the inference process is being restarted."""
+        return self.process is None or self.process.available
+
+    async def start(self) -> None:
+        """Start the inference process (if any; RuntimeError if it cannot load the model) and the batcher."""
+        if self.process is not None:
+            await self.process.wait_ready()
         self.batcher.start()
 
     async def stop(self) -> None:
         await self.batcher.stop()
+        if self.process is not None:
+            await self.process.stop()
         self.executor.shutdown(wait=True)
         self.upload_executor.shutdown(wait=True)
 
-    async def generate(self, spec: GenerateSpec) -> GenerateResult:
-        result = await self.batcher.submit(spec, spec.size)
+    async def generate(self, spec: GenerateSpec) -> bytes:
+        """-> the request's PNG (its latents, if wanted: service.latents(spec))."""
+        png = await self.batcher.submit(spec, spec.size)
         self.metrics.count_images(spec.digits, spec.n)
-        return result
+        return png
 
     async def encode(self, data: bytes, digit: int | None) -> EncodeResult:
         loop = asyncio.get_running_loop()
@@ -61,7 +80,7 @@ class Runtime:
         """Run every code path once (several times for the decoder, at the shape it always runs at) and check
         that generation is reproducible. Raises RuntimeError if it is not."""
         spec = self.service.make_spec(list(range(10)), 2, None, 0, 1.0, None, 2, 1)
-        pngs = [(await self.batcher.submit(spec, spec.size)).png for _ in range(WARM_UP_RUNS)]
+        pngs = [await self.batcher.submit(spec, spec.size) for _ in range(WARM_UP_RUNS)]
         if pngs[-1] != pngs[-2]:
             raise RuntimeError("warm-up: the same seed gave two different images; generation is not reproducible")
         await asyncio.get_running_loop().run_in_executor(self.executor, self.service.warm_up_encoder)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from PIL import UnidentifiedImageError
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from app.errors import ServiceError, field_error
 from model.artifacts import LoadedModel
-from model.imaging import ImageError, decode_image, encode_png, tile_grid, to_mnist
+from model.imaging import ImageError, decode_image, encode_png, tile_grid, to_mnist, to_uint8
 from model.inference import label_log_probs
 from model.prior import sample_latents
 
@@ -42,6 +43,13 @@ class GenerateSpec:
     @property
     def size(self) -> int:
         return len(self.digits) * self.n
+
+
+class DecodeJob(NamedTuple):
+    """One request's rows for the decoder."""
+
+    z: Tensor  # (N, D)
+    labels: Tensor  # (N,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,44 +157,65 @@ class DigitService:
             height=height,
         )
 
-    def latents(self, spec: GenerateSpec) -> tuple[Tensor, Tensor]:
+    @torch.inference_mode()
+    def latents(self, spec: GenerateSpec) -> DecodeJob:
         """-> z (N, D), labels (N,) for a spec, digit-major. Sampled as evaluation samples (sample_latents): the
         styles eps ~ N(0, I) of shape (n, D) come from the seed and are shared by every digit, one per column."""
         if spec.latent is not None:
             labels = torch.tensor(spec.digits, dtype=torch.long).repeat_interleave(spec.n)  # (N,)
-            return spec.latent.repeat(len(spec.digits), 1), labels
+            return DecodeJob(spec.latent.repeat(len(spec.digits), 1), labels)
         assert spec.seed is not None
-        return sample_latents(self.model.prior, list(spec.digits), spec.n, spec.seed, spec.temperature)
+        return DecodeJob(*sample_latents(self.model.prior, list(spec.digits), spec.n, spec.seed, spec.temperature))
 
     def decode(self, z: Tensor, labels: Tensor) -> Tensor:
         """(N, D), (N,) -> (N, 1, H, W), run in forward passes of exactly decode_chunk rows."""
         b = self.decode_chunk
         count = z.shape[0]
         padded = -(-count // b) * b
-        zp = z.new_zeros(padded, z.shape[1])
-        zp[:count] = z
-        yp = labels.new_zeros(padded)
-        yp[:count] = labels
+        if padded > count:
+            z = torch.cat([z, z.new_zeros(padded - count, z.shape[1])])
+            labels = torch.cat([labels, labels.new_zeros(padded - count)])
         decoder = self.model.decoder
-        return torch.cat([decoder(zp[i : i + b], yp[i : i + b]) for i in range(0, padded, b)])[:count]
-
-    def render(self, spec: GenerateSpec, images: Tensor) -> bytes:
-        grid = tile_grid(images, spec.columns, spec.padding, spec.scale)
-        return encode_png(grid, self.png_compress_level)
+        images = [decoder(z[i : i + b], labels[i : i + b]) for i in range(0, padded, b)]
+        return (images[0] if len(images) == 1 else torch.cat(images))[:count]
 
     @torch.inference_mode()
+    def decode_batch(self, jobs: list[DecodeJob]) -> list[Tensor]:
+        """Several requests' latents in shared forward passes -> each one's tiles, uint8 (N_i, 1, H, W).
+
+        The whole batch is converted to uint8 at once; what comes back are views of it."""
+        if len(jobs) == 1:
+            z, labels = jobs[0]
+        else:
+            z = torch.cat([j.z for j in jobs])
+            labels = torch.cat([j.labels for j in jobs])
+        pixels = to_uint8(self.decode(z, labels))
+        return list(pixels.split([j.z.shape[0] for j in jobs]))
+
+    def render(self, spec: GenerateSpec, tiles: Tensor) -> bytes:
+        """A request's tiles (grey levels, or uint8 from decode_batch) -> its PNG grid."""
+        return encode_png(tile_grid(tiles, spec.columns, spec.padding, spec.scale), self.png_compress_level)
+
+    def draw_batch(self, specs: list[GenerateSpec]) -> list[bytes]:
+        """Several requests decoded in shared forward passes -> the PNG of each, in order. What the service's
+        batches run (in the inference process or thread); a request's latents, if wanted, are recomputed by
+        latents(spec), which is cheap and deterministic."""
+        return [png for png, _ in self._draw(specs)]
+
     def generate_batch(self, specs: list[GenerateSpec]) -> list[GenerateResult]:
-        """Decode several requests in shared forward passes -> one result per spec, in order."""
-        parts = [self.latents(s) for s in specs]
-        z = torch.cat([p[0] for p in parts])
-        labels = torch.cat([p[1] for p in parts])
-        images = self.decode(z, labels)
-        results = []
-        start = 0
-        for spec, (zs, ys) in zip(specs, parts, strict=True):
-            results.append(GenerateResult(self.render(spec, images[start : start + spec.size]), zs, ys))
-            start += spec.size
-        return results
+        """draw_batch, with each request's latents and labels."""
+        return [GenerateResult(png, job.z, job.labels) for png, job in self._draw(specs)]
+
+    def _draw(self, specs: list[GenerateSpec]) -> list[tuple[bytes, DecodeJob]]:
+        jobs = [self.latents(s) for s in specs]
+        tiles = self.decode_batch(jobs)
+        return [(self.render(s, t), j) for s, j, t in zip(specs, jobs, tiles, strict=True)]
+
+    def warm_up_generate(self, runs: int = 3) -> None:
+        """Decode a few batches at the shape the decoder always runs at (TorchScript settles after its first runs)."""
+        spec = self.make_spec(list(range(min(10, self.model.num_classes))), 2, None, 0, 1.0, None, 2, 1)
+        for _ in range(runs):
+            self.draw_batch([spec])
 
     # --- /encode ---------------------------------------------------------------------------------------------
 

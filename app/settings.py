@@ -26,8 +26,15 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = Field(True, description="log one line per request (uvicorn's access log)")
     torch_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads for inference")
+    inference_process: bool = Field(
+        True, description="decode /generate batches in a child process (its own core and GIL); false: in a thread"
+    )
     max_batch: int = Field(256, ge=1, le=65536, description="most samples decoded in one batch")
-    max_wait_ms: float = Field(1.0, ge=0, le=1000, description="longest a request waits for others to batch with")
+    max_wait_ms: float = Field(
+        0.0, ge=0, le=1000,
+        description="longest a request waits for others to batch with; 0: a batch starts as soon as the model is "
+        "free, with what arrived while the last one ran (on CPU, waiting only adds latency)",
+    )  # fmt: skip
     max_pending: int = Field(1024, ge=1, description="requests queued for the batcher before 503 (overloaded)")
     decode_chunk: int = Field(32, ge=1, le=4096, description="rows per decoder forward pass (fixed: reproducible)")
     png_compress_level: int = Field(1, ge=0, le=9, description="zlib level of PNG responses")

@@ -181,3 +181,25 @@ def test_a_cancelled_caller_is_skipped():
 
     assert run(_with_batcher(rec, body, max_wait_s=0.0)) == (0, 20)
     assert [1] not in rec.batches and all(1 not in batch for batch in rec.batches)
+
+
+def test_without_an_executor_the_batch_function_is_awaited():
+    calls: list[list[int]] = []
+
+    async def run_async(jobs):  # e.g. handing the batch to another process
+        calls.append(list(jobs))
+        await asyncio.sleep(0.01)
+        return [j + 1 for j in jobs]
+
+    async def main():
+        b = Batcher(run_async, None, max_batch=8, max_wait_s=0.0, max_pending=100)
+        b.start()
+        try:
+            first = await b.submit(0, 1)
+            rest = await asyncio.gather(*(b.submit(j, 1) for j in range(1, 6)))
+            return [first, *rest]
+        finally:
+            await b.stop()
+
+    assert run(main()) == [1, 2, 3, 4, 5, 6]
+    assert calls[0] == [0] and sum(len(c) for c in calls) == 6 and len(calls) < 6

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model.imaging import ImageError, decode_image, encode_png, tile_grid, to_mnist
+from model.imaging import ImageError, decode_image, encode_png, tile_grid, to_mnist, to_uint8
 from training.data import load_pair
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mnist-1000"
@@ -140,3 +140,25 @@ def test_grid_padding_and_scale() -> None:
     assert grid[0].max() == 0  # padding is black
     assert grid[4:60, 4:60].min() == 255  # first tile, scaled
     assert grid[64:, 124:].max() == 0  # the empty sixth cell
+
+
+@pytest.mark.parametrize(
+    ("n", "columns", "padding", "scale"), [(5, 3, 2, 2), (7, 7, 0, 1), (10, 4, 1, 3), (1, 5, 3, 1)]
+)
+def test_grid_of_uint8_tiles_equals_grid_of_grey_levels(n: int, columns: int, padding: int, scale: int) -> None:
+    tiles = torch.rand(n, 1, 28, 28) * 1.2 - 0.1  # out of range too: clamped
+    pixels = to_uint8(tiles)
+    assert pixels.dtype == torch.uint8
+    assert torch.equal(tile_grid(pixels, columns, padding, scale), tile_grid(tiles, columns, padding, scale))
+
+
+def test_grid_places_every_tile_of_a_partly_filled_last_row() -> None:
+    tiles = torch.arange(1, 8, dtype=torch.float32).div(255).view(7, 1, 1, 1).expand(7, 1, 3, 2)
+    grid = tile_grid(tiles, columns=3, padding=1)
+    assert grid.shape == (3 * 4 + 1, 3 * 3 + 1)
+    for i in range(7):
+        r, c = divmod(i, 3)
+        y, x = 1 + r * 4, 1 + c * 3
+        assert (grid[y : y + 3, x : x + 2] == i + 1).all()
+    assert grid[9:, 4:].max() == 0  # the two empty cells
+    assert int(grid.sum()) == sum(range(1, 8)) * 6  # nothing else drawn

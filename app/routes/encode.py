@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 
-from app.dependencies import RuntimeDep
+from app.dependencies import runtime_of
 from app.schemas import EncodeResponse, Problem, ValidationProblem
 
 router = APIRouter(tags=["encode"])
@@ -31,9 +31,10 @@ router = APIRouter(tags=["encode"])
 )  # fmt: skip
 async def encode(
     file: Annotated[UploadFile, File(description="the picture (multipart form field `file`)")],
-    runtime: RuntimeDep,
+    request: Request,
     digit: Annotated[int | None, Form(ge=0, le=9, description="the digit it shows; inferred when absent")] = None,
 ) -> EncodeResponse:
+    runtime = runtime_of(request)
     data = await file.read()
     result = await runtime.encode(data, digit)
     return EncodeResponse(

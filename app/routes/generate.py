@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse, Response
 
-from app.dependencies import RuntimeDep
+from app.dependencies import runtime_of
 from app.errors import ServiceError
 from app.schemas import GENERATE_EXAMPLES, GenerateJSON, GenerateRequest, Problem, ValidationProblem
 
@@ -81,18 +81,20 @@ def wants_json(accept: str | None) -> bool:
     responses=GENERATE_RESPONSES,
 )
 async def generate(
-    body: Annotated[GenerateRequest, Body(openapi_examples=GENERATE_EXAMPLES)], request: Request, runtime: RuntimeDep
+    body: Annotated[GenerateRequest, Body(openapi_examples=GENERATE_EXAMPLES)], request: Request
 ) -> Response:
+    runtime = runtime_of(request)
     as_json = wants_json(request.headers.get("accept"))
     spec = runtime.service.make_spec(
         body.digits, body.n, body.latent, body.seed, body.temperature, body.columns, body.padding, body.scale
     )
-    result = await runtime.generate(spec)
+    png = await runtime.generate(spec)
     headers = {"X-Model-Id": runtime.service.model_id}
     if spec.seed is not None:
         headers["X-Seed"] = str(spec.seed)
     if not as_json:
-        return Response(result.png, media_type=PNG, headers=headers)
+        return Response(png, media_type=PNG, headers=headers)
+    z, labels = runtime.service.latents(spec)  # recomputed: cheap, and the same as the batch's
     payload = GenerateJSON(
         model_id=runtime.service.model_id,
         seed=spec.seed,
@@ -100,8 +102,8 @@ async def generate(
         height=spec.height,
         columns=spec.columns,
         digits=list(spec.digits),
-        labels=result.labels.tolist(),
-        latents=result.z.tolist(),
-        png_base64=base64.b64encode(result.png).decode("ascii"),
+        labels=labels.tolist(),
+        latents=z.tolist(),
+        png_base64=base64.b64encode(png).decode("ascii"),
     )
     return JSONResponse(payload.model_dump(), headers=headers)

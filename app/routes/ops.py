@@ -30,8 +30,10 @@ async def livez() -> dict[str, str]:
 )
 async def readyz(request: Request) -> dict[str, str]:
     state = request.app.state
-    if not getattr(state, "ready", False) or getattr(state, "draining", False):
-        reason = "shutting down" if getattr(state, "draining", False) else "starting"
+    runtime = getattr(state, "runtime", None)
+    restarting = runtime is not None and not runtime.available
+    if not getattr(state, "ready", False) or getattr(state, "draining", False) or restarting:
+        reason = "shutting down" if getattr(state, "draining", False) else "restarting" if restarting else "starting"
         raise ServiceError(503, f"not ready: {reason}", kind="not-ready", headers={"Retry-After": "1"})
     return {"status": "ready", "model_id": state.runtime.service.model_id}
 
