@@ -1,6 +1,7 @@
 """Serving throughput and latency: the service against a floor and a straightforward design, side by side.
 
     python -m tests.bench.serve [--model-dir DIR] [--duration S] [--connections 1,16] [--rounds N]
+        [--env CVAE_X=V ...] [--variant NAME[@CHECKOUT]:CVAE_X=V,... ...]
 
 Starts three uvicorn processes on 127.0.0.1, all run alike (app.__main__.uvicorn_config, one worker, access log
 off): the service (`python -m app`), the floor (tests/bench/apps.py: the same request validation, a constant
@@ -12,7 +13,9 @@ each contender's throughput as a fraction of the floor's in the same round. /gen
 
 Load comes from wrk (with a Lua script) when it is installed, else from a small asyncio HTTP/1.1 client here;
 the output says which. Also reports cold start (process start to /readyz 200) and, from the service's /metrics,
-the requests per batch and queue wait of its runs. Only 127.0.0.1 is ever contacted; every loop is bounded.
+the requests per batch and queue wait of its runs, and the CPU each server used per request (with its children:
+the inference process). --variant adds services with other settings, or run from another checkout (e.g. the
+commit before a change), to the same rotation. Only 127.0.0.1 is ever contacted; every loop is bounded.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from tests.bench.apps import mnist_digits
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
-CONTENDERS = ("floor", "service", "straightforward")
+REFERENCES = ("floor", "straightforward")
 GENERATE_BODY = b'{"digit": 3, "n": 8}'
 BOUNDARY = "cvaebenchboundary7d3f"
 READY_TIMEOUT_S = 180.0
@@ -75,13 +78,13 @@ class Server:
     cold_start_s: float = 0.0
 
 
-def start(name: str, args: list[str], env: dict[str, str], port: int, logs: Path) -> Server:
+def start(name: str, args: list[str], env: dict[str, str], port: int, logs: Path, cwd: Path = ROOT) -> Server:
     """Start a server process and wait for its /readyz 200; cold start is counted from just before Popen."""
     log = logs / f"{name}.log"
     started = time.monotonic()
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, *args], cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, *args], cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
         )
     server = Server(name, port, proc, log)
     deadline = started + READY_TIMEOUT_S
@@ -107,18 +110,36 @@ def stop(server: Server) -> None:
             server.proc.wait(10)
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A service to measure: `python -m app` from `checkout` with these CVAE_* settings."""
+
+    name: str
+    env: dict[str, str]
+    checkout: Path = ROOT
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        """NAME[@CHECKOUT]:CVAE_X=V,CVAE_Y=W (settings optional)."""
+        head, _, settings = text.partition(":")
+        name, _, checkout = head.partition("@")
+        env = dict(kv.split("=", 1) for kv in settings.split(",") if kv)
+        return cls(name, env, Path(checkout).resolve() if checkout else ROOT)
+
+
 @contextlib.contextmanager
-def servers(model_dir: Path, service_env: dict[str, str], logs: Path) -> Iterator[dict[str, Server]]:
+def servers(model_dir: Path, variants: list[Variant], logs: Path) -> Iterator[dict[str, Server]]:
     running: dict[str, Server] = {}
-    quiet = {"CVAE_ACCESS_LOG": "false", "CVAE_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT)}
+    quiet = {"CVAE_ACCESS_LOG": "false", "CVAE_LOG_LEVEL": "warning"}
     try:
-        port = free_port()
-        env = {**quiet, "CVAE_MODEL_DIR": str(model_dir), **service_env}
-        running["service"] = start("service", ["-m", "app", "--port", str(port)], env, port, logs)
-        for name in ("floor", "straightforward"):
+        for v in variants:  # one after the other, so that cold starts do not overlap
+            port = free_port()
+            env = {**quiet, "PYTHONPATH": str(v.checkout), "CVAE_MODEL_DIR": str(model_dir), **v.env}
+            running[v.name] = start(v.name, ["-m", "app", "--port", str(port)], env, port, logs, v.checkout)
+        for name in REFERENCES:
             port = free_port()
             args = ["-m", "tests.bench.apps", name, "--port", str(port), "--model-dir", str(model_dir)]
-            running[name] = start(name, args, quiet, port, logs)
+            running[name] = start(name, args, {**quiet, "PYTHONPATH": str(ROOT)}, port, logs)
         yield running
     finally:
         for server in running.values():
@@ -329,16 +350,17 @@ class Table:
     ratios: dict[tuple[str, int, str], list[float]] = field(default_factory=dict)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time so far of a process and its children (Linux; 0 elsewhere)."""
-    total = 0.0
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User + system CPU seconds so far of a process, and of it with its children (Linux; zeros elsewhere)."""
+    own = total = 0.0
     for p in [pid, *_children(pid)]:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+        seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        own, total = (seconds if p == pid else own), total + seconds
+    return own, total
 
 
 def _children(pid: int) -> list[int]:
@@ -369,6 +391,10 @@ def main() -> None:
     parser.add_argument(
         "--env", action="append", default=[], metavar="CVAE_X=V", help="a setting for the service (repeatable)"
     )
+    parser.add_argument(
+        "--variant", action="append", default=[], metavar="NAME[@CHECKOUT]:CVAE_X=V,...",
+        help="also measure the service with other settings, or from another checkout (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args()
     connections = [int(c) for c in args.connections.split(",")]
     endpoints = [e.strip() for e in args.endpoints.split(",")]
@@ -376,6 +402,10 @@ def main() -> None:
         raise SystemExit(f"no model directory at {args.model_dir} (give --model-dir)")
     service_env = dict(kv.split("=", 1) for kv in args.env)
     settings = {k: v for k, v in os.environ.items() if k.startswith("CVAE_")} | service_env
+    variants = [Variant("service", service_env), *(Variant.parse(v) for v in args.variant)]
+    contenders = ["floor", *(v.name for v in variants), "straightforward"]
+    if len(set(contenders)) < len(contenders):
+        raise SystemExit("variant names must differ from each other and from floor, service, straightforward")
 
     with tempfile.TemporaryDirectory(prefix="cvae-bench-") as tmp:
         workdir = Path(tmp)
@@ -385,8 +415,10 @@ def main() -> None:
         client: Wrk | PythonClient = Wrk(exe, workdir) if exe and args.client != "python" else PythonClient()
         print(f"load: {client.name}; {args.duration:g} s per run, {args.rounds} rounds, connections {connections}")
         print(f"model: {args.model_dir}; service settings: {settings or 'defaults'}")
+        for v in variants[1:]:
+            print(f"variant {v.name}: settings {v.env or 'defaults'} from {v.checkout}")
         print(f"machine: {os.cpu_count()} CPUs, load average {load_avg()} (1, 5, 15 min)")
-        with servers(args.model_dir, service_env, workdir) as running:
+        with servers(args.model_dir, variants, workdir) as running:
             print("cold start (process start to /readyz 200): "
                   + ", ".join(f"{n} {s.cold_start_s:.2f} s" for n, s in running.items()))  # fmt: skip
             table = Table()
@@ -398,30 +430,35 @@ def main() -> None:
                     client.run(server.port, w, max(connections), args.warm_up)
                 for r in range(args.rounds):
                     for c in connections:
-                        shift = (r + connections.index(c)) % len(CONTENDERS)
-                        order = CONTENDERS[shift:] + CONTENDERS[:shift]
+                        shift = (r + connections.index(c)) % len(contenders)
+                        order = contenders[shift:] + contenders[:shift]
                         results: dict[str, Result] = {}
                         for name in order:
                             port = running[name].port
-                            before = batch_metrics(port) if name == "service" else {}
-                            cpu = cpu_seconds(running[name].proc.pid)
+                            is_service = name not in REFERENCES
+                            before = batch_metrics(port) if is_service else {}
+                            cpu0 = cpu_seconds(running[name].proc.pid)
                             results[name] = res = client.run(port, w, c, args.duration)
-                            cpu = cpu_seconds(running[name].proc.pid) - cpu
-                            extra = batch_summary(before, batch_metrics(port)) if name == "service" else ""
+                            cpu1 = cpu_seconds(running[name].proc.pid)
+                            own, total = (1e6 * (b - a) / max(1, res.requests) for a, b in zip(cpu0, cpu1, strict=True))
+                            cpu = f"{own:5.0f}" + (f" (+children {total - own:.0f})" if total > own else "")
+                            extra = batch_summary(before, batch_metrics(port)) if is_service else ""
                             table.rows.setdefault((endpoint, c, name), []).append(res)
                             print(f"  round {r + 1} {w.path:9s} c={c:<3d} {name:15s} {res.rps:8.0f} rps  "
                                   f"p50 {res.p50_ms:6.2f} ms  p99 {res.p99_ms:6.2f} ms  errors {res.errors}  "
-                                  f"cpu {1e6 * cpu / max(1, res.requests):5.0f} us/req{extra}",
+                                  f"cpu {cpu} us/req{extra}",
                                   flush=True)  # fmt: skip
-                        for name in CONTENDERS:
+                        for name in contenders:
                             ratio = results[name].rps / results["floor"].rps if results["floor"].rps else float("nan")
                             table.ratios.setdefault((endpoint, c, name), []).append(ratio)
                     print(f"  (load average {load_avg()})", flush=True)
-            print_table(table, endpoints, connections, running)
+            print_table(table, endpoints, connections, contenders, running)
         print(f"load average at the end: {load_avg()}")
 
 
-def print_table(table: Table, endpoints: list[str], connections: list[int], running: dict[str, Server]) -> None:
+def print_table(
+    table: Table, endpoints: list[str], connections: list[int], contenders: list[str], running: dict[str, Server]
+) -> None:
     print()
     print("medians over rounds; ratio = rps / the floor's rps in the same round (median of the rounds' ratios)")
     header = f"{'endpoint':10s} {'contender':15s} {'conn':>4s} {'rps':>8s} {'p50 ms':>8s} {'p99 ms':>8s} " \
@@ -430,7 +467,7 @@ def print_table(table: Table, endpoints: list[str], connections: list[int], runn
     print("-" * len(header))
     for endpoint in endpoints:
         for c in connections:
-            for name in CONTENDERS:
+            for name in contenders:
                 results = table.rows[(endpoint, c, name)]
                 print(
                     f"/{endpoint:9s} {name:15s} {c:4d} {statistics.median(r.rps for r in results):8.0f} "
