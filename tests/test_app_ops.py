@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import os
 import shutil
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -68,8 +70,16 @@ def test_readiness_ends_with_the_lifespan(tiny_model_dir):
 
 def test_probes_answer_while_inference_is_busy(client):
     runtime = client.app.state.runtime
-    release = threading.Event()
-    runtime.executor.submit(release.wait, 10)  # occupy the one inference thread
+    if runtime.process is not None:  # /generate batches run in the inference process: pause it
+        pid = runtime.process.pid
+        os.kill(pid, signal.SIGSTOP)
+
+        def release() -> None:
+            os.kill(pid, signal.SIGCONT)
+    else:
+        gate = threading.Event()
+        runtime.executor.submit(gate.wait, 10)  # occupy the one inference thread
+        release = gate.set
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(client.post, "/generate", json={"digit": 1, "seed": 1})
         try:
@@ -80,7 +90,7 @@ def test_probes_answer_while_inference_is_busy(client):
             assert time.perf_counter() - started < 2
             assert not pending.done()
         finally:
-            release.set()
+            release()
         assert pending.result(timeout=10).status_code == 200
 
 
