@@ -4,6 +4,8 @@
                                 logits(z, y) -> the same before the sigmoid
     encoder.pt     TorchScript  forward(x: float32[N, 1, 28, 28] in [0, 1], y: int64[N])
                                 -> (mean: float32[N, D], log_var: float32[N, D])
+    prior.pt       (when the prior is "aggregate_posterior") {"kind", "means": float32[10, M, D],
+                   "log_vars": float32[10, M, D]}, plain tensors (torch.load(weights_only=True))
     manifest.json  format_version, id, latent_dim, image_shape, labels, prior, data, config, metrics,
                    artifacts (sha256 of each file above), torch_version, created, reproduce
 
@@ -23,13 +25,14 @@ from typing import Any
 
 import torch
 
-from model.prior import GaussianPrior
+from model.prior import AggregatePosteriorPrior, GaussianPrior, Prior
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 ENCODER_FILE = "encoder.pt"
 DECODER_FILE = "decoder.pt"
-ARTIFACT_FILES = (DECODER_FILE, ENCODER_FILE)
+PRIOR_FILE = "prior.pt"
+REQUIRED_ARTIFACTS = (DECODER_FILE, ENCODER_FILE)
 REQUIRED_KEYS = ("format_version", "id", "latent_dim", "image_shape", "labels", "prior", "artifacts")
 
 
@@ -59,7 +62,7 @@ def sha256_file(path: str | Path) -> str:
 class LoadedModel:
     encoder: torch.jit.ScriptModule
     decoder: torch.jit.ScriptModule
-    prior: GaussianPrior
+    prior: Prior
     manifest: dict[str, Any]
     path: Path
 
@@ -99,13 +102,16 @@ def read_manifest(model_dir: str | Path) -> dict[str, Any]:
 def verify_model_dir(model_dir: str | Path) -> dict[str, Any]:
     """Check the manifest and the sha256 of every artifact it lists -> the manifest."""
     manifest = read_manifest(model_dir)
-    for name in ARTIFACT_FILES:
+    listed = manifest["artifacts"]
+    for name in REQUIRED_ARTIFACTS:
+        if name not in listed:
+            raise ModelDirError(f"{Path(model_dir) / MANIFEST_FILE}: no checksum listed for {name}")
+    for name, expected in listed.items():
         path = Path(model_dir) / name
-        expected = manifest["artifacts"].get(name)
+        if Path(name).name != name:
+            raise ModelDirError(f"{Path(model_dir) / MANIFEST_FILE}: artifact {name!r} is not a plain file name")
         if not path.is_file():
             raise ModelDirError(f"{path}: missing")
-        if expected is None:
-            raise ModelDirError(f"{Path(model_dir) / MANIFEST_FILE}: no checksum listed for {name}")
         actual = sha256_file(path)
         if actual != expected:
             raise ModelDirError(f"{path}: sha256 {actual} does not match the manifest's {expected}")
@@ -122,10 +128,24 @@ def load_model_dir(model_dir: str | Path, device: str | torch.device = "cpu") ->
                 modules.append(torch.jit.load(str(model_dir / name), map_location=device).eval())
         except Exception as e:  # torch raises RuntimeError, ValueError, ... for a bad archive
             raise ModelDirError(f"{model_dir / name}: not a loadable TorchScript module: {e}") from e
-    try:
-        prior = GaussianPrior.from_dict(manifest["prior"]).to(device)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ModelDirError(f"{model_dir / MANIFEST_FILE}: bad 'prior': {e}") from e
+    prior = _load_prior(model_dir, manifest).to(device)
     if prior.latent_dim != manifest["latent_dim"] or prior.num_classes != len(manifest["labels"]):
         raise ModelDirError(f"{model_dir / MANIFEST_FILE}: prior shape disagrees with latent_dim/labels")
     return LoadedModel(encoder=modules[0], decoder=modules[1], prior=prior, manifest=manifest, path=model_dir)
+
+
+def _load_prior(model_dir: Path, manifest: dict[str, Any]) -> Prior:
+    spec = manifest["prior"]
+    try:
+        if spec["kind"] == AggregatePosteriorPrior.kind:
+            path = model_dir / spec["file"]
+            if spec["file"] not in manifest["artifacts"]:
+                raise ModelDirError(f"{model_dir / MANIFEST_FILE}: prior file {spec['file']!r} has no checksum listed")
+            try:
+                tensors = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as e:  # unpickling errors of many kinds
+                raise ModelDirError(f"{path}: not a loadable prior: {e}") from e
+            return AggregatePosteriorPrior(tensors["means"], tensors["log_vars"])
+        return GaussianPrior.from_dict(spec)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelDirError(f"{model_dir / MANIFEST_FILE}: bad 'prior': {e!r}") from e

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from model.loss import reconstruction_nll
-from model.prior import GaussianPrior
+from model.prior import Prior
 
 
 class EncoderLike(Protocol):
@@ -26,9 +26,10 @@ class DecoderLike(Protocol):
 
 
 def elbo_terms(
-    encoder: EncoderLike, decoder: DecoderLike, prior: GaussianPrior, x: Tensor, y: Tensor, eps: Tensor | None = None
+    encoder: EncoderLike, decoder: DecoderLike, prior: Prior, x: Tensor, y: Tensor, eps: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(reconstruction, kl, mean, log_var) per image; -ELBO = reconstruction + kl, KL taken to `prior`.
+    """(reconstruction, kl, mean, log_var) per image; -ELBO = reconstruction + kl, KL taken to `prior`
+    (in closed form where there is one, else estimated at the same sample z).
 
     With eps=None the reconstruction is decoded from one sample of q; pass zeros for the posterior mean.
     """
@@ -36,11 +37,11 @@ def elbo_terms(
     if eps is None:
         eps = torch.randn_like(mean)
     z = mean + torch.exp(0.5 * log_var) * eps
-    return reconstruction_nll(decoder.logits(z, y), x), prior.kl(mean, log_var, y), mean, log_var
+    return reconstruction_nll(decoder.logits(z, y), x), prior.kl_estimate(mean, log_var, z, y), mean, log_var
 
 
 def label_log_probs(
-    encoder: EncoderLike, decoder: DecoderLike, prior: GaussianPrior, x: Tensor
+    encoder: EncoderLike, decoder: DecoderLike, prior: Prior, x: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     """log p(y | x) for every label, by Bayes' rule with a uniform p(y) and the ELBO (at the posterior mean)
     standing in for log p(x | y): the label under which the model explains the image best wins.
@@ -60,7 +61,7 @@ def label_log_probs(
 def importance_weighted_nll(
     encoder: EncoderLike,
     decoder: DecoderLike,
-    prior: GaussianPrior,
+    prior: Prior,
     x: Tensor,
     y: Tensor,
     k: int,

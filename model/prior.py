@@ -1,10 +1,15 @@
-"""p(z | y): the class-conditional Gaussian prior the model samples from.
+"""p(z | y): the class-conditional priors the model samples from.
 
-The network is trained against N(0, I). After training, the prior is refitted to the aggregate posterior
-of each class, (1/N_y) sum_i q(z | x_i, y), by matching its first two moments: a full-covariance Gaussian
-per class. Sampling from it instead of N(0, I) avoids the 'holes' of the latent space that the encoder
-never uses, where decoded digits are neither the class asked for nor realistic (see Rosca et al. 2018,
-"Distribution Matching in Variational Inference"). N(0, I) is the special case mean = 0, scale_tril = I.
+The network is trained against N(0, I). After training, the prior is refitted to the aggregate posterior of
+each class, (1/N_y) sum_i q(z | x_i, y). Sampling from it instead of N(0, I) avoids the 'holes' of the latent
+space that the encoder never uses, where decoded digits are neither the class asked for nor realistic (Rosca
+et al. 2018, "Distribution Matching in Variational Inference"; Tomczak & Welling 2018, "VAE with a VampPrior").
+
+- AggregatePosteriorPrior: the aggregate posterior itself, kept as a uniform mixture of the posteriors of M
+  training images per class (the default: measured best for sample accuracy and realism).
+- GaussianPrior: one full-covariance Gaussian per class moment-matched to it ("class_gaussian"), or N(0, I)
+  ("standard_normal").
+Both sample from the same seeded noise: eps ~ N(0, I) (the 'style') and u ~ U(0, 1) (which component).
 """
 
 from __future__ import annotations
@@ -63,12 +68,17 @@ class GaussianPrior:
     def to(self, device: torch.device | str) -> GaussianPrior:
         return GaussianPrior(self.mean.to(device), self.scale_tril.to(device), self.kind)
 
-    def sample(self, y: Tensor, eps: Tensor, temperature: float = 1.0) -> Tensor:
+    def sample(self, y: Tensor, eps: Tensor, temperature: float = 1.0, u: Tensor | None = None) -> Tensor:
         """z = mean[y] + temperature * scale_tril[y] @ eps, with eps ~ N(0, I). (N,), (N, D) -> (N, D)
 
         eps is the standardised 'style'; the same eps under two labels is the same hand in both classes.
+        u (which mixture component) has no use for a single Gaussian.
         """
         return self.mean[y] + temperature * (self.scale_tril[y] @ eps.unsqueeze(-1)).squeeze(-1)
+
+    def kl_estimate(self, mean: Tensor, log_var: Tensor, z: Tensor, y: Tensor) -> Tensor:
+        """KL(q || p(z | y)) per item; closed form here (z, the sample from q, is not needed). -> (N,)"""
+        return self.kl(mean, log_var, y)
 
     def log_prob(self, z: Tensor, y: Tensor) -> Tensor:
         """log p(z | y). (N, D), (N,) -> (N,)"""
@@ -99,18 +109,99 @@ class GaussianPrior:
         )
 
 
-def style_noise(n: int, latent_dim: int, seed: int) -> Tensor:
-    """The standardised styles eps ~ N(0, I) of n grid columns, a pure function of the seed. -> (n, D)"""
-    return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed))
+class AggregatePosteriorPrior:
+    """p(z | y) = (1/M) sum_k N(z; means[y, k], diag(exp(log_vars[y, k]))): the posteriors of M training images
+    of class y (Tomczak & Welling 2018's VampPrior, with real images for pseudo-inputs)."""
+
+    kind = "aggregate_posterior"
+
+    def __init__(self, means: Tensor, log_vars: Tensor) -> None:
+        if means.ndim != 3 or log_vars.shape != means.shape:
+            raise ValueError(f"prior shapes do not agree: means {tuple(means.shape)}, log_vars {tuple(log_vars.shape)}")
+        self.means = means.float()  # (C, M, D)
+        self.log_vars = log_vars.float()  # (C, M, D)
+        c, m, d = means.shape
+        labels = torch.arange(c).repeat_interleave(m)
+        # The moment-matched Gaussian of each class: the centre that temperature scales about.
+        self.gaussian = GaussianPrior.fit_aggregate_posterior(
+            self.means.reshape(c * m, d).cpu(), self.log_vars.reshape(c * m, d).cpu(), labels, c
+        ).to(means.device)
+
+    @property
+    def num_classes(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def latent_dim(self) -> int:
+        return self.means.shape[2]
+
+    @property
+    def components(self) -> int:
+        return self.means.shape[1]
+
+    @classmethod
+    def fit(
+        cls, means: Tensor, log_vars: Tensor, labels: Tensor, num_classes: int, components: int, seed: int = 0
+    ) -> AggregatePosteriorPrior:
+        """Keep the posteriors of `components` training images per class, chosen at random (seeded)."""
+        g = torch.Generator().manual_seed(seed)
+        picks = []
+        for c in range(num_classes):
+            idx = torch.nonzero(labels.cpu() == c).flatten()
+            if len(idx) < components:
+                raise ValueError(f"cannot fit the prior of class {c}: {len(idx)} examples, {components} needed")
+            picks.append(idx[torch.randperm(len(idx), generator=g)[:components]])
+        index = torch.stack(picks).to(means.device)  # (C, M)
+        return cls(means[index], log_vars[index])
+
+    def to(self, device: torch.device | str) -> AggregatePosteriorPrior:
+        return AggregatePosteriorPrior(self.means.to(device), self.log_vars.to(device))
+
+    def sample(self, y: Tensor, eps: Tensor, temperature: float = 1.0, u: Tensor | None = None) -> Tensor:
+        """z = centre[y] + temperature * (means[y, k] + std[y, k] * eps - centre[y]), k = floor(u * M).
+
+        (N,), (N, D), u (N,) in [0, 1) -> (N, D). Temperature 1 samples the mixture; 0 gives each class's mean.
+        """
+        if u is None:
+            raise ValueError("sampling a mixture needs u, the uniform noise that picks each component")
+        k = (u * self.components).long().clamp_(0, self.components - 1)
+        x = self.means[y, k] + torch.exp(0.5 * self.log_vars[y, k]) * eps
+        centre = self.gaussian.mean[y]
+        return centre + temperature * (x - centre)
+
+    def log_prob(self, z: Tensor, y: Tensor) -> Tensor:
+        """log p(z | y), the log of the mixture density. (N, D), (N,) -> (N,)"""
+        mu, log_var = self.means[y], self.log_vars[y]  # (N, M, D)
+        sq = (z.unsqueeze(1) - mu).pow(2) / log_var.exp()
+        log_k = -0.5 * (sq + log_var + math.log(2 * math.pi)).sum(dim=-1)  # (N, M)
+        return torch.logsumexp(log_k, dim=1) - math.log(self.components)
+
+    def kl_estimate(self, mean: Tensor, log_var: Tensor, z: Tensor, y: Tensor) -> Tensor:
+        """log q(z | x, y) - log p(z | y) at z: the one-sample estimate of the KL (no closed form). -> (N,)"""
+        log_q = -0.5 * ((z - mean).pow(2) / log_var.exp() + log_var + math.log(2 * math.pi)).sum(dim=-1)
+        return log_q - self.log_prob(z, y)
+
+    def to_tensors(self) -> dict[str, Any]:
+        return {"kind": self.kind, "means": self.means.cpu(), "log_vars": self.log_vars.cpu()}
+
+
+Prior = GaussianPrior | AggregatePosteriorPrior
+
+
+def style_noise(n: int, latent_dim: int, seed: int) -> tuple[Tensor, Tensor]:
+    """The noise of n grid columns, a pure function of the seed: (eps (n, D) ~ N(0, I), u (n,) ~ U(0, 1))."""
+    g = torch.Generator().manual_seed(seed)
+    eps = torch.randn(n, latent_dim, generator=g)
+    return eps, torch.rand(n, generator=g)
 
 
 def sample_latents(
-    prior: GaussianPrior, digits: list[int], n: int, seed: int, temperature: float = 1.0
+    prior: Prior, digits: list[int], n: int, seed: int, temperature: float = 1.0
 ) -> tuple[Tensor, Tensor]:
     """How the service samples: n styles from the seed, each decoded under every digit asked for.
 
     -> (z (len(digits) * n, D), y (len(digits) * n,)), digit-major: row r of a grid is digits[r].
     """
-    eps = style_noise(n, prior.latent_dim, seed).repeat(len(digits), 1)  # (R*n, D)
+    eps, u = style_noise(n, prior.latent_dim, seed)
     y = torch.tensor(digits, dtype=torch.int64).repeat_interleave(n)  # (R*n,)
-    return prior.sample(y, eps, temperature), y
+    return prior.sample(y, eps.repeat(len(digits), 1), temperature, u.repeat(len(digits))), y

@@ -130,3 +130,23 @@ def test_loading_prints_no_torchscript_deprecation_warnings(tiny_model_dir: Path
         with quiet_torchscript():
             torch.jit.script(torch.nn.Linear(2, 2))
     assert not caught
+
+
+def test_an_aggregate_posterior_prior_travels_as_a_checksummed_file(tmp_path: Path) -> None:
+    from model.prior import AggregatePosteriorPrior
+
+    torch.manual_seed(0)
+    model = CVAE(TINY).eval()
+    prior = AggregatePosteriorPrior(torch.randn(10, 3, TINY.latent_dim), torch.randn(10, 3, TINY.latent_dim) - 1)
+    out = tmp_path / "m"
+    manifest = export.export_model_dir(
+        model, prior, out, data={}, config={}, metrics={}, reproduce="tests/test_export.py"
+    )
+    assert manifest["prior"] == {"kind": "aggregate_posterior", "file": "prior.pt", "components_per_class": 3}
+    loaded = load_model_dir(out)
+    assert isinstance(loaded.prior, AggregatePosteriorPrior)
+    assert torch.equal(loaded.prior.means, prior.means) and torch.equal(loaded.prior.log_vars, prior.log_vars)
+    with open(out / "prior.pt", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ModelDirError, match=r"prior\.pt: sha256"):
+        load_model_dir(out)

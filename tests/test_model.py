@@ -13,7 +13,7 @@ from model.checkpoint import load_checkpoint, save_checkpoint
 from model.inference import importance_weighted_nll, label_log_probs
 from model.loss import free_bits_kl, kl_to_standard_normal, reconstruction_nll
 from model.network import CVAE, CVAEConfig
-from model.prior import GaussianPrior, sample_latents, style_noise
+from model.prior import AggregatePosteriorPrior, GaussianPrior, sample_latents, style_noise
 
 
 def random_prior(c: int = 3, d: int = 4, seed: int = 0) -> GaussianPrior:
@@ -115,7 +115,7 @@ def test_sample_latents_share_each_columns_style_across_digits_and_are_seeded() 
     z, y = sample_latents(prior, [3, 7], n=5, seed=42)
     assert z.shape == (10, 4) and y.tolist() == [3] * 5 + [7] * 5
     torch.testing.assert_close(z[:5], z[5:])  # N(0, I) for every class: same style = same z
-    torch.testing.assert_close(z[:5], style_noise(5, 4, 42))
+    torch.testing.assert_close(z[:5], style_noise(5, 4, 42)[0])
     z2, _ = sample_latents(prior, [3, 7], n=5, seed=42)
     assert torch.equal(z, z2)
     z0, _ = sample_latents(prior, [3], n=5, seed=42, temperature=0.0)
@@ -159,3 +159,60 @@ def test_checkpoint_round_trips_with_weights_only(tmp_path: Path) -> None:
     for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
+
+
+def random_mixture(c: int = 3, m: int = 5, d: int = 4, seed: int = 0) -> AggregatePosteriorPrior:
+    g = torch.Generator().manual_seed(seed)
+    return AggregatePosteriorPrior(torch.randn(c, m, d, generator=g) * 2, torch.randn(c, m, d, generator=g) * 0.3 - 1)
+
+
+def test_aggregate_prior_log_prob_is_the_mixture_density() -> None:
+    prior = random_mixture()
+    z, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 2, 1, 0])
+    for i in range(6):
+        comps = Normal(prior.means[y[i]], (0.5 * prior.log_vars[y[i]]).exp())
+        expected = torch.logsumexp(comps.log_prob(z[i]).sum(-1), 0) - math.log(5)
+        torch.testing.assert_close(prior.log_prob(z[i : i + 1], y[i : i + 1])[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_aggregate_prior_samples_its_components_and_scales_about_the_class_centre() -> None:
+    prior = random_mixture()
+    y = torch.tensor([1, 1])
+    eps, u = torch.zeros(2, 4), torch.tensor([0.0, 0.999])
+    z = prior.sample(y, eps, 1.0, u)
+    torch.testing.assert_close(z, prior.means[1, [0, 4]])  # eps = 0: exactly the component means
+    torch.testing.assert_close(prior.sample(y, eps, 0.0, u), prior.gaussian.mean[y])
+    with pytest.raises(ValueError, match="needs u"):
+        prior.sample(y, eps)
+
+
+def test_aggregate_prior_kl_estimate_averages_to_the_kl() -> None:
+    prior = random_mixture(c=1, m=3)
+    mean, log_var, y = torch.zeros(1, 4), torch.full((1, 4), -1.0), torch.zeros(1, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    z = mean + (0.5 * log_var).exp() * torch.randn(20000, 4, generator=g)
+    estimates = prior.kl_estimate(mean.expand(20000, 4), log_var.expand(20000, 4), z, y.expand(20000))
+    q = Normal(mean, (0.5 * log_var).exp())
+    exact_mc = (q.log_prob(z).sum(-1) - prior.log_prob(z, y.expand(20000))).mean()
+    torch.testing.assert_close(estimates.mean(), exact_mc)
+    assert estimates.mean() > 0
+
+
+def test_aggregate_prior_fit_keeps_m_posteriors_per_class_deterministically() -> None:
+    means, log_vars = torch.randn(40, 3), torch.randn(40, 3)
+    labels = torch.arange(2).repeat(20)
+    a = AggregatePosteriorPrior.fit(means, log_vars, labels, 2, components=8, seed=1)
+    b = AggregatePosteriorPrior.fit(means, log_vars, labels, 2, components=8, seed=1)
+    assert a.means.shape == (2, 8, 3) and torch.equal(a.means, b.means)
+    for row in a.means[1]:
+        assert any(torch.equal(row, m) for m in means[labels == 1])
+    with pytest.raises(ValueError, match="class 0"):
+        AggregatePosteriorPrior.fit(means, log_vars, labels, 2, components=21)
+
+
+def test_sample_latents_with_a_mixture_share_component_and_style_down_columns() -> None:
+    prior = random_mixture(c=10, m=7)
+    z, _y = sample_latents(prior, [2, 2], n=3, seed=5)
+    torch.testing.assert_close(z[:3], z[3:])  # the same digit twice: the same column noise
+    z2, _ = sample_latents(prior, [2, 2], n=3, seed=5)
+    assert torch.equal(z, z2)

@@ -32,6 +32,7 @@ def small_config(tmp_path: Path, **overrides: object) -> TrainConfig:
         hidden=(64,),
         channels=(8, 16),
         eval_k=4,
+        prior_components=16,
         progress=False,
         evaluate=False,
         device="cpu",
@@ -54,12 +55,14 @@ def test_cli_trains_and_exports_a_model_directory_with_run_records(tmp_path: Pat
     out, run = tmp_path / "model", tmp_path / "run"
     args = [sys.executable, "-m", "training", "--data-dir", str(FIXTURE), "--out", str(out), "--run-dir", str(run)]
     args += ["--epochs", "2", "--val-size", "200", "--latent-dim", "4", "--hidden", "64", "--channels", "8", "16"]
-    args += ["--eval-k", "4", "--no-evaluate", "--no-progress", "--device", "cpu"]
+    args += ["--eval-k", "4", "--prior-components", "16", "--no-evaluate", "--no-progress", "--device", "cpu"]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "deprecated" not in proc.stderr
     m = load_model_dir(out)
     assert m.latent_dim == 4
+    assert m.manifest["prior"] == {"kind": "aggregate_posterior", "file": "prior.pt", "components_per_class": 16}
+    assert set(m.manifest["artifacts"]) == {"decoder.pt", "encoder.pt", "prior.pt"}
     assert m.manifest["data"]["count"] == 1000 and m.manifest["data"]["val_source"] == "split"
     assert m.manifest["reproduce"].endswith("--no-progress --device cpu")
     assert m.manifest["metrics"]["heldout_nelbo"] > 0 and m.manifest["metrics"]["epochs"] == 2
@@ -73,7 +76,7 @@ def test_cli_reports_bad_data_with_the_file_name(tmp_path: Path) -> None:
     (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\0\0\x08\x03garbage")
     (tmp_path / "train-labels-idx1-ubyte").write_bytes(b"\0\0\x08\x01")
     args = [sys.executable, "-m", "training", "--data-dir", str(tmp_path), "--out", str(tmp_path / "m")]
-    proc = subprocess.run(args + ["--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([*args, "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "train-images-idx3-ubyte" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "m").exists()

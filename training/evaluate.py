@@ -27,7 +27,7 @@ from torch import Tensor
 from model.artifacts import ModelDirError, load_model_dir
 from model.imaging import decode_image, encode_png, to_mnist
 from model.inference import DecoderLike, EncoderLike, elbo_terms, importance_weighted_nll, label_log_probs
-from model.prior import GaussianPrior, sample_latents
+from model.prior import GaussianPrior, Prior, sample_latents
 from training.data import DataError, DataSplits, Digits, load_data_dir
 from training.judge import cached_judge, predict
 
@@ -82,7 +82,7 @@ def preprocess_uploads(uploads: list[bytes]) -> Tensor:
 
 
 @torch.no_grad()
-def inferred_labels(encoder: EncoderLike, decoder: DecoderLike, prior: GaussianPrior, x: Tensor) -> Tensor:
+def inferred_labels(encoder: EncoderLike, decoder: DecoderLike, prior: Prior, x: Tensor) -> Tensor:
     return torch.cat(
         [label_log_probs(encoder, decoder, prior, x[i : i + 200])[0].argmax(1) for i in range(0, len(x), 200)]
     )
@@ -90,15 +90,15 @@ def inferred_labels(encoder: EncoderLike, decoder: DecoderLike, prior: GaussianP
 
 @torch.no_grad()
 def likelihood_metrics(
-    encoder: EncoderLike, decoder: DecoderLike, prior: GaussianPrior, held_out: Digits, k: int, seed: int
+    encoder: EncoderLike, decoder: DecoderLike, prior: Prior, held_out: Digits, k: int, seed: int
 ) -> dict[str, float]:
     x = held_out.images.unsqueeze(1).float() / 255
     y = held_out.labels
     standard = GaussianPrior.standard(prior.num_classes, prior.latent_dim)
     g = torch.Generator().manual_seed(seed)
     sums = torch.zeros(4, dtype=torch.float64)
-    for i in range(0, len(x), 250):
-        xb, yb = x[i : i + 250], y[i : i + 250]
+    for i in range(0, len(x), 100):
+        xb, yb = x[i : i + 100], y[i : i + 100]
         eps = torch.randn(len(xb), prior.latent_dim, generator=g)
         recon, kl, mean, log_var = elbo_terms(encoder, decoder, prior, xb, yb, eps=eps)
         kl_std = standard.kl(mean, log_var, yb)
@@ -120,7 +120,7 @@ def likelihood_metrics(
 def evaluate_model(
     encoder: EncoderLike,
     decoder: DecoderLike,
-    prior: GaussianPrior,
+    prior: Prior,
     data: DataSplits,
     k: int = 100,
     seed: int = 0,

@@ -22,11 +22,12 @@ from model.artifacts import (
     ENCODER_FILE,
     FORMAT_VERSION,
     MANIFEST_FILE,
+    PRIOR_FILE,
     quiet_torchscript,
     sha256_file,
 )
 from model.network import CVAE
-from model.prior import GaussianPrior
+from model.prior import AggregatePosteriorPrior, Prior
 
 TOLERANCE = 1e-5  # largest |scripted - eager| accepted, on outputs of order 1
 
@@ -60,7 +61,7 @@ def check_scripted(model: CVAE, encoder: Any, decoder: Any, n: int = 64, seed: i
 
 def export_model_dir(
     model: CVAE,
-    prior: GaussianPrior,
+    prior: Prior,
     out_dir: str | Path,
     *,
     data: dict[str, Any],
@@ -87,7 +88,18 @@ def export_model_dir(
             torch.jit.save(encoder, str(tmp / ENCODER_FILE))
             torch.jit.save(decoder, str(tmp / DECODER_FILE))
             check_scripted(model, torch.jit.load(str(tmp / ENCODER_FILE)), torch.jit.load(str(tmp / DECODER_FILE)))
-        artifacts = {name: sha256_file(tmp / name) for name in (DECODER_FILE, ENCODER_FILE)}
+        files = [DECODER_FILE, ENCODER_FILE]
+        if isinstance(prior, AggregatePosteriorPrior):
+            torch.save(prior.to_tensors(), tmp / PRIOR_FILE)
+            files.append(PRIOR_FILE)
+            prior_spec: dict[str, Any] = {
+                "kind": prior.kind,
+                "file": PRIOR_FILE,
+                "components_per_class": prior.components,
+            }
+        else:
+            prior_spec = prior.to("cpu").to_dict()
+        artifacts = {name: sha256_file(tmp / name) for name in files}
         manifest = {
             "format_version": FORMAT_VERSION,
             "id": f"cvae-{artifacts[DECODER_FILE][:12]}",
@@ -96,7 +108,7 @@ def export_model_dir(
             "labels": [str(i) for i in range(cfg.num_classes)],
             "pixel_model": "independent Bernoulli on grey values in [0, 1]",
             "training_prior": "standard_normal",
-            "prior": prior.to("cpu").to_dict(),
+            "prior": prior_spec,
             "data": data,
             "config": config,
             "metrics": metrics,

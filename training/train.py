@@ -27,7 +27,7 @@ from model.checkpoint import load_checkpoint, save_checkpoint
 from model.imaging import encode_png, tile_grid
 from model.loss import free_bits_kl, kl_to_standard_normal, label_discrimination_loss, reconstruction_nll
 from model.network import CVAE
-from model.prior import GaussianPrior
+from model.prior import AggregatePosteriorPrior, GaussianPrior, Prior, sample_latents
 from training.augment import random_affine
 from training.config import TrainConfig
 from training.data import DataSplits, Digits, download_mnist, load_data_dir
@@ -185,35 +185,39 @@ def encode_all(model: CVAE, data: Batches, batch_size: int = 1024) -> tuple[Tens
 
 
 @torch.no_grad()
-def validate(model: CVAE, data: Batches, prior: GaussianPrior | None = None, seed: int = 0) -> dict[str, float]:
-    """Held-out -ELBO per image in nats (one posterior sample), KL to N(0, I) or to `prior`."""
+def validate(model: CVAE, data: Batches, seed: int = 0) -> dict[str, float]:
+    """Held-out -ELBO per image in nats (one posterior sample), KL to the N(0, I) the network is trained against."""
     model.eval()
     torch.manual_seed(seed)
     totals = torch.zeros(3, device=data.x.device)
     for x, y in data.iterate(1024):
         out = model(x, y)
         recon = reconstruction_nll(out.logits, x)
-        kl = prior.kl(out.mean, out.log_var, y) if prior is not None else kl_to_standard_normal(out.mean, out.log_var)
+        kl = kl_to_standard_normal(out.mean, out.log_var)
         totals += torch.stack([(recon + kl).sum(), recon.sum(), kl.sum()])
     nelbo, recon, kl = (totals / len(data)).tolist()
     return {"nelbo": nelbo, "recon": recon, "kl": kl}
 
 
-def fit_prior(model: CVAE, data: Batches) -> GaussianPrior:
-    """The class-conditional sampling prior: each class's aggregate posterior, moment-matched."""
+def fit_prior(model: CVAE, data: Batches, cfg: TrainConfig) -> Prior:
+    """The class-conditional sampling prior of --prior, fitted to the training set's posteriors."""
+    c, d = model.cfg.num_classes, model.cfg.latent_dim
+    if cfg.prior == "standard":
+        return GaussianPrior.standard(c, d)
     means, log_vars = encode_all(model, data)
-    return GaussianPrior.fit_aggregate_posterior(means.cpu(), log_vars.cpu(), data.y.cpu(), model.cfg.num_classes)
+    means, log_vars, labels = means.cpu(), log_vars.cpu(), data.y.cpu()
+    if cfg.prior == "class_gaussian":
+        return GaussianPrior.fit_aggregate_posterior(means, log_vars, labels, c)
+    return AggregatePosteriorPrior.fit(means, log_vars, labels, c, cfg.prior_components, seed=cfg.seed)
 
 
 @torch.no_grad()
-def sample_grid_png(model: CVAE, prior: GaussianPrior, columns: int = 10, seed: int = 0) -> bytes:
+def sample_grid_png(model: CVAE, prior: Prior, columns: int = 10, seed: int = 0) -> bytes:
     """One row per digit, one fixed style (eps) per column: the picture a person watches during training."""
     model.eval()
     cfg = model.cfg
     device = next(model.parameters()).device
-    eps = torch.randn(columns, cfg.latent_dim, generator=torch.Generator().manual_seed(seed))
-    y = torch.arange(cfg.num_classes).repeat_interleave(columns)
-    z = prior.sample(y, eps.repeat(cfg.num_classes, 1))
+    z, y = sample_latents(prior, list(range(cfg.num_classes)), columns, seed)
     images = model.decoder(z.to(device), y.to(device)).float().cpu()
     return encode_png(tile_grid(images, columns=columns, padding=2))
 
@@ -328,10 +332,7 @@ def finish(
     from training.export import export_model_dir
 
     model.eval()
-    if cfg.prior == "standard":
-        prior = GaussianPrior.standard(model.cfg.num_classes, model.cfg.latent_dim)
-    else:
-        prior = fit_prior(model, train)
+    prior = fit_prior(model, train, cfg)
     (cfg.resolved_run_dir / "samples" / "final.png").write_bytes(sample_grid_png(model, prior.to(train.x.device)))
     cpu_model = model.to("cpu")
     metrics: dict[str, Any] = {"epochs": len(history), "train_history_last": history[-1] if history else None}
