@@ -52,7 +52,7 @@ def test_decoder_and_encoder_honour_the_contract(model: LoadedModel) -> None:
         images = model.decoder(z, y)
         mean, log_var = model.encoder(images, y)
     assert images.shape == (40, 1, 28, 28) and images.dtype == torch.float32
-    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert images.min() >= 0.0 and images.max() <= 1.0
     assert mean.shape == log_var.shape == (40, model.latent_dim)
 
 

@@ -246,7 +246,7 @@ def main(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
     run_dir = cfg.resolved_run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "samples").mkdir(exist_ok=True)
-    command = shlex.join([sys.executable, "-m", "training", *(argv if argv is not None else sys.argv[1:])])
+    command = shlex.join(["python", "-m", "training", *(argv if argv is not None else sys.argv[1:])])
 
     data = load_data(cfg)
     train, val = Batches.from_digits(data.train, device), Batches.from_digits(data.val, device)
