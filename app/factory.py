@@ -75,6 +75,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         model,
         decode_chunk=settings.decode_chunk,
         png_compress_level=settings.png_compress_level,
+        png_store_max_pixels=settings.png_store_max_pixels,
         max_image_pixels=settings.max_image_pixels,
     )
     metrics.set_model(model)

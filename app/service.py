@@ -72,11 +72,18 @@ class DigitService:
     """Everything the API does to tensors and images, for one loaded model."""
 
     def __init__(
-        self, model: LoadedModel, *, decode_chunk: int, png_compress_level: int, max_image_pixels: int
+        self,
+        model: LoadedModel,
+        *,
+        decode_chunk: int,
+        png_compress_level: int,
+        max_image_pixels: int,
+        png_store_max_pixels: int = 0,
     ) -> None:
         self.model = model
         self.decode_chunk = decode_chunk
         self.png_compress_level = png_compress_level
+        self.png_store_max_pixels = png_store_max_pixels
         self.max_image_pixels = max_image_pixels
         self.latent_dim = model.latent_dim
         self.tile_h, self.tile_w = (int(s) for s in model.manifest["image_shape"][-2:])
@@ -194,7 +201,9 @@ class DigitService:
 
     def render(self, spec: GenerateSpec, tiles: Tensor) -> bytes:
         """A request's tiles (grey levels, or uint8 from decode_batch) -> its PNG grid."""
-        return encode_png(tile_grid(tiles, spec.columns, spec.padding, spec.scale), self.png_compress_level)
+        grid = tile_grid(tiles, spec.columns, spec.padding, spec.scale)
+        level = 0 if grid.numel() <= self.png_store_max_pixels else self.png_compress_level
+        return encode_png(grid, level)
 
     def draw_batch(self, specs: list[GenerateSpec]) -> list[bytes]:
         """Several requests decoded in shared forward passes -> the PNG of each, in order. What the service's

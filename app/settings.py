@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     max_pending: int = Field(1024, ge=1, description="requests queued for the batcher before 503 (overloaded)")
     decode_chunk: int = Field(32, ge=1, le=4096, description="rows per decoder forward pass (fixed: reproducible)")
     png_compress_level: int = Field(1, ge=0, le=9, description="zlib level of PNG responses")
+    png_store_max_pixels: int = Field(
+        16_384, ge=0, le=16_777_216,
+        description="PNGs of at most this many pixels are stored (zlib level 0): on small grids, compressing costs "
+        "more CPU than the bytes it saves are worth",
+    )  # fmt: skip
     max_upload_bytes: int = Field(4 * 1024 * 1024, ge=1, description="largest request body accepted (413 above)")
     max_image_pixels: int = Field(25_000_000, ge=1, description="largest upload in pixels, checked before decoding")
     graceful_shutdown_s: int = Field(10, ge=0, description="how long in-flight requests may finish at shutdown")

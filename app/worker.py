@@ -13,7 +13,7 @@ message). Only PNGs come back: a request's latents, when asked for, are recomput
 deterministic). The child ignores SIGINT (the server drains first), and exits on ("stop",) or when the socket
 closes, e.g. because the server died.
 
-    python -m app.worker --fd N --model-dir DIR --decode-chunk B --png-compress-level L --torch-threads T
+    python -m app.worker --fd N --model-dir DIR --options '{"torch_threads": 1, "decode_chunk": 32, ...}'
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import pickle
@@ -65,7 +66,7 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
     return bytes(buf)
 
 
-def serve(sock: socket.socket, model_dir: Path, decode_chunk: int, png_compress_level: int, threads: int) -> int:
+def serve(sock: socket.socket, model_dir: Path, options: dict[str, Any]) -> int:
     """The child's loop: load, warm up, then answer batches until told to stop or the parent goes away."""
     import torch
 
@@ -73,11 +74,9 @@ def serve(sock: socket.socket, model_dir: Path, decode_chunk: int, png_compress_
     from model.artifacts import load_model_dir
 
     try:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(options.pop("torch_threads"))
         model = load_model_dir(model_dir)
-        service = DigitService(
-            model, decode_chunk=decode_chunk, png_compress_level=png_compress_level, max_image_pixels=1
-        )
+        service = DigitService(model, max_image_pixels=1, **options)
         service.warm_up_generate()
     except Exception as e:
         sock.sendall(frame(("failed", f"{type(e).__name__}: {e}")))
@@ -105,13 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.worker", description=__doc__.split("\n\n")[0])
     parser.add_argument("--fd", type=int, required=True, help="the socket inherited from the server")
     parser.add_argument("--model-dir", type=Path, required=True)
-    parser.add_argument("--decode-chunk", type=int, required=True)
-    parser.add_argument("--png-compress-level", type=int, required=True)
-    parser.add_argument("--torch-threads", type=int, required=True)
+    parser.add_argument("--options", type=json.loads, required=True, help="torch_threads and DigitService options")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server stops us in order
     with socket.socket(fileno=args.fd) as sock:
-        return serve(sock, args.model_dir, args.decode_chunk, args.png_compress_level, args.torch_threads)
+        return serve(sock, args.model_dir, args.options)
 
 
 # --- the parent's side ----------------------------------------------------------------------------------------
@@ -149,11 +146,12 @@ class InferenceProcess:
         s = self.settings
         parent, child = socket.socketpair()
         path = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
-        cmd = [
-            sys.executable, "-m", "app.worker", "--fd", str(child.fileno()), "--model-dir", str(s.model_dir),
-            "--decode-chunk", str(s.decode_chunk), "--png-compress-level", str(s.png_compress_level),
-            "--torch-threads", str(s.torch_threads),
-        ]  # fmt: skip
+        options = {
+            "torch_threads": s.torch_threads, "decode_chunk": s.decode_chunk,
+            "png_compress_level": s.png_compress_level, "png_store_max_pixels": s.png_store_max_pixels,
+        }  # fmt: skip
+        cmd = [sys.executable, "-m", "app.worker", "--fd", str(child.fileno()), "--model-dir", str(s.model_dir),
+               "--options", json.dumps(options)]  # fmt: skip
         try:
             self.process = subprocess.Popen(
                 cmd, pass_fds=(child.fileno(),), env={**os.environ, "PYTHONPATH": path}, start_new_session=True

@@ -370,3 +370,17 @@ def test_service_decoder_output_is_bit_identical_whatever_shares_the_forward_pas
         for before in (1, 5, 31, 45):
             together = service.decode(torch.cat([z[2 : 2 + before], z[:2]]), torch.cat([y[2 : 2 + before], y[:2]]))
             assert torch.equal(together[before:], alone), before
+
+
+def test_small_pngs_are_stored_uncompressed_with_the_same_pixels(tiny_model_dir):
+    body = {"digit": 3, "n": 8, "seed": 5}  # 32 x 242 = 7,744 pixels
+    big = {"digit": [1, 2, 3], "n": 8, "seed": 5, "scale": 2}  # 184 x 484
+    assert Settings().png_store_max_pixels == 16_384
+    settings = Settings(model_dir=tiny_model_dir, inference_process=False, png_store_max_pixels=0)
+    with TestClient(create_app(settings)) as c:
+        compressed = [c.post("/generate", json=b).content for b in (body, big)]
+    with TestClient(create_app(Settings(model_dir=tiny_model_dir, inference_process=False))) as c:
+        stored = [c.post("/generate", json=b).content for b in (body, big)]
+    assert np.array_equal(pixels(stored[0]), pixels(compressed[0]))
+    assert len(stored[0]) > 32 * 243 > len(compressed[0])  # every byte of every scanline, as it is
+    assert stored[1] == compressed[1]  # above the limit: compressed as before
