@@ -26,18 +26,23 @@ class CVAEConfig:
     encoder: Arch = "conv"  # "conv": two stride-2 convolutions then an MLP head; "mlp": MLP only
     decoder: Arch = "mlp"  # "mlp": MLP to logits; "conv": MLP to a 7x7 map, two transposed convolutions
     hidden: tuple[int, ...] = (512, 512)  # widths of the hidden MLP layers (the decoder mirrors them)
+    encoder_hidden: tuple[int, ...] | None = None  # the encoder's own widths, when not `hidden`
     channels: tuple[int, int] = (32, 64)  # conv channels at 14x14 and 7x7 (conv halves only)
     dropout: float = 0.0  # dropout after each hidden MLP layer while training (identity in eval mode)
 
     def __post_init__(self) -> None:
         # Accept lists (from JSON) but store tuples, so the config stays hashable and immutable.
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if self.encoder_hidden is not None:
+            object.__setattr__(self, "encoder_hidden", tuple(int(h) for h in self.encoder_hidden))
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
         if self.encoder not in ("mlp", "conv") or self.decoder not in ("mlp", "conv"):
             raise ValueError(f"encoder/decoder must be 'mlp' or 'conv', got {self.encoder!r}/{self.decoder!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.latent_dim < 1 or self.num_classes < 2 or not self.hidden or len(self.channels) != 2:
+        if self.latent_dim < 1 or self.num_classes < 2 or not self.hidden or self.encoder_hidden == ():
+            raise ValueError(f"invalid CVAE config: {self}")
+        if len(self.channels) != 2:
             raise ValueError(f"invalid CVAE config: {self}")
         if "conv" in (self.encoder, self.decoder) and self.image_size % 4:
             raise ValueError(f"conv layers need image_size divisible by 4, got {self.image_size}")
@@ -90,8 +95,9 @@ class Encoder(nn.Module):
         else:
             self.features = nn.Sequential(nn.Flatten())
             n_features = cfg.num_pixels
-        self.body = nn.Sequential(_mlp([n_features + cfg.num_classes, *cfg.hidden], cfg.dropout), nn.SiLU())
-        self.head = nn.Linear(cfg.hidden[-1], 2 * cfg.latent_dim)
+        hidden = cfg.encoder_hidden or cfg.hidden
+        self.body = nn.Sequential(_mlp([n_features + cfg.num_classes, *hidden], cfg.dropout), nn.SiLU())
+        self.head = nn.Linear(hidden[-1], 2 * cfg.latent_dim)
 
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         h = self.features(x)  # (N, F)

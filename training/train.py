@@ -208,7 +208,9 @@ def fit_prior(model: CVAE, data: Batches, cfg: TrainConfig) -> Prior:
     means, log_vars, labels = means.cpu(), log_vars.cpu(), data.y.cpu()
     if cfg.prior == "class_gaussian":
         return GaussianPrior.fit_aggregate_posterior(means, log_vars, labels, c)
-    return AggregatePosteriorPrior.fit(means, log_vars, labels, c, cfg.prior_components, seed=cfg.seed)
+    return AggregatePosteriorPrior.fit(
+        means, log_vars, labels, c, cfg.prior_components, bandwidth=cfg.prior_bandwidth, seed=cfg.seed
+    )
 
 
 @torch.no_grad()
