@@ -216,3 +216,10 @@ def test_sample_latents_with_a_mixture_share_component_and_style_down_columns() 
     torch.testing.assert_close(z[:3], z[3:])  # the same digit twice: the same column noise
     z2, _ = sample_latents(prior, [2, 2], n=3, seed=5)
     assert torch.equal(z, z2)
+
+
+def test_aggregate_prior_bandwidth_widens_each_component() -> None:
+    means, log_vars = torch.randn(40, 3), torch.full((40, 3), math.log(0.04))
+    labels = torch.arange(2).repeat(20)
+    wide = AggregatePosteriorPrior.fit(means, log_vars, labels, 2, components=8, bandwidth=0.3, seed=1)
+    torch.testing.assert_close(wide.log_vars.exp(), torch.full((2, 8, 3), 0.04 + 0.09))
