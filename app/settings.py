@@ -36,7 +36,11 @@ class Settings(BaseSettings):
         "free, with what arrived while the last one ran (on CPU, waiting only adds latency)",
     )  # fmt: skip
     max_pending: int = Field(1024, ge=1, description="requests queued for the batcher before 503 (overloaded)")
-    decode_chunk: int = Field(32, ge=1, le=4096, description="rows per decoder forward pass (fixed: reproducible)")
+    decode_chunk: int = Field(
+        16, ge=1, le=4096,
+        description="rows per decoder forward pass (fixed: reproducible); small: a lone request waits less, "
+        "large: big batches cost less per row",
+    )  # fmt: skip
     png_compress_level: int = Field(1, ge=0, le=9, description="zlib level of PNG responses")
     png_store_max_pixels: int = Field(
         16_384, ge=0, le=16_777_216,
