@@ -63,11 +63,12 @@ class TrainConfig:
     prior: Literal["aggregate_posterior", "class_gaussian", "standard"] = "aggregate_posterior"
     """the prior the exported model samples from: each class's aggregate posterior (a mixture of the posteriors of
     --prior-components training images), a Gaussian moment-matched to it, or N(0, I)"""
-    prior_components: int = 256
-    """training images per class whose posteriors make up the aggregate-posterior prior"""
-    prior_bandwidth: float = 0.3
-    """standard deviation of the kernel each of those posteriors is widened by (measured: 0 gives held-out digits
-    little prior density, 0.5 and up lose sample accuracy)"""
+    prior_components: int = 600
+    """training images per class whose posteriors make up the aggregate-posterior prior (at most the smallest
+    class's count)"""
+    prior_bandwidth: float = 0.4
+    """standard deviation of the kernel each of those posteriors is widened by; a trade-off measured on the default
+    model: 0.2 gives 99.1% of samples right but held-out -ELBO 106.4, 0.4 gives 98.4% and 99.4 nats"""
     eval_k: int = 100
     """importance samples for the NLL bound computed at export"""
     latent_dim: int = 16
