@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -81,6 +82,8 @@ def serve(sock: socket.socket, model_dir: Path, options: dict[str, Any]) -> int:
     except Exception as e:
         sock.sendall(frame(("failed", f"{type(e).__name__}: {e}")))
         return 1
+    gc.collect()
+    gc.freeze()  # as the server does (app/factory.py, freeze_heap): full collections would stall batches
     sock.sendall(frame(("ready", model.id)))
     while True:
         header = _recv_exactly(sock, HEADER.size)

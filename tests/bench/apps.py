@@ -129,7 +129,10 @@ def main() -> None:
     parser.add_argument("which", choices=["floor", "straightforward"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model-dir", type=Path, help="the model the straightforward app serves")
+    parser.add_argument("--torch-threads", type=int, default=0, help="straightforward: torch threads (0: default)")
     args = parser.parse_args()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     if args.which == "floor":
         app = create_floor_app()
     else:

@@ -128,7 +128,9 @@ class Variant:
 
 
 @contextlib.contextmanager
-def servers(model_dir: Path, variants: list[Variant], logs: Path) -> Iterator[dict[str, Server]]:
+def servers(
+    model_dir: Path, variants: list[Variant], logs: Path, straightforward_threads: int = 0
+) -> Iterator[dict[str, Server]]:
     running: dict[str, Server] = {}
     quiet = {"CVAE_ACCESS_LOG": "false", "CVAE_LOG_LEVEL": "warning"}
     try:
@@ -138,7 +140,8 @@ def servers(model_dir: Path, variants: list[Variant], logs: Path) -> Iterator[di
             running[v.name] = start(v.name, ["-m", "app", "--port", str(port)], env, port, logs, v.checkout)
         for name in REFERENCES:
             port = free_port()
-            args = ["-m", "tests.bench.apps", name, "--port", str(port), "--model-dir", str(model_dir)]
+            args = ["-m", "tests.bench.apps", name, "--port", str(port), "--model-dir", str(model_dir),
+                    "--torch-threads", str(straightforward_threads)]  # fmt: skip
             running[name] = start(name, args, {**quiet, "PYTHONPATH": str(ROOT)}, port, logs)
         yield running
     finally:
@@ -389,6 +392,10 @@ def main() -> None:
     parser.add_argument("--endpoints", default="generate,encode", help="comma-separated: generate, encode")
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument(
+        "--straightforward-threads", type=int, default=0,
+        help="torch threads of the straightforward app (default 0: torch's default, as a straightforward app has)",
+    )  # fmt: skip
+    parser.add_argument(
         "--env", action="append", default=[], metavar="CVAE_X=V", help="a setting for the service (repeatable)"
     )
     parser.add_argument(
@@ -414,11 +421,12 @@ def main() -> None:
             raise SystemExit("wrk not found")
         client: Wrk | PythonClient = Wrk(exe, workdir) if exe and args.client != "python" else PythonClient()
         print(f"load: {client.name}; {args.duration:g} s per run, {args.rounds} rounds, connections {connections}")
-        print(f"model: {args.model_dir}; service settings: {settings or 'defaults'}")
+        print(f"model: {args.model_dir}; service settings: {settings or 'defaults'}; straightforward torch threads: "
+              f"{args.straightforward_threads or 'default'}")  # fmt: skip
         for v in variants[1:]:
             print(f"variant {v.name}: settings {v.env or 'defaults'} from {v.checkout}")
         print(f"machine: {os.cpu_count()} CPUs, load average {load_avg()} (1, 5, 15 min)")
-        with servers(args.model_dir, variants, workdir) as running:
+        with servers(args.model_dir, variants, workdir, args.straightforward_threads) as running:
             print("cold start (process start to /readyz 200): "
                   + ", ".join(f"{n} {s.cold_start_s:.2f} s" for n, s in running.items()))  # fmt: skip
             table = Table()
