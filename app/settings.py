@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     )  # fmt: skip
     max_pending: int = Field(1024, ge=1, description="requests queued for the batcher before 503 (overloaded)")
     decode_chunk: int = Field(
-        16, ge=1, le=4096,
+        8, ge=1, le=4096,
         description="rows per decoder forward pass (fixed: reproducible); small: a lone request waits less, "
         "large: big batches cost less per row",
     )  # fmt: skip
