@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from model.loss import reconstruction_nll
+from model.network import reparameterize
 from model.prior import Prior
 
 
@@ -36,7 +37,7 @@ def elbo_terms(
     mean, log_var = encoder(x, y)
     if eps is None:
         eps = torch.randn_like(mean)
-    z = mean + torch.exp(0.5 * log_var) * eps
+    z = reparameterize(mean, log_var, eps)
     return reconstruction_nll(decoder.logits(z, y), x), prior.kl_estimate(mean, log_var, z, y), mean, log_var
 
 

@@ -22,11 +22,6 @@ def kl_to_standard_normal(mean: Tensor, log_var: Tensor) -> Tensor:
     return 0.5 * (mean.pow(2) + log_var.exp() - 1.0 - log_var).sum(dim=1)
 
 
-def negative_elbo(logits: Tensor, x: Tensor, mean: Tensor, log_var: Tensor) -> tuple[Tensor, Tensor]:
-    """(reconstruction, kl) per image under the N(0, I) prior the network is trained with; -ELBO is their sum."""
-    return reconstruction_nll(logits, x), kl_to_standard_normal(mean, log_var)
-
-
 def free_bits_kl(mean: Tensor, log_var: Tensor, bits_per_dim: float) -> Tensor:
     """The KL term with 'free bits' (Kingma et al. 2016, eq. 15): each latent dimension's batch-mean KL is
     clamped from below at `bits_per_dim` nats, so the optimiser gains nothing by collapsing it. -> scalar"""

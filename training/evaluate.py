@@ -52,11 +52,6 @@ def frechet_distance(a: Tensor, b: Tensor) -> float:
     return float((mu_a - mu_b).pow(2).sum() + s_a.trace() + s_b.trace() - 2 * cross)
 
 
-def png_bytes(image: Tensor) -> bytes:
-    """uint8 (28, 28) -> PNG, as a user would upload an MNIST digit."""
-    return encode_png(image)
-
-
 def redrawn_jpeg(image: Tensor, rng: random.Random) -> bytes:
     """A held-out digit re-drawn as a user would upload it: black ink on white, a 300x300 RGB JPEG, the
     digit 150-220 px tall and off-centre."""
@@ -157,7 +152,7 @@ def evaluate_model(
     out["frechet_generated_1000_vs_all_heldout"] = frechet_distance(gen_feats, real_feats)
 
     # /encode: digit inference on uploads, as they are and re-drawn; reconstruction from the encoded mean.
-    uploads = preprocess_uploads([png_bytes(img) for img in held.images])
+    uploads = preprocess_uploads([encode_png(img) for img in held.images])  # as users upload MNIST digits
     inferred = inferred_labels(encoder, decoder, prior, uploads)
     out["encode_accuracy_real"] = (inferred == held.labels).float().mean().item()
     rng = random.Random(seed)
