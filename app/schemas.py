@@ -7,13 +7,14 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from model.prior import MAX_TEMPERATURE
+
 MAX_DIGITS = 32  # most digits (grid rows) in one /generate request; repeats allowed
 MAX_N = 256  # most samples per digit
 MAX_TILES = 1024  # most tiles in one grid: len(digits) * n
 MAX_COLUMNS = MAX_TILES
 MAX_PADDING = 16
 MAX_SCALE = 8
-MAX_TEMPERATURE = 5.0
 MAX_LATENT_ABS = 1000.0  # |z_i| above this is nowhere near anything the model was trained on
 MAX_SEED = 2**63 - 1
 
@@ -78,8 +79,13 @@ class GenerateRequest(BaseModel):
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED, description="same seed + same model = byte-identical PNG; random when absent"
     )
-    temperature: float = Field(
-        1.0, ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False, description="scales the prior sample's spread"
+    temperature: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_TEMPERATURE,
+        allow_inf_nan=False,
+        description="scales each sample's distance from its digit's mean style: 0 gives that mean, lower is tidier "
+        "and less varied; default: the model's own (`prior.temperature` in GET /model; 0.8 for the shipped model)",
     )
     columns: int | None = Field(None, ge=1, le=MAX_COLUMNS, description="tiles per grid row; default n")
     padding: int = Field(2, ge=0, le=MAX_PADDING, description="black pixels between and around tiles")

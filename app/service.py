@@ -100,13 +100,13 @@ class DigitService:
         n: int,
         latent: list[float] | list[list[float]] | None,
         seed: int | None,
-        temperature: float,
+        temperature: float | None,
         columns: int | None,
         padding: int,
         scale: int,
     ) -> GenerateSpec:
-        """Check what depends on the model (latent size, output size) and fix the seed. Cheap: no tensors
-        beyond the given latent."""
+        """Check what depends on the model (latent size, output size) and fix the seed and the temperature
+        (None: the model's). Cheap: no tensors beyond the given latent."""
         unknown = sorted({d for d in digits if d >= self.model.num_classes})
         if unknown:  # only for a model with fewer than ten labels: the schema allows 0-9
             raise ServiceError(
@@ -156,7 +156,7 @@ class DigitService:
             n=n,
             latent=z,
             seed=seed,
-            temperature=temperature,
+            temperature=self.model.temperature if temperature is None else temperature,
             columns=columns,
             padding=padding,
             scale=scale,

@@ -7,7 +7,8 @@
     prior.pt       (when the prior is "aggregate_posterior") {"kind", "means": float32[10, M, D],
                    "log_vars": float32[10, M, D]}, plain tensors (torch.load(weights_only=True))
     manifest.json  format_version, id, latent_dim, image_shape, labels, prior, data, config, metrics,
-                   artifacts (sha256 of each file above), torch_version, created, reproduce
+                   artifacts (sha256 of each file above), torch_version, created, reproduce;
+                   prior.temperature: the temperature the service samples at by default (1 when absent)
 
 Loading verifies every checksum and refuses, naming the file, when anything is missing or differs.
 """
@@ -25,7 +26,7 @@ from typing import Any
 
 import torch
 
-from model.prior import AggregatePosteriorPrior, GaussianPrior, Prior
+from model.prior import MAX_TEMPERATURE, AggregatePosteriorPrior, GaussianPrior, Prior
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -78,6 +79,11 @@ class LoadedModel:
     def num_classes(self) -> int:
         return len(self.manifest["labels"])
 
+    @property
+    def temperature(self) -> float:
+        """The temperature samples are drawn at unless a request says otherwise (checked at load)."""
+        return float(self.manifest["prior"].get("temperature", 1.0))
+
 
 def read_manifest(model_dir: str | Path) -> dict[str, Any]:
     path = Path(model_dir) / MANIFEST_FILE
@@ -129,6 +135,16 @@ def load_model_dir(model_dir: str | Path, device: str | torch.device = "cpu") ->
         except Exception as e:  # torch raises RuntimeError, ValueError, ... for a bad archive
             raise ModelDirError(f"{model_dir / name}: not a loadable TorchScript module: {e}") from e
     prior = _load_prior(model_dir, manifest).to(device)
+    temperature = manifest["prior"].get("temperature", 1.0)
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or not 0 <= temperature <= MAX_TEMPERATURE
+    ):
+        raise ModelDirError(
+            f"{model_dir / MANIFEST_FILE}: prior.temperature must be a number in [0, {MAX_TEMPERATURE:g}], "
+            f"got {temperature!r}"
+        )
     if prior.latent_dim != manifest["latent_dim"] or prior.num_classes != len(manifest["labels"]):
         raise ModelDirError(f"{model_dir / MANIFEST_FILE}: prior shape disagrees with latent_dim/labels")
     return LoadedModel(encoder=modules[0], decoder=modules[1], prior=prior, manifest=manifest, path=model_dir)

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+MAX_TEMPERATURE = 5.0  # the largest sampling temperature a model or a request may ask for
+
 
 class GaussianPrior:
     """N(mean[y], scale_tril[y] @ scale_tril[y].T) for each label y."""

@@ -14,7 +14,7 @@ from training.export import export_model_dir
 TINY = CVAEConfig(latent_dim=4, hidden=(32,), channels=(4, 8), encoder="conv", decoder="mlp")
 
 
-def make_model_dir(out: Path, cfg: CVAEConfig = TINY, seed: int = 0) -> Path:
+def make_model_dir(out: Path, cfg: CVAEConfig = TINY, seed: int = 0, temperature: float = 1.0) -> Path:
     torch.manual_seed(seed)
     model = CVAE(cfg).eval()
     export_model_dir(
@@ -25,6 +25,7 @@ def make_model_dir(out: Path, cfg: CVAEConfig = TINY, seed: int = 0) -> Path:
         config={"model": cfg.to_dict()},
         metrics={},
         reproduce="tests/conftest.py: make_model_dir",
+        temperature=temperature,
     )
     return out
 

@@ -144,6 +144,20 @@ def test_generate_temperature_scales_the_prior_sample(client):
     assert np.array(zero["latents"]).max() == 0  # the prior mean
 
 
+def test_generate_samples_at_the_models_temperature_unless_asked(tmp_path: Path):
+    model_dir = make_model_dir(tmp_path / "m", temperature=0.5)
+    with TestClient(create_app(Settings(model_dir=model_dir))) as c:
+        assert c.get("/model").json()["prior"]["temperature"] == 0.5
+
+        def latents(**extra: float) -> np.ndarray:
+            body = {"digit": [2, 7], "n": 3, "seed": 4, **extra}
+            return np.array(c.post("/generate", json=body, headers={"Accept": "application/json"}).json()["latents"])
+
+        default, one = latents(), latents(temperature=1.0)
+    assert np.abs(one).max() > 0
+    assert np.allclose(default, 0.5 * one, atol=1e-6)  # N(0, I) prior: z = temperature * eps
+
+
 # --- latents --------------------------------------------------------------------------------------------------
 
 

@@ -140,13 +140,36 @@ def test_an_aggregate_posterior_prior_travels_as_a_checksummed_file(tmp_path: Pa
     prior = AggregatePosteriorPrior(torch.randn(10, 3, TINY.latent_dim), torch.randn(10, 3, TINY.latent_dim) - 1)
     out = tmp_path / "m"
     manifest = export.export_model_dir(
-        model, prior, out, data={}, config={}, metrics={}, reproduce="tests/test_export.py"
+        model, prior, out, data={}, config={}, metrics={}, reproduce="tests/test_export.py", temperature=0.7
     )
-    assert manifest["prior"] == {"kind": "aggregate_posterior", "file": "prior.pt", "components_per_class": 3}
+    assert manifest["prior"] == {
+        "kind": "aggregate_posterior", "file": "prior.pt", "components_per_class": 3, "temperature": 0.7
+    }  # fmt: skip
     loaded = load_model_dir(out)
     assert isinstance(loaded.prior, AggregatePosteriorPrior)
+    assert loaded.temperature == 0.7
     assert torch.equal(loaded.prior.means, prior.means) and torch.equal(loaded.prior.log_vars, prior.log_vars)
     with open(out / "prior.pt", "ab") as f:
         f.write(b"\0")
     with pytest.raises(ModelDirError, match=r"prior\.pt: sha256"):
         load_model_dir(out)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 5.5, "hot", True, None])
+def test_a_manifest_temperature_out_of_range_is_refused_by_name(tiny_model_dir: Path, tmp_path: Path, bad) -> None:
+    broken = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["prior"]["temperature"] = bad
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelDirError, match=r"prior\.temperature must be a number in \[0, 5\]"):
+        load_model_dir(broken)
+
+
+def test_a_manifest_without_a_temperature_samples_at_1(tiny_model_dir: Path, tmp_path: Path) -> None:
+    old = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["prior"].pop("temperature", None)
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert load_model_dir(old).temperature == 1.0

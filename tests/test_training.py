@@ -46,6 +46,9 @@ def test_parse_config_rejects_bad_values() -> None:
         parse_config(["--epochs", "0"])
     with pytest.raises(SystemExit):
         parse_config(["--encoder", "transformer"])
+    for bad in ("-0.5", "5.5"):
+        with pytest.raises(SystemExit):
+            parse_config(["--sample-temperature", bad])
     cfg = parse_config(["--hidden", "64", "32", "--no-progress", "--latent-dim", "8"])
     assert cfg.hidden == (64, 32) and cfg.progress is False and cfg.model_config().latent_dim == 8
 
@@ -132,10 +135,25 @@ def test_evaluate_prints_one_json_object_with_every_figure(tmp_path: Path) -> No
     assert figures["heldout_iw_nll"] <= figures["heldout_nelbo"] + 5
     for key in ("judge_heldout_accuracy", "sample_accuracy", "frechet_generated_vs_real", "frechet_real_vs_real"):
         assert key in figures
+    assert figures["sample_temperature"] == TrainConfig.sample_temperature  # the model's, as the service samples
+    assert figures["sample_spread_ratio"] > 0
+    assert figures["sample_train_distance"] > 0 and figures["heldout_reconstruction_train_distance"] > 0
     for key in ("encode_accuracy_real", "encode_accuracy_redrawn", "reconstruction_accuracy"):
         assert 0.0 <= figures[key] <= 1.0
     assert figures["judge_heldout_accuracy"] > 0.8
     assert len(list((tmp_path / "cache").glob("judge-*.pt"))) == 1
+
+
+def test_variety_and_copying_figures_measure_what_they_say() -> None:
+    from training.evaluate import nearest_distance, within_class_spread
+
+    g = torch.Generator().manual_seed(0)
+    feats, labels = torch.randn(300, 8, generator=g), torch.arange(3).repeat(100)
+    assert within_class_spread(feats * 0.5, labels) == pytest.approx(0.25 * within_class_spread(feats, labels))
+    assert within_class_spread(torch.zeros(300, 8), labels) == 0  # collapsed variety
+    train = torch.rand(50, 784, generator=g)
+    assert nearest_distance(train[:20], train) == 0  # copies of training digits
+    assert nearest_distance(train[:20] + 0.1, train) > 0
 
 
 def test_evaluate_reports_a_missing_model_dir(tmp_path: Path) -> None:

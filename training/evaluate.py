@@ -27,7 +27,7 @@ from torch import Tensor
 from model.artifacts import ModelDirError, load_model_dir
 from model.imaging import decode_image, encode_png, to_mnist
 from model.inference import DecoderLike, EncoderLike, elbo_terms, importance_weighted_nll, label_log_probs
-from model.prior import GaussianPrior, Prior, sample_latents
+from model.prior import MAX_TEMPERATURE, GaussianPrior, Prior, sample_latents
 from training.data import DataError, DataSplits, Digits, load_data_dir
 from training.judge import cached_judge, predict
 
@@ -50,6 +50,18 @@ def frechet_distance(a: Tensor, b: Tensor) -> float:
     root_a = v @ torch.diag(w.clamp(min=0).sqrt()) @ v.T
     cross = torch.linalg.eigvalsh(root_a @ s_b @ root_a).clamp(min=0).sqrt().sum()
     return float((mu_a - mu_b).pow(2).sum() + s_a.trace() + s_b.trace() - 2 * cross)
+
+
+def within_class_spread(features: Tensor, labels: Tensor) -> float:
+    """Sum over classes of the trace of the features' covariance within the class."""
+    return sum(float(torch.cov(features[labels == c].double().T).trace()) for c in labels.unique().tolist())
+
+
+def nearest_distance(x: Tensor, reference: Tensor) -> float:
+    """The median over x's rows of the Euclidean distance to the nearest row of reference. (N, P), (M, P)"""
+    return float(
+        torch.cat([torch.cdist(x[i : i + 250], reference).min(dim=1).values for i in range(0, len(x), 250)]).median()
+    )
 
 
 def redrawn_jpeg(image: Tensor, rng: random.Random) -> bytes:
@@ -121,8 +133,10 @@ def evaluate_model(
     seed: int = 0,
     full: bool = True,
     cache_dir: Path | None = None,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
-    """All figures on data.val (the held-out digits). full=False: likelihoods only (no judge)."""
+    """All figures on data.val (the held-out digits); samples drawn at `temperature` (the service's default is the
+    model's, LoadedModel.temperature). full=False: likelihoods only (no judge)."""
     held = data.val
     out: dict[str, Any] = {"heldout_source": data.info.get("val_source")}
     out.update(likelihood_metrics(encoder, decoder, prior, held, k, seed))
@@ -133,14 +147,26 @@ def evaluate_model(
     out["judge_heldout_accuracy"] = judge_acc
     real = held.images.unsqueeze(1).float() / 255
 
-    # Generated samples, exactly as the service draws them (seeded styles, temperature 1).
-    z, y = sample_latents(prior, list(range(prior.num_classes)), SAMPLES_PER_DIGIT, seed=seed)
+    # Generated samples, exactly as the service draws them (seeded styles, the model's temperature).
+    z, y = sample_latents(prior, list(range(prior.num_classes)), SAMPLES_PER_DIGIT, seed=seed, temperature=temperature)
     generated = decoder(z, y)
     pred, gen_feats = predict(judge, generated)
+    out["sample_temperature"] = temperature
     out["sample_accuracy"] = (pred == y).float().mean().item()
     out["sample_accuracy_by_digit"] = [(pred[y == d] == d).float().mean().item() for d in range(prior.num_classes)]
 
     _, real_feats = predict(judge, real)
+    # Variety, beside the Frechet distance: the spread of the judge's features within each digit, generated over
+    # real (1: as varied as real digits; a temperature turned down until variety collapses drives it to 0) ...
+    out["sample_spread_ratio"] = within_class_spread(gen_feats, y) / within_class_spread(real_feats, held.labels)
+    # ... and copying: the median pixel distance to the nearest training digit, of samples and of the held-out
+    # digits' reconstructions (as blurry as samples, but of digits the model never saw). Samples much nearer the
+    # training set than those reconstructions would be replaying training digits.
+    train_pixels = data.train.images.flatten(1).float() / 255
+    out["sample_train_distance"] = nearest_distance(generated.flatten(1), train_pixels)
+    mean, _ = encoder(real, held.labels)
+    reconstructions = decoder(mean, held.labels)
+    out["heldout_reconstruction_train_distance"] = nearest_distance(reconstructions.flatten(1), train_pixels)
     perm = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))
     half = len(real) // 2
     ref, other = real_feats[perm[:half]], real_feats[perm[half : 2 * half]]
@@ -174,9 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="seed (default: the model's training seed)")
     parser.add_argument("--val-size", type=int, default=None, help="held-out split size (default: the model's)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="where the judge is cached")
+    parser.add_argument(
+        "--temperature", type=float, default=None, help="sampling temperature (default: the model's, as the service)"
+    )
     args = parser.parse_args(argv)
     if args.k < 1:
         parser.error("--k must be at least 1")
+    if args.temperature is not None and not 0 <= args.temperature <= MAX_TEMPERATURE:
+        parser.error(f"--temperature must be in [0, {MAX_TEMPERATURE:g}], got {args.temperature}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         model = load_model_dir(args.model)
@@ -189,7 +220,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.manual_seed(seed)
     metrics = evaluate_model(
-        model.encoder, model.decoder, model.prior, data, k=args.k, seed=seed, cache_dir=args.cache_dir
+        model.encoder,
+        model.decoder,
+        model.prior,
+        data,
+        k=args.k,
+        seed=seed,
+        cache_dir=args.cache_dir,
+        temperature=model.temperature if args.temperature is None else args.temperature,
     )
     metrics["model_id"] = model.id
     print(json.dumps(metrics, indent=1))

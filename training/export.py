@@ -68,8 +68,10 @@ def export_model_dir(
     config: dict[str, Any],
     metrics: dict[str, Any],
     reproduce: str,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """Write out_dir/{decoder.pt, encoder.pt, manifest.json}; replaces out_dir only once all is written.
+    temperature: the one the service samples at by default (manifest prior.temperature).
 
     -> the manifest.
     """
@@ -99,6 +101,7 @@ def export_model_dir(
             }
         else:
             prior_spec = prior.to("cpu").to_dict()
+        prior_spec["temperature"] = temperature
         artifacts = {name: sha256_file(tmp / name) for name in files}
         manifest = {
             "format_version": FORMAT_VERSION,

@@ -214,12 +214,12 @@ def fit_prior(model: CVAE, data: Batches, cfg: TrainConfig) -> Prior:
 
 
 @torch.no_grad()
-def sample_grid_png(model: CVAE, prior: Prior, columns: int = 10, seed: int = 0) -> bytes:
+def sample_grid_png(model: CVAE, prior: Prior, columns: int = 10, seed: int = 0, temperature: float = 1.0) -> bytes:
     """One row per digit, one fixed style (eps) per column: the picture a person watches during training."""
     model.eval()
     cfg = model.cfg
     device = next(model.parameters()).device
-    z, y = sample_latents(prior, list(range(cfg.num_classes)), columns, seed)
+    z, y = sample_latents(prior, list(range(cfg.num_classes)), columns, seed, temperature)
     images = model.decoder(z.to(device), y.to(device)).float().cpu()
     return encode_png(tile_grid(images, columns=columns, padding=2))
 
@@ -335,12 +335,21 @@ def finish(
 
     model.eval()
     prior = fit_prior(model, train, cfg)
-    (cfg.resolved_run_dir / "samples" / "final.png").write_bytes(sample_grid_png(model, prior.to(train.x.device)))
+    (cfg.resolved_run_dir / "samples" / "final.png").write_bytes(
+        sample_grid_png(model, prior.to(train.x.device), temperature=cfg.sample_temperature)
+    )
     cpu_model = model.to("cpu")
     metrics: dict[str, Any] = {"epochs": len(history), "train_history_last": history[-1] if history else None}
     metrics.update(
         evaluate_model(
-            cpu_model.encoder, cpu_model.decoder, prior, data, k=cfg.eval_k, seed=cfg.seed, full=cfg.evaluate
+            cpu_model.encoder,
+            cpu_model.decoder,
+            prior,
+            data,
+            k=cfg.eval_k,
+            seed=cfg.seed,
+            full=cfg.evaluate,
+            temperature=cfg.sample_temperature,
         )
     )
     manifest = export_model_dir(
@@ -351,6 +360,7 @@ def finish(
         config={"model": cpu_model.cfg.to_dict(), "training": cfg.to_dict(), "git_commit": record["git_commit"]},
         metrics=metrics,
         reproduce=command,
+        temperature=cfg.sample_temperature,
     )
     (cfg.resolved_run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     log.info("exported %s to %s", manifest["id"], cfg.out)

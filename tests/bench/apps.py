@@ -94,7 +94,8 @@ def create_straightforward_app(model_dir: Path) -> FastAPI:
     def generate(body: Annotated[GenerateRequest, Body()]) -> Response:
         seed = body.seed if body.seed is not None else secrets.randbits(53)
         with torch.inference_mode():
-            z, y = sample_latents(model.prior, body.digits, body.n, seed, body.temperature)
+            temperature = model.temperature if body.temperature is None else body.temperature
+            z, y = sample_latents(model.prior, body.digits, body.n, seed, temperature)
             images = model.decoder(z, y)  # (N, 1, H, W) in [0, 1]
         tiles = (images[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
         png = pillow_grid_png(tiles, body.columns or body.n, body.padding, body.scale)
