@@ -35,6 +35,7 @@ class Runtime:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvae-inference")
         self.upload_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvae-uploads")
         self.process = process
+        self.max_pass_rows = settings.max_batch
         self.batcher: Batcher[GenerateSpec, bytes] = Batcher(
             self.process.draw if self.process is not None else service.draw_batch,
             None if self.process is not None else self.executor,
@@ -78,9 +79,13 @@ class Runtime:
 
     async def warm_up(self) -> None:
         """Run every code path once (several times for the decoder, at the shape it always runs at) and check
-        that generation is reproducible. Raises RuntimeError if it is not."""
+        that generation is reproducible. Raises RuntimeError if it is not. In the inference thread, first see
+        whether the decoder may run larger passes (the inference process checks its own)."""
+        loop = asyncio.get_running_loop()
+        if self.process is None:
+            await loop.run_in_executor(self.executor, self.service.enable_large_passes, self.max_pass_rows)
         spec = self.service.make_spec(list(range(10)), 2, None, 0, 1.0, None, 2, 1)
         pngs = [await self.batcher.submit(spec, spec.size) for _ in range(WARM_UP_RUNS)]
         if pngs[-1] != pngs[-2]:
             raise RuntimeError("warm-up: the same seed gave two different images; generation is not reproducible")
-        await asyncio.get_running_loop().run_in_executor(self.executor, self.service.warm_up_encoder)
+        await loop.run_in_executor(self.executor, self.service.warm_up_encoder)

@@ -1,12 +1,17 @@
 """Tensor and image work: sampling, decoding, grids and PNGs, and encoding uploads. No HTTP, no asyncio.
 
 Reproducibility: a request's PNG depends only on the request and the model. Its latents are computed per
-request (per digit), and the decoder always runs on chunks of exactly `decode_chunk` rows (zero-padded), so
-whatever else shares a batch, each row goes through a forward pass of the same shape.
+request (per digit), and the decoder runs on passes of a whole number of `decode_chunk` rows (zero-padded). By
+default each pass is exactly one chunk, so whatever else shares a batch, each row goes through a forward pass of
+the same shape. Larger passes cost less per row (one 128-row pass of the shipped decoder costs about as much as
+9 passes of 8), but a matrix kernel may sum in another order for another shape: enable_large_passes() allows
+them only after checking, on this machine, that every pass size it may use gives each row bit for bit what a
+chunk gives it (the kernel a shape gets does not depend on the numbers in it).
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -20,6 +25,8 @@ from model.artifacts import LoadedModel
 from model.imaging import ImageError, decode_image, encode_png, tile_grid, to_mnist, to_uint8
 from model.inference import label_log_probs
 from model.prior import sample_latents
+
+log = logging.getLogger(__name__)
 
 MAX_OUTPUT_PIXELS = 4096 * 4096  # largest PNG /generate writes (width * height)
 RANDOM_SEED_BITS = 53  # seeds drawn for requests without one stay exact in JSON / JavaScript numbers
@@ -82,6 +89,7 @@ class DigitService:
     ) -> None:
         self.model = model
         self.decode_chunk = decode_chunk
+        self.pass_rows = decode_chunk  # rows per forward pass at most; enable_large_passes() may raise it
         self.png_compress_level = png_compress_level
         self.png_store_max_pixels = png_store_max_pixels
         self.max_image_pixels = max_image_pixels
@@ -175,16 +183,44 @@ class DigitService:
         return DecodeJob(*sample_latents(self.model.prior, list(spec.digits), spec.n, spec.seed, spec.temperature))
 
     def decode(self, z: Tensor, labels: Tensor) -> Tensor:
-        """(N, D), (N,) -> (N, 1, H, W), run in forward passes of exactly decode_chunk rows."""
+        """(N, D), (N,) -> (N, 1, H, W), zero-padded to whole chunks, run in passes of at most pass_rows rows."""
         b = self.decode_chunk
         count = z.shape[0]
         padded = -(-count // b) * b
         if padded > count:
             z = torch.cat([z, z.new_zeros(padded - count, z.shape[1])])
             labels = torch.cat([labels, labels.new_zeros(padded - count)])
-        decoder = self.model.decoder
-        images = [decoder(z[i : i + b], labels[i : i + b]) for i in range(0, padded, b)]
+        decoder, step = self.model.decoder, self.pass_rows
+        images = [decoder(z[i : i + step], labels[i : i + step]) for i in range(0, padded, step)]
         return (images[0] if len(images) == 1 else torch.cat(images))[:count]
+
+    @torch.inference_mode()
+    def enable_large_passes(self, max_rows: int, rounds: int = 2) -> bool:
+        """Decode batches in passes of up to max_rows rows (rounded down to whole chunks) if, for every pass size
+        that allows (each whole number of chunks), the decoder gives every row bit for bit what it gives that row
+        in a pass of one chunk; checked `rounds` times (TorchScript settles after its first runs). -> whether
+        allowed. Otherwise passes stay one chunk long."""
+        b = self.decode_chunk
+        max_rows = max_rows // b * b
+        self.pass_rows = b
+        if max_rows <= b:
+            return False
+        g = torch.Generator().manual_seed(0)
+        z = torch.randn(max_rows, self.latent_dim, generator=g)
+        labels = torch.randint(0, self.model.num_classes, (max_rows,), generator=g)
+        reference = self.decode(z, labels)
+        decoder = self.model.decoder
+        for _ in range(rounds):
+            for rows in range(2 * b, max_rows + 1, b):
+                if not torch.equal(decoder(z[:rows], labels[:rows]), reference[:rows]):
+                    log.info(
+                        "decoder passes stay %d rows: a pass of %d rows does not give the same rows bit for bit",
+                        b, rows,
+                    )  # fmt: skip
+                    return False
+        self.pass_rows = max_rows
+        log.info("decoder passes of up to %d rows (each row checked bit-identical to a %d-row pass)", max_rows, b)
+        return True
 
     @torch.inference_mode()
     def decode_batch(self, jobs: list[DecodeJob]) -> list[Tensor]:

@@ -7,11 +7,11 @@ from the busy loop it waits (up to sys.getswitchinterval(), 5 ms). A child proce
 its own core: the event loop only validates requests, batches them and relays bytes.
 
 Protocol, over a socketpair: frames of an 8-byte big-endian length + a pickle (protocol 5). Parent -> child:
-("generate", batch_id, [spec fields, ...]) or ("stop",). Child -> parent: ("ready", model_id) once loaded and
-warmed up, ("failed", message) if it cannot load, ("result", batch_id, [png, ...]) or ("error", batch_id,
-message). Only PNGs come back: a request's latents, when asked for, are recomputed by the server (cheap, and
-deterministic). The child ignores SIGINT (the server drains first), and exits on ("stop",) or when the socket
-closes, e.g. because the server died.
+("generate", batch_id, [spec fields, ...]) or ("stop",). Child -> parent: ("ready", model_id, pass_rows) once
+loaded and warmed up (pass_rows: DigitService.pass_rows), ("failed", message) if it cannot load, ("result",
+batch_id, [png, ...]) or ("error", batch_id, message). Only PNGs come back: a request's latents, when asked for,
+are recomputed by the server (cheap, and deterministic). The child ignores SIGINT (the server drains first), and
+exits on ("stop",) or when the socket closes, e.g. because the server died.
 
     python -m app.worker --fd N --model-dir DIR --options '{"torch_threads": 1, "decode_chunk": 32, ...}'
 """
@@ -76,15 +76,17 @@ def serve(sock: socket.socket, model_dir: Path, options: dict[str, Any]) -> int:
 
     try:
         torch.set_num_threads(options.pop("torch_threads"))
+        max_pass_rows = options.pop("max_pass_rows")
         model = load_model_dir(model_dir)
         service = DigitService(model, max_image_pixels=1, **options)
+        service.enable_large_passes(max_pass_rows)
         service.warm_up_generate()
     except Exception as e:
         sock.sendall(frame(("failed", f"{type(e).__name__}: {e}")))
         return 1
     gc.collect()
     gc.freeze()  # as the server does (app/factory.py, freeze_heap): full collections would stall batches
-    sock.sendall(frame(("ready", model.id)))
+    sock.sendall(frame(("ready", model.id, service.pass_rows)))
     while True:
         header = _recv_exactly(sock, HEADER.size)
         if header is None:
@@ -150,7 +152,7 @@ class InferenceProcess:
         parent, child = socket.socketpair()
         path = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
         options = {
-            "torch_threads": s.torch_threads, "decode_chunk": s.decode_chunk,
+            "torch_threads": s.torch_threads, "decode_chunk": s.decode_chunk, "max_pass_rows": s.max_batch,
             "png_compress_level": s.png_compress_level, "png_store_max_pixels": s.png_store_max_pixels,
         }  # fmt: skip
         cmd = [sys.executable, "-m", "app.worker", "--fd", str(child.fileno()), "--model-dir", str(s.model_dir),
@@ -183,7 +185,7 @@ class InferenceProcess:
             raise RuntimeError(f"the inference process could not load the model: {message[1]}")
         self._writer = writer
         self._reader_task = asyncio.get_running_loop().create_task(self._read(reader), name="inference-reader")
-        log.info("inference process %s ready", self.pid)
+        log.info("inference process %s ready (decoder passes of up to %s rows)", self.pid, message[2])
 
     async def start(self) -> None:
         self.spawn()

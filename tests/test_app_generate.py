@@ -359,8 +359,11 @@ def wide_model(tmp_path_factory):
     return load_model_dir(make_model_dir(tmp_path_factory.mktemp("wide") / "m", cfg))
 
 
-def test_service_rows_do_not_depend_on_what_shares_their_batch(wide_model):
+@pytest.mark.parametrize("large_passes", [False, True])
+def test_service_rows_do_not_depend_on_what_shares_their_batch(wide_model, large_passes):
     service = DigitService(wide_model, decode_chunk=32, png_compress_level=1, max_image_pixels=10**6)
+    if large_passes:
+        service.enable_large_passes(256)  # if this machine's kernels allow it
 
     def spec(digits, n, seed):
         return service.make_spec(digits, n, None, seed, 1.0, None, 2, 1)
@@ -372,10 +375,13 @@ def test_service_rows_do_not_depend_on_what_shares_their_batch(wide_model):
         assert pngs[len(companions)] == alone
 
 
-def test_service_decoder_output_is_bit_identical_whatever_shares_the_forward_pass(wide_model):
+@pytest.mark.parametrize("large_passes", [False, True])
+def test_service_decoder_output_is_bit_identical_whatever_shares_the_forward_pass(wide_model, large_passes):
     import torch
 
     service = DigitService(wide_model, decode_chunk=32, png_compress_level=1, max_image_pixels=10**6)
+    if large_passes:
+        service.enable_large_passes(256)
     g = torch.Generator().manual_seed(0)
     z = torch.randn(70, 8, generator=g)
     y = torch.randint(0, 10, (70,), generator=g)
@@ -384,6 +390,50 @@ def test_service_decoder_output_is_bit_identical_whatever_shares_the_forward_pas
         for before in (1, 5, 31, 45):
             together = service.decode(torch.cat([z[2 : 2 + before], z[:2]]), torch.cat([y[2 : 2 + before], y[:2]]))
             assert torch.equal(together[before:], alone), before
+
+
+class CountingDecoder:
+    """A stand-in decoder: each pixel a function of its own row, plus `shape_error` times the pass's row count
+    (a kernel whose rounding depends on the shape). Records the row count of every pass."""
+
+    def __init__(self, shape_error: float) -> None:
+        self.shape_error = shape_error
+        self.passes: list[int] = []
+
+    def __call__(self, z, y):
+        import torch
+
+        self.passes.append(len(z))
+        row = torch.where(z[:, 0] + y > 0, 0.25, 0.75) + self.shape_error * len(z)  # exact whatever the shape
+        return row[:, None, None, None].expand(-1, 1, 28, 28)
+
+
+@pytest.mark.parametrize("shape_error, allowed", [(0.0, True), (1e-7, False)])
+def test_large_decoder_passes_only_when_every_row_comes_out_the_same(wide_model, shape_error, allowed):
+    import dataclasses
+
+    import torch
+
+    decoder = CountingDecoder(shape_error)
+    service = DigitService(
+        dataclasses.replace(wide_model, decoder=decoder), decode_chunk=8, png_compress_level=1, max_image_pixels=1
+    )
+    assert service.pass_rows == 8  # until checked
+    assert service.enable_large_passes(100) is allowed
+    assert service.pass_rows == (96 if allowed else 8)  # whole chunks
+    decoder.passes.clear()
+    with torch.inference_mode():
+        service.decode(torch.zeros(200, 8), torch.zeros(200, dtype=torch.long))
+    assert decoder.passes == ([96, 96, 8] if allowed else [8] * 25)
+
+
+def test_the_inference_process_reports_its_decoder_passes(tiny_model_dir, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="app.worker")
+    with TestClient(create_app(Settings(model_dir=tiny_model_dir, max_batch=64))):
+        pass
+    assert any("decoder passes of up to" in r.getMessage() for r in caplog.records)
 
 
 def test_small_pngs_are_stored_uncompressed_with_the_same_pixels(tiny_model_dir):
