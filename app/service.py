@@ -24,7 +24,7 @@ from app.errors import ServiceError, field_error
 from model.artifacts import LoadedModel
 from model.imaging import ImageError, decode_image, encode_png, tile_grid, to_mnist, to_uint8
 from model.inference import label_log_probs
-from model.prior import sample_latents
+from model.prior import sample_latents, sample_latents_many
 
 log = logging.getLogger(__name__)
 
@@ -251,8 +251,19 @@ class DigitService:
         """draw_batch, with each request's latents and labels."""
         return [GenerateResult(png, job.z, job.labels) for png, job in self._draw(specs)]
 
+    @torch.inference_mode()
+    def _latents_many(self, specs: list[GenerateSpec]) -> list[DecodeJob]:
+        """latents(spec) for each spec, bit for bit; the sampled ones drawn together (sample_latents_many)."""
+        sampled = [s for s in specs if s.latent is None]
+        drawn = iter(
+            sample_latents_many(self.model.prior, [(s.digits, s.n, s.seed, s.temperature) for s in sampled])
+            if sampled
+            else []
+        )
+        return [self.latents(s) if s.latent is not None else DecodeJob(*next(drawn)) for s in specs]
+
     def _draw(self, specs: list[GenerateSpec]) -> list[tuple[bytes, DecodeJob]]:
-        jobs = [self.latents(s) for s in specs]
+        jobs = self._latents_many(specs)
         tiles = self.decode_batch(jobs)
         return [(self.render(s, t), j) for s, j, t in zip(specs, jobs, tiles, strict=True)]
 

@@ -15,6 +15,7 @@ Both sample from the same seeded noise: eps ~ N(0, I) (the 'style') and u ~ U(0,
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -122,6 +123,7 @@ class AggregatePosteriorPrior:
             raise ValueError(f"prior shapes do not agree: means {tuple(means.shape)}, log_vars {tuple(log_vars.shape)}")
         self.means = means.float()  # (C, M, D)
         self.log_vars = log_vars.float()  # (C, M, D)
+        self.stds = torch.exp(0.5 * self.log_vars)  # once: sampling then uses exactly rounded + - * only
         c, m, d = means.shape
         labels = torch.arange(c).repeat_interleave(m)
         # The moment-matched Gaussian of each class: the centre that temperature scales about.
@@ -173,11 +175,13 @@ class AggregatePosteriorPrior:
         """z = centre[y] + temperature * (means[y, k] + std[y, k] * eps - centre[y]), k = floor(u * M).
 
         (N,), (N, D), u (N,) in [0, 1) -> (N, D). Temperature 1 samples the mixture; 0 gives each class's mean.
+        temperature may be a tensor (N, 1): one per row. Only gathers and exactly rounded arithmetic, one element
+        at a time: a row's z does not depend on the other rows sampled with it.
         """
         if u is None:
             raise ValueError("sampling a mixture needs u, the uniform noise that picks each component")
         k = (u * self.components).long().clamp_(0, self.components - 1)
-        x = self.means[y, k] + torch.exp(0.5 * self.log_vars[y, k]) * eps
+        x = self.means[y, k] + self.stds[y, k] * eps
         centre = self.gaussian.mean[y]
         return centre + temperature * (x - centre)
 
@@ -208,12 +212,37 @@ def style_noise(n: int, latent_dim: int, seed: int) -> tuple[Tensor, Tensor]:
 
 
 def sample_latents(
-    prior: Prior, digits: list[int], n: int, seed: int, temperature: float = 1.0
+    prior: Prior, digits: Sequence[int], n: int, seed: int, temperature: float = 1.0
 ) -> tuple[Tensor, Tensor]:
     """How the service samples: n styles from the seed, each decoded under every digit asked for.
 
     -> (z (len(digits) * n, D), y (len(digits) * n,)), digit-major: row r of a grid is digits[r].
     """
-    eps, u = style_noise(n, prior.latent_dim, seed)
-    y = torch.tensor(digits, dtype=torch.int64).repeat_interleave(n)  # (R*n,)
-    return prior.sample(y, eps.repeat(len(digits), 1), temperature, u.repeat(len(digits))), y
+    return sample_latents_many(prior, [(digits, n, seed, temperature)])[0]
+
+
+def sample_latents_many(
+    prior: Prior, requests: Sequence[tuple[Sequence[int], int, int, float]]
+) -> list[tuple[Tensor, Tensor]]:
+    """sample_latents for each (digits, n, seed, temperature), the same numbers bit for bit: each request's noise
+    comes from its own seed; a mixture prior then samples every request's rows in one call (elementwise only,
+    so no row depends on the others), a Gaussian one request at a time (its matrix product might)."""
+    rows = []
+    for digits, n, seed, temperature in requests:
+        eps, u = style_noise(n, prior.latent_dim, seed)
+        if len(digits) > 1:
+            eps, u = eps.repeat(len(digits), 1), u.repeat(len(digits))
+        y = (
+            torch.tensor(digits, dtype=torch.int64).repeat_interleave(n)
+            if len(digits) > 1
+            else torch.full((n,), digits[0])
+        )
+        rows.append((y, eps, u, temperature))
+    if isinstance(prior, GaussianPrior) or len(rows) == 1:
+        return [(prior.sample(y, eps, t, u), y) for y, eps, u, t in rows]
+    sizes = [len(y) for y, _, _, _ in rows]
+    t = torch.cat([torch.full((len(y), 1), float(t)) for y, _, _, t in rows])
+    z = prior.sample(
+        torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows]), t, torch.cat([r[2] for r in rows])
+    )
+    return list(zip(z.split(sizes), (r[0] for r in rows), strict=True))

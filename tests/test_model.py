@@ -13,7 +13,7 @@ from model.checkpoint import load_checkpoint, save_checkpoint
 from model.inference import importance_weighted_nll, label_log_probs
 from model.loss import free_bits_kl, kl_to_standard_normal, reconstruction_nll
 from model.network import CVAE, CVAEConfig
-from model.prior import AggregatePosteriorPrior, GaussianPrior, sample_latents, style_noise
+from model.prior import AggregatePosteriorPrior, GaussianPrior, sample_latents, sample_latents_many, style_noise
 
 
 def random_prior(c: int = 3, d: int = 4, seed: int = 0) -> GaussianPrior:
@@ -223,3 +223,20 @@ def test_aggregate_prior_bandwidth_widens_each_component() -> None:
     labels = torch.arange(2).repeat(20)
     wide = AggregatePosteriorPrior.fit(means, log_vars, labels, 2, components=8, bandwidth=0.3, seed=1)
     torch.testing.assert_close(wide.log_vars.exp(), torch.full((2, 8, 3), 0.04 + 0.09))
+
+
+@pytest.mark.parametrize("kind", ["mixture", "gaussian"])
+def test_sampling_many_requests_at_once_gives_each_the_same_numbers_as_alone(kind) -> None:
+    g = torch.Generator().manual_seed(3)
+    if kind == "mixture":
+        prior = AggregatePosteriorPrior(torch.randn(10, 7, 16, generator=g), torch.randn(10, 7, 16, generator=g) - 1)
+    else:
+        prior = GaussianPrior.fit_aggregate_posterior(
+            torch.randn(300, 16, generator=g), torch.randn(300, 16, generator=g) - 1, torch.arange(10).repeat(30), 10
+        )
+    requests = [([3], 8, 1, 0.8), ([0, 9, 9], 5, 2, 1.0), ([7], 1, 3, 0.0), ([1, 2], 33, 4, 2.5), ([3], 8, 1, 0.8)]
+    together = sample_latents_many(prior, requests)
+    for (digits, n, seed, t), (z, y) in zip(requests, together, strict=True):
+        alone_z, alone_y = sample_latents(prior, digits, n, seed, t)
+        assert torch.equal(z, alone_z) and torch.equal(y, alone_y)
+    assert not torch.equal(together[0][0], together[1][0][:8])
