@@ -29,7 +29,9 @@ class Settings(BaseSettings):
     inference_process: bool = Field(
         True, description="decode /generate batches in a child process (its own core and GIL); false: in a thread"
     )
-    max_batch: int = Field(256, ge=1, le=65536, description="most samples decoded in one batch")
+    max_batch: int = Field(
+        256, ge=1, le=65536, description="most samples decoded in one batch (and in one decoder pass, see decode_chunk)"
+    )
     max_wait_ms: float = Field(
         0.0, ge=0, le=1000,
         description="longest a request waits for others to batch with; 0: a batch starts as soon as the model is "
@@ -38,14 +40,15 @@ class Settings(BaseSettings):
     max_pending: int = Field(1024, ge=1, description="requests queued for the batcher before 503 (overloaded)")
     decode_chunk: int = Field(
         8, ge=1, le=4096,
-        description="rows per decoder forward pass (fixed: reproducible); small: a lone request waits less, "
-        "large: big batches cost less per row",
+        description="batches are zero-padded to whole chunks of this many rows; a decoder pass is one chunk, or up "
+        "to max_batch rows where start-up checks that every such pass gives each row bit for bit what one chunk "
+        "does (reproducible either way); small: a lone request waits less",
     )  # fmt: skip
     png_compress_level: int = Field(1, ge=0, le=9, description="zlib level of PNG responses")
     png_store_max_pixels: int = Field(
-        16_384, ge=0, le=16_777_216,
-        description="PNGs of at most this many pixels are stored (zlib level 0): on small grids, compressing costs "
-        "more CPU than the bytes it saves are worth",
+        0, ge=0, le=16_777_216,
+        description="PNGs of at most this many pixels are stored (zlib level 0): less CPU in the inference process, "
+        "but more bytes for the server to send (measured: compressing every PNG is the faster trade on 2 cores)",
     )  # fmt: skip
     max_upload_bytes: int = Field(4 * 1024 * 1024, ge=1, description="largest request body accepted (413 above)")
     max_image_pixels: int = Field(25_000_000, ge=1, description="largest upload in pixels, checked before decoding")

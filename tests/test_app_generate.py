@@ -439,11 +439,12 @@ def test_the_inference_process_reports_its_decoder_passes(tiny_model_dir, caplog
 def test_small_pngs_are_stored_uncompressed_with_the_same_pixels(tiny_model_dir):
     body = {"digit": 3, "n": 8, "seed": 5}  # 32 x 242 = 7,744 pixels
     big = {"digit": [1, 2, 3], "n": 8, "seed": 5, "scale": 2}  # 184 x 484
-    assert Settings().png_store_max_pixels == 16_384
-    settings = Settings(model_dir=tiny_model_dir, inference_process=False, png_store_max_pixels=0)
+    assert Settings().png_store_max_pixels == 0  # by default every PNG is compressed
+    settings = Settings(model_dir=tiny_model_dir, inference_process=False)
     with TestClient(create_app(settings)) as c:
         compressed = [c.post("/generate", json=b).content for b in (body, big)]
-    with TestClient(create_app(Settings(model_dir=tiny_model_dir, inference_process=False))) as c:
+    settings = Settings(model_dir=tiny_model_dir, inference_process=False, png_store_max_pixels=16_384)
+    with TestClient(create_app(settings)) as c:
         stored = [c.post("/generate", json=b).content for b in (body, big)]
     assert np.array_equal(pixels(stored[0]), pixels(compressed[0]))
     assert len(stored[0]) > 32 * 243 > len(compressed[0])  # every byte of every scanline, as it is
