@@ -11,13 +11,13 @@ from __future__ import annotations
 import io
 import struct
 import warnings
-import zlib
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
+from zlib_ng import zlib_ng  # zlib's API and format; level 1 ~4x faster than the stdlib's on a /generate grid
 
 MNIST_SIZE = 28  # the field the digit is centred in
 MNIST_BOX = 20  # the box the digit is fitted into
@@ -151,7 +151,7 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _png_chunk(tag: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(body, zlib.crc32(tag)))
+    return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib_ng.crc32(body, zlib_ng.crc32(tag)))
 
 
 _PNG_END = _png_chunk(b"IEND", b"")
@@ -164,5 +164,5 @@ def encode_png(grey: Tensor, compress_level: int = 1) -> bytes:
     raw[:, 0] = 0  # each scanline starts with filter type 0 (None)
     raw[:, 1:] = grey.numpy()
     header = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)  # 8-bit, colour type 0 (grey), no interlace
-    idat = zlib.compress(raw, compress_level)
+    idat = zlib_ng.compress(raw, compress_level)
     return _PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _PNG_END
