@@ -64,7 +64,10 @@ def test_cli_trains_and_exports_a_model_directory_with_run_records(tmp_path: Pat
     assert "deprecated" not in proc.stderr
     m = load_model_dir(out)
     assert m.latent_dim == 4
-    assert m.manifest["prior"] == {"kind": "aggregate_posterior", "file": "prior.pt", "components_per_class": 16}
+    assert m.manifest["prior"] == {
+        "kind": "aggregate_posterior", "file": "prior.pt", "components_per_class": 16, "temperature": 0.8
+    }  # fmt: skip
+    assert m.temperature == 0.8  # the default --sample-temperature: what the service samples at
     assert set(m.manifest["artifacts"]) == {"decoder.pt", "encoder.pt", "prior.pt"}
     assert m.manifest["data"]["count"] == 1000 and m.manifest["data"]["val_source"] == "split"
     assert m.manifest["reproduce"].endswith("--no-progress --device cpu")
