@@ -37,13 +37,15 @@ def test_manifest_describes_the_model_and_how_to_reproduce_it(model: LoadedModel
         assert key in m["metrics"]
 
 
-def test_recorded_quality_holds_the_product_goals_or_the_floor_reached(model: LoadedModel) -> None:
-    """Issue 5's goals, as `python -m training.evaluate` measured them at export. One is not met yet: samples
-    recognised as the digit asked for, 99% wanted; the shipped model's floor is asserted instead, so that a
-    worse model cannot ship unnoticed."""
+def test_recorded_quality_holds_the_product_goals(model: LoadedModel) -> None:
+    """Issue 5's goals, as `python -m training.evaluate` measured them at export, samples drawn at the
+    temperature the service samples at by default."""
     q = model.manifest["metrics"]
-    assert q["sample_accuracy"] >= 0.98  # goal 0.99
+    assert q["sample_temperature"] == model.temperature == 0.8
+    assert q["sample_accuracy"] >= 0.99
     assert q["frechet_generated_vs_real"] <= 3 * q["frechet_real_vs_real"]
+    assert q["sample_spread_ratio"] >= 0.5  # variety has not collapsed
+    assert q["sample_train_distance"] >= 0.8 * q["heldout_reconstruction_train_distance"]  # not replaying training
     assert q["heldout_nelbo"] <= 100.0
     assert q["heldout_iw_nll"] <= q["heldout_nelbo"]
     assert q["encode_accuracy_real"] >= 0.98 and q["encode_accuracy_redrawn"] >= 0.95
