@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -13,7 +13,12 @@ from app.runtime import Runtime
 def runtime_of(request: Request) -> Runtime:
     """The runtime, or 503 before the model is loaded. Called directly by the hot routes (/generate, /encode):
     as a dependency it costs FastAPI's dependency resolution on every request, a tenth of the route's time."""
-    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    return runtime_in(request.app)
+
+
+def runtime_in(app: Any) -> Runtime:
+    """runtime_of for an ASGI app (scope["app"])."""
+    runtime: Runtime | None = getattr(app.state, "runtime", None)
     if runtime is None:
         raise ServiceError(503, "the model is not loaded yet", kind="not-ready", headers={"Retry-After": "1"})
     return runtime

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 
 from app.dependencies import runtime_of
 from app.errors import ServiceError
+from app.runtime import Runtime
 from app.schemas import GENERATE_EXAMPLES, GenerateJSON, GenerateRequest, Problem, ValidationProblem
 
 router = APIRouter(tags=["generate"])
@@ -83,8 +84,12 @@ def wants_json(accept: str | None) -> bool:
 async def generate(
     body: Annotated[GenerateRequest, Body(openapi_examples=GENERATE_EXAMPLES)], request: Request
 ) -> Response:
-    runtime = runtime_of(request)
-    as_json = wants_json(request.headers.get("accept"))
+    return await respond(runtime_of(request), body, request.headers.get("accept"))
+
+
+async def respond(runtime: Runtime, body: GenerateRequest, accept: str | None) -> Response:
+    """The answer to a validated /generate request: the route's, and the fast path's (app/fastpath.py)."""
+    as_json = wants_json(accept)
     spec = runtime.service.make_spec(
         body.digits, body.n, body.latent, body.seed, body.temperature, body.columns, body.padding, body.scale
     )

@@ -2,11 +2,14 @@
 
 * floor: the cheapest FastAPI endpoint doing the service's HTTP part: it validates the same JSON body
   (app.schemas.GenerateRequest) or multipart upload, then answers a constant PNG (or constant JSON). No model.
+* floor-asgi: the floor with POST /generate answered the way the service's fast path answers it (app/fastpath.py):
+  a pure ASGI middleware validates plain JSON bodies (json.loads, then GenerateRequest) and answers the constant
+  PNG without FastAPI's per-request machinery. The floor of the service's own design, for an honest second ratio.
 * straightforward: the design the service is measured against: per request, in a plain `def` endpoint (FastAPI's
   thread pool, torch's default threads), sample z from the prior, run the TorchScript decoder on the request's
   rows alone and write the grid with Pillow; /encode decodes the upload and scores the ten labels, also alone.
 
-    python -m tests.bench.apps {floor,straightforward} --port P [--model-dir DIR]
+    python -m tests.bench.apps {floor,floor-asgi,straightforward} --port P [--model-dir DIR]
 
 Both run under uvicorn with the service's own configuration (app.__main__.uvicorn_config), access log off.
 """
@@ -17,6 +20,7 @@ import argparse
 import io
 import json
 import secrets
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
@@ -25,7 +29,10 @@ import torch
 from fastapi import Body, FastAPI, File, Form, UploadFile
 from fastapi.responses import Response
 from PIL import Image
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.fastpath import replay
 from app.schemas import GenerateRequest
 from model.artifacts import load_model_dir
 from model.imaging import decode_image, to_mnist
@@ -63,9 +70,14 @@ ENCODE_ANSWER = json.dumps(
 ).encode()  # fmt: skip
 
 
+@lru_cache(maxsize=1)
+def floor_png() -> bytes:
+    """A realistic PNG (8 MNIST digits in a row, as {"digit": 3, "n": 8} gives), made once."""
+    return pillow_grid_png(mnist_digits(8).numpy(), columns=8, padding=2, scale=1)
+
+
 def create_floor_app() -> FastAPI:
-    # A realistic PNG (8 MNIST digits in a row, as {"digit": 3, "n": 8} gives), made once.
-    png = pillow_grid_png(mnist_digits(8).numpy(), columns=8, padding=2, scale=1)
+    png = floor_png()
     app = FastAPI(title="floor")
 
     @app.post("/generate")
@@ -83,6 +95,43 @@ def create_floor_app() -> FastAPI:
     async def readyz() -> dict[str, str]:
         return {"status": "ready"}
 
+    return app
+
+
+class AsgiFloor:
+    """POST /generate with a plain JSON body that validates: the constant PNG, straight from ASGI."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.png = floor_png()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/generate":
+            await self.app(scope, receive, send)
+            return
+        if (b"content-type", b"application/json") not in scope["headers"]:
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        try:
+            GenerateRequest.model_validate(json.loads(body))
+        except (ValueError, ValidationError):
+            await self.app(scope, replay(body, receive), send)
+            return
+        await Response(self.png, media_type="image/png")(scope, receive, send)
+
+
+def create_asgi_floor_app() -> FastAPI:
+    app = create_floor_app()
+    app.add_middleware(AsgiFloor)
     return app
 
 
@@ -127,7 +176,7 @@ def main() -> None:
     from app.settings import Settings
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("which", choices=["floor", "straightforward"])
+    parser.add_argument("which", choices=["floor", "floor-asgi", "straightforward"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model-dir", type=Path, help="the model the straightforward app serves")
     parser.add_argument("--torch-threads", type=int, default=0, help="straightforward: torch threads (0: default)")
@@ -136,6 +185,8 @@ def main() -> None:
         torch.set_num_threads(args.torch_threads)
     if args.which == "floor":
         app = create_floor_app()
+    elif args.which == "floor-asgi":
+        app = create_asgi_floor_app()
     else:
         if args.model_dir is None:
             parser.error("straightforward needs --model-dir")

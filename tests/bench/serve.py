@@ -46,7 +46,7 @@ from tests.bench.apps import mnist_digits
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
-REFERENCES = ("floor", "straightforward")
+REFERENCES = ("floor", "floor-asgi", "straightforward")
 GENERATE_BODY = b'{"digit": 3, "n": 8}'
 BOUNDARY = "cvaebenchboundary7d3f"
 READY_TIMEOUT_S = 180.0
@@ -351,6 +351,7 @@ def batch_summary(before: dict[str, float], after: dict[str, float]) -> str:
 class Table:
     rows: dict[tuple[str, int, str], list[Result]] = field(default_factory=dict)
     ratios: dict[tuple[str, int, str], list[float]] = field(default_factory=dict)
+    ratios_asgi: dict[tuple[str, int, str], list[float]] = field(default_factory=dict)  # to floor-asgi
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -410,9 +411,11 @@ def main() -> None:
     service_env = dict(kv.split("=", 1) for kv in args.env)
     settings = {k: v for k, v in os.environ.items() if k.startswith("CVAE_")} | service_env
     variants = [Variant("service", service_env), *(Variant.parse(v) for v in args.variant)]
-    contenders = ["floor", *(v.name for v in variants), "straightforward"]
+    contenders = ["floor", "floor-asgi", *(v.name for v in variants), "straightforward"]
     if len(set(contenders)) < len(contenders):
-        raise SystemExit("variant names must differ from each other and from floor, service, straightforward")
+        raise SystemExit(
+            "variant names must differ from each other and from floor, floor-asgi, service, straightforward"
+        )
 
     with tempfile.TemporaryDirectory(prefix="cvae-bench-") as tmp:
         workdir = Path(tmp)
@@ -457,8 +460,11 @@ def main() -> None:
                                   f"cpu {cpu} us/req{extra}",
                                   flush=True)  # fmt: skip
                         for name in contenders:
-                            ratio = results[name].rps / results["floor"].rps if results["floor"].rps else float("nan")
-                            table.ratios.setdefault((endpoint, c, name), []).append(ratio)
+                            for floor, ratios in (("floor", table.ratios), ("floor-asgi", table.ratios_asgi)):
+                                rps = results[floor].rps
+                                ratios.setdefault((endpoint, c, name), []).append(
+                                    results[name].rps / rps if rps else float("nan")
+                                )
                     print(f"  (load average {load_avg()})", flush=True)
             print_table(table, endpoints, connections, contenders, running)
         print(f"load average at the end: {load_avg()}")
@@ -468,9 +474,10 @@ def print_table(
     table: Table, endpoints: list[str], connections: list[int], contenders: list[str], running: dict[str, Server]
 ) -> None:
     print()
-    print("medians over rounds; ratio = rps / the floor's rps in the same round (median of the rounds' ratios)")
+    print("medians over rounds; ratio = rps / the floor's rps in the same round (median of the rounds' ratios);")
+    print("/asgi = the same against floor-asgi, the floor built like the service's /generate fast path")
     header = f"{'endpoint':10s} {'contender':15s} {'conn':>4s} {'rps':>8s} {'p50 ms':>8s} {'p99 ms':>8s} " \
-             f"{'errors':>6s} {'ratio':>6s}"  # fmt: skip
+             f"{'errors':>6s} {'ratio':>6s} {'/asgi':>6s}"  # fmt: skip
     print(header)
     print("-" * len(header))
     for endpoint in endpoints:
@@ -481,7 +488,8 @@ def print_table(
                     f"/{endpoint:9s} {name:15s} {c:4d} {statistics.median(r.rps for r in results):8.0f} "
                     f"{statistics.median(r.p50_ms for r in results):8.2f} "
                     f"{statistics.median(r.p99_ms for r in results):8.2f} {sum(r.errors for r in results):6d} "
-                    f"{statistics.median(table.ratios[(endpoint, c, name)]):6.2f}"
+                    f"{statistics.median(table.ratios[(endpoint, c, name)]):6.2f} "
+                    f"{statistics.median(table.ratios_asgi[(endpoint, c, name)]):6.2f}"
                 )
     print("cold start: " + ", ".join(f"{n} {s.cold_start_s:.2f} s" for n, s in running.items()))
 
