@@ -28,6 +28,8 @@ from model.prior import sample_latents, sample_latents_many
 
 log = logging.getLogger(__name__)
 
+MAX_PASS_ROWS = 256  # the largest decoder pass checked at start-up: past ~64 rows a row costs no less, and the
+# check's cost grows with the square of it
 MAX_OUTPUT_PIXELS = 4096 * 4096  # largest PNG /generate writes (width * height)
 RANDOM_SEED_BITS = 53  # seeds drawn for requests without one stay exact in JSON / JavaScript numbers
 
@@ -196,12 +198,12 @@ class DigitService:
 
     @torch.inference_mode()
     def enable_large_passes(self, max_rows: int, rounds: int = 2) -> bool:
-        """Decode batches in passes of up to max_rows rows (rounded down to whole chunks) if, for every pass size
-        that allows (each whole number of chunks), the decoder gives every row bit for bit what it gives that row
-        in a pass of one chunk; checked `rounds` times (TorchScript settles after its first runs). -> whether
-        allowed. Otherwise passes stay one chunk long."""
+        """Decode batches in passes of up to max_rows rows (at most MAX_PASS_ROWS; rounded down to whole chunks)
+        if, for every pass size that allows (each whole number of chunks), the decoder gives every row bit for bit
+        what it gives that row in a pass of one chunk; checked `rounds` times (TorchScript settles after its first
+        runs). -> whether allowed. Otherwise passes stay one chunk long."""
         b = self.decode_chunk
-        max_rows = max_rows // b * b
+        max_rows = min(max_rows, max(MAX_PASS_ROWS, b)) // b * b
         self.pass_rows = b
         if max_rows <= b:
             return False

@@ -30,7 +30,10 @@ class Settings(BaseSettings):
         True, description="decode /generate batches in a child process (its own core and GIL); false: in a thread"
     )
     max_batch: int = Field(
-        256, ge=1, le=65536, description="most samples decoded in one batch (and in one decoder pass, see decode_chunk)"
+        256,
+        ge=1,
+        le=65536,
+        description="most samples decoded in one batch (and, up to 256, in one decoder pass: see decode_chunk)",
     )
     max_wait_ms: float = Field(
         0.0, ge=0, le=1000,
@@ -41,8 +44,8 @@ class Settings(BaseSettings):
     decode_chunk: int = Field(
         8, ge=1, le=4096,
         description="batches are zero-padded to whole chunks of this many rows; a decoder pass is one chunk, or up "
-        "to max_batch rows where start-up checks that every such pass gives each row bit for bit what one chunk "
-        "does (reproducible either way); small: a lone request waits less",
+        "to max_batch rows (at most 256) where start-up checks that every such pass gives each row bit for bit what "
+        "one chunk does (reproducible either way); small: a lone request waits less",
     )  # fmt: skip
     png_compress_level: int = Field(1, ge=0, le=9, description="zlib level of PNG responses")
     png_store_max_pixels: int = Field(

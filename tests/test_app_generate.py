@@ -427,6 +427,19 @@ def test_large_decoder_passes_only_when_every_row_comes_out_the_same(wide_model,
     assert decoder.passes == ([96, 96, 8] if allowed else [8] * 25)
 
 
+def test_large_decoder_passes_are_checked_up_to_a_bound(wide_model):
+    import dataclasses
+
+    from app.service import MAX_PASS_ROWS
+
+    decoder = CountingDecoder(0.0)
+    service = DigitService(
+        dataclasses.replace(wide_model, decoder=decoder), decode_chunk=8, png_compress_level=1, max_image_pixels=1
+    )
+    assert service.enable_large_passes(65_536)  # CVAE_MAX_BATCH's largest: start-up must not check 8,192 sizes
+    assert service.pass_rows == MAX_PASS_ROWS and max(decoder.passes) == MAX_PASS_ROWS
+
+
 def test_the_inference_process_reports_its_decoder_passes(tiny_model_dir, caplog):
     import logging
 
