@@ -16,6 +16,7 @@ import json
 from types import SimpleNamespace
 
 from pydantic import ValidationError
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.dependencies import runtime_in
@@ -29,6 +30,8 @@ ROUTE = SimpleNamespace(path=PATH)  # what the metrics middleware labels request
 
 
 class GenerateFastPath:
+    """The fast path; answer() is what it does with a valid request (tests/bench/apps.py's floor-asgi overrides it)."""
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -60,12 +63,16 @@ class GenerateFastPath:
         except (ValueError, ValidationError):  # not JSON (JSONDecodeError), or not valid: FastAPI says why
             await self.app(scope, replay(body, receive), send)
             return
+        response = await self.answer(scope, request, accept)
+        await response(scope, receive, send)
+
+    async def answer(self, scope: Scope, request: GenerateRequest, accept: str | None) -> Response:
+        """The route's answer (routes.generate.respond), its errors rendered as the handlers render them."""
         scope["route"] = ROUTE
         try:
-            response = await generate.respond(runtime_in(scope["app"]), request, accept)
+            return await generate.respond(runtime_in(scope["app"]), request, accept)
         except ServiceError as e:
-            response = problem_response(e)
-        await response(scope, receive, send)
+            return problem_response(e)
 
 
 def replay(body: bytes, receive: Receive) -> Receive:

@@ -30,6 +30,16 @@ def make_model_dir(out: Path, cfg: CVAEConfig = TINY, seed: int = 0, temperature
     return out
 
 
+def problem(r, status: int) -> dict:
+    """The RFC 9457 problem body of response r, checked: its status, media type and members."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert {"type", "title", "status", "detail"} <= body.keys() and body["status"] == status
+    assert body["title"] and body["detail"] and body["type"]
+    return body
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model directory (random weights, latent_dim 4) shared by the whole session; do not modify it."""

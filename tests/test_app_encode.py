@@ -18,6 +18,7 @@ from app.settings import Settings
 from model.artifacts import load_model_dir
 from model.imaging import decode_image, to_mnist, to_uint8
 from model.inference import label_log_probs
+from tests.conftest import problem
 
 D = 4
 
@@ -49,14 +50,6 @@ def encoded(img: Image.Image, fmt: str, **kw) -> bytes:
 def upload(client, data: bytes, digit: str | None = None, name: str = "digit.png"):
     return client.post("/encode", files={"file": (name, data, "application/octet-stream")},
                        data={} if digit is None else {"digit": digit})  # fmt: skip
-
-
-def problem(r, status: int) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"] == "application/problem+json"
-    body = r.json()
-    assert body["status"] == status and body["title"] and body["detail"] and body["type"]
-    return body
 
 
 @pytest.mark.parametrize(

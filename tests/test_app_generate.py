@@ -20,7 +20,7 @@ from app.service import DigitService
 from app.settings import Settings
 from model.artifacts import load_model_dir
 from model.network import CVAEConfig
-from tests.conftest import make_model_dir
+from tests.conftest import make_model_dir, problem
 
 D = 4  # tiny_model_dir's latent_dim
 TILE = 28
@@ -233,14 +233,6 @@ def test_generate_refuses_an_accept_it_cannot_satisfy_with_406(client):
 
 
 # --- bad input ------------------------------------------------------------------------------------------------
-
-
-def problem(r, status: int) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"] == "application/problem+json"
-    body = r.json()
-    assert {"type", "title", "status", "detail"} <= body.keys() and body["status"] == status
-    return body
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from app.factory import create_app
 from app.settings import Settings, default_model_dir, get_settings
 from model.artifacts import ModelDirError
+from tests.conftest import problem
 
 ENDPOINTS = {("post", "/generate"), ("post", "/encode"), ("get", "/livez"), ("get", "/readyz"), ("get", "/model"),
              ("get", "/metrics")}  # fmt: skip
@@ -28,14 +29,6 @@ ENDPOINTS = {("post", "/generate"), ("post", "/encode"), ("get", "/livez"), ("ge
 def client(tiny_model_dir: Path):
     with TestClient(create_app(Settings(model_dir=tiny_model_dir))) as c:
         yield c
-
-
-def problem(r, status: int) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"] == "application/problem+json"
-    body = r.json()
-    assert body["status"] == status and body["title"] and body["detail"] and body["type"]
-    return body
 
 
 # --- probes ---------------------------------------------------------------------------------------------------
