@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from model.prior import MAX_TEMPERATURE, AggregatePosteriorPrior, GaussianPrior, Prior
+from model.prior import MAX_TEMPERATURE, AggregatePosteriorPrior, GaussianPrior, Prior, is_temperature
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -136,11 +136,7 @@ def load_model_dir(model_dir: str | Path, device: str | torch.device = "cpu") ->
             raise ModelDirError(f"{model_dir / name}: not a loadable TorchScript module: {e}") from e
     prior = _load_prior(model_dir, manifest).to(device)
     temperature = manifest["prior"].get("temperature", 1.0)
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, int | float)
-        or not 0 <= temperature <= MAX_TEMPERATURE
-    ):
+    if not is_temperature(temperature):
         raise ModelDirError(
             f"{model_dir / MANIFEST_FILE}: prior.temperature must be a number in [0, {MAX_TEMPERATURE:g}], "
             f"got {temperature!r}"

@@ -159,6 +159,12 @@ def test_variety_and_copying_figures_measure_what_they_say() -> None:
     assert nearest_distance(train[:20] + 0.1, train) > 0
 
 
+def test_evaluate_refuses_a_temperature_out_of_range(tmp_path: Path) -> None:
+    args = [sys.executable, "-m", "training.evaluate", "--model", str(tmp_path), "--data-dir", str(FIXTURE)]
+    proc = subprocess.run([*args, "--temperature", "9"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--temperature must be in [0, 5], got 9.0" in proc.stderr
+
+
 def test_evaluate_reports_a_missing_model_dir(tmp_path: Path) -> None:
     args = [sys.executable, "-m", "training.evaluate", "--model", str(tmp_path / "none"), "--data-dir", str(FIXTURE)]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)

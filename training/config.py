@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from model.network import CVAEConfig
-from model.prior import MAX_TEMPERATURE as MAX_SAMPLE_TEMPERATURE
+from model.prior import MAX_TEMPERATURE, is_temperature
 
 
 @dataclass(frozen=True)
@@ -163,6 +163,6 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     if cfg.lr <= 0:
         parser.error(f"--lr must be positive, got {cfg.lr}")
-    if not 0 <= cfg.sample_temperature <= MAX_SAMPLE_TEMPERATURE:
-        parser.error(f"--sample-temperature must be in [0, {MAX_SAMPLE_TEMPERATURE:g}], got {cfg.sample_temperature}")
+    if not is_temperature(cfg.sample_temperature):
+        parser.error(f"--sample-temperature must be in [0, {MAX_TEMPERATURE:g}], got {cfg.sample_temperature}")
     return cfg

@@ -27,7 +27,7 @@ from torch import Tensor
 from model.artifacts import ModelDirError, load_model_dir
 from model.imaging import decode_image, encode_png, to_mnist
 from model.inference import DecoderLike, EncoderLike, elbo_terms, importance_weighted_nll, label_log_probs
-from model.prior import MAX_TEMPERATURE, GaussianPrior, Prior, sample_latents
+from model.prior import MAX_TEMPERATURE, GaussianPrior, Prior, is_temperature, sample_latents
 from training.data import DataError, DataSplits, Digits, load_data_dir
 from training.judge import cached_judge, predict
 
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.k < 1:
         parser.error("--k must be at least 1")
-    if args.temperature is not None and not 0 <= args.temperature <= MAX_TEMPERATURE:
+    if args.temperature is not None and not is_temperature(args.temperature):
         parser.error(f"--temperature must be in [0, {MAX_TEMPERATURE:g}], got {args.temperature}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
