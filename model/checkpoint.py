@@ -18,9 +18,11 @@ def save_checkpoint(
     meta: dict[str, Any],
     optimizer_state: dict[str, Any] | None = None,
     ema_state_dict: dict[str, Any] | None = None,
+    adversary: dict[str, Any] | None = None,
 ) -> None:
-    """Write {"config", "state_dict", "meta", "optimizer", "ema_state_dict"} atomically: a crash never leaves
-    half a file. The optimiser's state and the moving average of the weights are there to resume training."""
+    """Write {"config", "state_dict", "meta", "optimizer", "ema_state_dict", "adversary"} atomically: a crash never
+    leaves half a file. The optimiser's state, the moving average of the weights and the label adversary (its
+    "state_dict" and "optimizer") are there to resume training."""
     path = Path(path)
     payload = {
         "config": model.cfg.to_dict(),
@@ -28,6 +30,7 @@ def save_checkpoint(
         "meta": meta,
         "optimizer": optimizer_state,
         "ema_state_dict": ema_state_dict,
+        "adversary": adversary,
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -40,7 +43,8 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[CVAE, dict[str, Any]]:
-    """-> (model in eval mode, the whole payload: "meta", "optimizer" and "ema_state_dict" included)."""
+    """-> (model in eval mode, the whole payload: "meta", "optimizer", "ema_state_dict" and "adversary"
+    included)."""
     payload = torch.load(path, map_location=map_location, weights_only=True)
     model = CVAE(CVAEConfig.from_dict(payload["config"]))
     model.load_state_dict(payload["state_dict"])

@@ -35,17 +35,20 @@ def elbo_terms(
     With eps=None the reconstruction is decoded from one sample of q; pass zeros for the posterior mean.
     """
     mean, log_var = encoder(x, y)
+    mean, log_var = mean.float(), log_var.float()  # no-ops in float32; under CUDA autocast the terms sum in float32
     if eps is None:
         eps = torch.randn_like(mean)
     z = reparameterize(mean, log_var, eps)
-    return reconstruction_nll(decoder.logits(z, y), x), prior.kl_estimate(mean, log_var, z, y), mean, log_var
+    return reconstruction_nll(decoder.logits(z, y).float(), x), prior.kl_estimate(mean, log_var, z, y), mean, log_var
 
 
 def label_log_probs(
     encoder: EncoderLike, decoder: DecoderLike, prior: Prior, x: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     """log p(y | x) for every label, by Bayes' rule with a uniform p(y) and the ELBO (at the posterior mean)
-    standing in for log p(x | y): the label under which the model explains the image best wins.
+    standing in for log p(x | y): the label under which the model explains the image best wins. The one rule for
+    labels: /encode infers digits by it (with the model's prior), and training's label-discrimination term is its
+    cross-entropy (with the N(0, I) the network trains against).
 
     x: (N, 1, H, W) -> (log_probs (N, C), mean (N, C, D), log_var (N, C, D)); deterministic.
     """

@@ -7,7 +7,8 @@ with a Bernoulli likelihood on grey values in [0, 1] (binary cross-entropy with 
 
 from __future__ import annotations
 
-import torch
+import math
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -22,15 +23,9 @@ def kl_to_standard_normal(mean: Tensor, log_var: Tensor) -> Tensor:
     return 0.5 * (mean.pow(2) + log_var.exp() - 1.0 - log_var).sum(dim=1)
 
 
-def free_bits_kl(mean: Tensor, log_var: Tensor, bits_per_dim: float) -> Tensor:
-    """The KL term with 'free bits' (Kingma et al. 2016, eq. 15): each latent dimension's batch-mean KL is
-    clamped from below at `bits_per_dim` nats, so the optimiser gains nothing by collapsing it. -> scalar"""
-    per_dim = 0.5 * (mean.pow(2) + log_var.exp() - 1.0 - log_var).mean(dim=0)  # (D,)
-    return torch.clamp(per_dim, min=bits_per_dim).sum()
-
-
-def label_discrimination_loss(scores: Tensor, labels: Tensor) -> Tensor:
-    """Cross-entropy of the true labels under softmax(scores), scores (N, C) being -ELBO(x, y) for every label y:
-    the log-likelihood of p(y | x) by Bayes' rule with a uniform p(y), as in hybrid generative-discriminative
-    training (Lasserre et al. 2006). -> scalar"""
-    return F.cross_entropy(scores, labels)
+def label_invariance_penalty(adversary_logits: Tensor) -> Tensor:
+    """KL(uniform || p_adv(y | z)) per item: 0 exactly when the adversary's guess of the label from z is
+    uniform, i.e. z tells it nothing (Edwards & Storkey 2016; the uniform target is Tzeng et al. 2015's
+    domain confusion). Bounded below, unlike maximising the adversary's cross-entropy. (N, C) -> (N,)"""
+    log_p = adversary_logits.log_softmax(dim=1)
+    return -log_p.mean(dim=1) - math.log(log_p.shape[1])

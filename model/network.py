@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-Arch = Literal["mlp", "conv"]
+EncoderArch = Literal["mlp", "conv"]
 
 
 @dataclass(frozen=True)
@@ -23,12 +23,10 @@ class CVAEConfig:
     image_size: int = 28  # images are (1, image_size, image_size), grey values in [0, 1]
     num_classes: int = 10  # number of labels (digits 0-9)
     latent_dim: int = 16  # D, size of z
-    encoder: Arch = "conv"  # "conv": two stride-2 convolutions then an MLP head; "mlp": MLP only
-    decoder: Arch = "mlp"  # "mlp": MLP to logits; "conv": MLP to a 7x7 map, two transposed convolutions
-    hidden: tuple[int, ...] = (512, 512)  # widths of the hidden MLP layers (the decoder mirrors them)
+    encoder: EncoderArch = "conv"  # "conv": two stride-2 convolutions then an MLP head; "mlp": MLP only
+    hidden: tuple[int, ...] = (512, 512)  # widths of the decoder's hidden MLP layers (reversed: it mirrors them)
     encoder_hidden: tuple[int, ...] | None = None  # the encoder's own widths, when not `hidden`
-    channels: tuple[int, int] = (32, 64)  # conv channels at 14x14 and 7x7 (conv halves only)
-    dropout: float = 0.0  # dropout after each hidden MLP layer while training (identity in eval mode)
+    channels: tuple[int, int] = (32, 64)  # the conv encoder's channels at 14x14 and 7x7
 
     def __post_init__(self) -> None:
         # Accept lists (from JSON) but store tuples, so the config stays hashable and immutable.
@@ -36,15 +34,13 @@ class CVAEConfig:
         if self.encoder_hidden is not None:
             object.__setattr__(self, "encoder_hidden", tuple(int(h) for h in self.encoder_hidden))
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
-        if self.encoder not in ("mlp", "conv") or self.decoder not in ("mlp", "conv"):
-            raise ValueError(f"encoder/decoder must be 'mlp' or 'conv', got {self.encoder!r}/{self.decoder!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.encoder not in ("mlp", "conv"):
+            raise ValueError(f"encoder must be 'mlp' or 'conv', got {self.encoder!r}")
         if self.latent_dim < 1 or self.num_classes < 2 or not self.hidden or self.encoder_hidden == ():
             raise ValueError(f"invalid CVAE config: {self}")
         if len(self.channels) != 2:
             raise ValueError(f"invalid CVAE config: {self}")
-        if "conv" in (self.encoder, self.decoder) and self.image_size % 4:
+        if self.encoder == "conv" and self.image_size % 4:
             raise ValueError(f"conv layers need image_size divisible by 4, got {self.image_size}")
 
     @property
@@ -59,15 +55,13 @@ class CVAEConfig:
         return cls(**d)
 
 
-def _mlp(widths: list[int], dropout: float = 0.0) -> nn.Sequential:
-    """Linear layers with SiLU (and dropout, when > 0) between them, none after the last."""
+def _mlp(widths: list[int]) -> nn.Sequential:
+    """Linear layers with SiLU between them, none after the last."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(itertools.pairwise(widths)):
         layers.append(nn.Linear(a, b))
         if i < len(widths) - 2:
             layers.append(nn.SiLU())
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
 
@@ -96,7 +90,7 @@ class Encoder(nn.Module):
             self.features = nn.Sequential(nn.Flatten())
             n_features = cfg.num_pixels
         hidden = cfg.encoder_hidden or cfg.hidden
-        self.body = nn.Sequential(_mlp([n_features + cfg.num_classes, *hidden], cfg.dropout), nn.SiLU())
+        self.body = nn.Sequential(_mlp([n_features + cfg.num_classes, *hidden]), nn.SiLU())
         self.head = nn.Linear(hidden[-1], 2 * cfg.latent_dim)
 
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -108,7 +102,7 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """p(x | z, y): independent Bernoulli pixels.
+    """p(x | z, y): independent Bernoulli pixels, from an MLP.
 
     forward(z: float32[N, D], y: int64[N]) -> float32[N, 1, H, W], the Bernoulli means in [0, 1].
     logits(z, y) gives the same before the sigmoid (what the loss needs).
@@ -119,32 +113,35 @@ class Decoder(nn.Module):
         self.num_classes = cfg.num_classes
         self.latent_dim = cfg.latent_dim
         self.image_size = cfg.image_size
-        self.use_conv = cfg.decoder == "conv"
-        widths = [cfg.latent_dim + cfg.num_classes, *reversed(cfg.hidden)]
-        c1, c2 = cfg.channels
-        side = cfg.image_size // 4
-        if self.use_conv:
-            self.body = nn.Sequential(
-                _mlp([*widths, c2 * side * side], cfg.dropout), nn.SiLU(), nn.Unflatten(1, (c2, side, side))
-            )
-            self.out = nn.Sequential(
-                nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),  # (N, c1, H/2, W/2)
-                nn.SiLU(),
-                nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1),  # (N, 1, H, W)
-            )
-        else:
-            self.body = nn.Sequential(
-                _mlp([*widths, cfg.num_pixels], cfg.dropout), nn.Unflatten(1, (1, cfg.image_size, cfg.image_size))
-            )
-            self.out = nn.Sequential(nn.Identity())
+        self.body = nn.Sequential(
+            _mlp([cfg.latent_dim + cfg.num_classes, *reversed(cfg.hidden), cfg.num_pixels]),
+            nn.Unflatten(1, (1, cfg.image_size, cfg.image_size)),
+        )
 
     @torch.jit.export
     def logits(self, z: Tensor, y: Tensor) -> Tensor:
         onehot = F.one_hot(y, self.num_classes).to(z.dtype)  # (N, C)
-        return self.out(self.body(torch.cat([z, onehot], dim=1)))  # (N, 1, H, W)
+        return self.body(torch.cat([z, onehot], dim=1))  # (N, 1, H, W)
 
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
         return torch.sigmoid(self.logits(z, y))
+
+
+class LabelAdversary(nn.Module):
+    """Predicts the digit from a latent z. Training fits it to find what z gives away about the label, and the
+    encoder to leave it nothing (a censoring adversary: Edwards & Storkey 2016; Lample et al. 2017's Fader
+    networks): then every digit's posteriors fill the same region of latent space, and a z from one digit's
+    hand is a z every digit's decoder knows. Not exported: the served model never uses it.
+
+    forward(z: float32[N, D]) -> logits float32[N, C]
+    """
+
+    def __init__(self, cfg: CVAEConfig, hidden: int = 256) -> None:
+        super().__init__()
+        self.net = _mlp([cfg.latent_dim, hidden, hidden, cfg.num_classes])
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)
 
 
 def reparameterize(mean: Tensor, log_var: Tensor, eps: Tensor | None = None) -> Tensor:
@@ -169,7 +166,8 @@ class CVAE(nn.Module):
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
 
-    def forward(self, x: Tensor, y: Tensor) -> CVAEOutput:
+    def forward(self, x: Tensor, y: Tensor, eps: Tensor | None = None) -> CVAEOutput:
+        """eps: the reparameterisation's noise (N, D); None draws it from the global generator."""
         mean, log_var = self.encoder(x, y)
-        z = reparameterize(mean, log_var)
+        z = reparameterize(mean, log_var, eps)
         return CVAEOutput(logits=self.decoder.logits(z, y), mean=mean, log_var=log_var, z=z)

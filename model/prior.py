@@ -10,16 +10,23 @@ et al. 2018, "Distribution Matching in Variational Inference"; Tomczak & Welling
 - GaussianPrior: one full-covariance Gaussian per class moment-matched to it ("class_gaussian"), or N(0, I)
   ("standard_normal").
 Both sample from the same seeded noise: eps ~ N(0, I) (the 'style') and u ~ U(0, 1) (which component).
+
+Each also has a `shared` form: every class's prior pooled into one distribution, for a latent that every digit
+decodes (a grid column: one hand, ten digits). Training makes that meaningful by leaving z no label information
+(model.network.LabelAdversary), so that every class's aggregate posterior fills the same region.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from model.loss import kl_to_standard_normal
 
 MAX_TEMPERATURE = 5.0  # the largest sampling temperature a model or a request may ask for
 
@@ -76,6 +83,16 @@ class GaussianPrior:
     def to(self, device: torch.device | str) -> GaussianPrior:
         return GaussianPrior(self.mean.to(device), self.scale_tril.to(device), self.kind)
 
+    @functools.cached_property
+    def shared(self) -> GaussianPrior:
+        """The equal-weight mixture of every class's Gaussian, moment-matched by one Gaussian (one class)."""
+        mean = self.mean.double().mean(dim=0)  # (D,)
+        tril = self.scale_tril.double()
+        within = (tril @ tril.transpose(1, 2)).mean(dim=0)
+        centred = self.mean.double() - mean
+        cov = within + centred.T @ centred / self.num_classes
+        return GaussianPrior(mean[None].float(), torch.linalg.cholesky(cov)[None].float(), self.kind)
+
     def sample(self, y: Tensor, eps: Tensor, temperature: float = 1.0, u: Tensor | None = None) -> Tensor:
         """z = mean[y] + temperature * scale_tril[y] @ eps, with eps ~ N(0, I). (N,), (N, D) -> (N, D)
 
@@ -97,6 +114,8 @@ class GaussianPrior:
 
     def kl(self, mean: Tensor, log_var: Tensor, y: Tensor) -> Tensor:
         """KL(N(mean, diag(exp(log_var))) || p(z | y)), closed form for two Gaussians. (N, D) -> (N,)"""
+        if self.kind == "standard_normal":  # the same number without matrices: training's every step
+            return kl_to_standard_normal(mean, log_var)
         tril = self.scale_tril[y]  # (N, D, D)
         std = torch.exp(0.5 * log_var)
         # tr(S^-1 diag(std^2)) = ||L^-1 diag(std)||_F^2 and the Mahalanobis term ||L^-1 (mean - mu)||^2.
@@ -176,6 +195,12 @@ class AggregatePosteriorPrior:
     def to(self, device: torch.device | str) -> AggregatePosteriorPrior:
         return AggregatePosteriorPrior(self.means.to(device), self.log_vars.to(device))
 
+    @functools.cached_property
+    def shared(self) -> AggregatePosteriorPrior:
+        """Every class's components in one mixture (one class of C * M components), centred on their mean."""
+        c, m, d = self.means.shape
+        return AggregatePosteriorPrior(self.means.reshape(1, c * m, d), self.log_vars.reshape(1, c * m, d))
+
     def sample(self, y: Tensor, eps: Tensor, temperature: float = 1.0, u: Tensor | None = None) -> Tensor:
         """z = centre[y] + temperature * (means[y, k] + std[y, k] * eps - centre[y]), k = floor(u * M).
 
@@ -219,9 +244,11 @@ def style_noise(n: int, latent_dim: int, seed: int) -> tuple[Tensor, Tensor]:
 def sample_latents(
     prior: Prior, digits: Sequence[int], n: int, seed: int, temperature: float = 1.0
 ) -> tuple[Tensor, Tensor]:
-    """How the service samples: n styles from the seed, each decoded under every digit asked for.
+    """How the service samples: n latents from the seed.
 
-    -> (z (len(digits) * n, D), y (len(digits) * n,)), digit-major: row r of a grid is digits[r].
+    One digit: n latents from that digit's prior. Several digits (a grid, one row per digit): n latents from
+    the prior every digit shares (prior.shared), one per column, each decoded under every row's digit: a column
+    is one hand writing each digit. -> (z (len(digits) * n, D), y (len(digits) * n,)), digit-major.
     """
     return sample_latents_many(prior, [(digits, n, seed, temperature)])[0]
 
@@ -230,24 +257,31 @@ def sample_latents_many(
     prior: Prior, requests: Sequence[tuple[Sequence[int], int, int, float]]
 ) -> list[tuple[Tensor, Tensor]]:
     """sample_latents for each (digits, n, seed, temperature), the same numbers bit for bit: each request's noise
-    comes from its own seed; a mixture prior then samples every request's rows in one call (elementwise only,
-    so no row depends on the others), a Gaussian one request at a time (its matrix product might)."""
-    rows = []
+    comes from its own seed; a mixture prior then samples the rows of every request that shares a source (the
+    digits' own priors, or the shared one) in one call (elementwise only, so no row depends on the others), a
+    Gaussian one request at a time (its matrix product might)."""
+    # (source prior, the class each row samples in it, eps, u, temperature) per request: n rows each.
+    draws = []
     for digits, n, seed, temperature in requests:
         eps, u = style_noise(n, prior.latent_dim, seed)
-        if len(digits) > 1:
-            eps, u = eps.repeat(len(digits), 1), u.repeat(len(digits))
-        y = (
-            torch.tensor(digits, dtype=torch.int64).repeat_interleave(n)
-            if len(digits) > 1
-            else torch.full((n,), digits[0])
-        )
-        rows.append((y, eps, u, temperature))
-    if isinstance(prior, GaussianPrior) or len(rows) == 1:
-        return [(prior.sample(y, eps, t, u), y) for y, eps, u, t in rows]
-    sizes = [len(y) for y, _, _, _ in rows]
-    t = torch.cat([torch.full((len(y), 1), float(t)) for y, _, _, t in rows])
-    z = prior.sample(
-        torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows]), t, torch.cat([r[2] for r in rows])
-    )
-    return list(zip(z.split(sizes), (r[0] for r in rows), strict=True))
+        if len(digits) == 1:
+            draws.append((prior, torch.full((n,), digits[0], dtype=torch.int64), eps, u, temperature))
+        else:
+            draws.append((prior.shared, torch.zeros(n, dtype=torch.int64), eps, u, temperature))
+    columns: list[Tensor | None] = [None] * len(draws)
+    if isinstance(prior, GaussianPrior):
+        for i, (source, y, eps, u, t) in enumerate(draws):
+            columns[i] = source.sample(y, eps, t, u)
+    else:
+        for source in {id(d[0]): d[0] for d in draws}.values():
+            index = [i for i, d in enumerate(draws) if d[0] is source]
+            y, eps, u = (torch.cat([draws[i][k] for i in index]) for k in (1, 2, 3))
+            t = torch.cat([torch.full((len(draws[i][1]), 1), float(draws[i][4])) for i in index])
+            for i, z in zip(index, source.sample(y, eps, t, u).split([len(draws[i][1]) for i in index]), strict=True):
+                columns[i] = z
+    out = []
+    for (digits, n, _, _), z in zip(requests, columns, strict=True):
+        assert z is not None
+        labels = torch.tensor(list(digits), dtype=torch.int64).repeat_interleave(n)
+        out.append((z if len(digits) == 1 else z.repeat(len(digits), 1), labels))
+    return out

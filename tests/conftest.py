@@ -11,7 +11,7 @@ from model.network import CVAE, CVAEConfig
 from model.prior import GaussianPrior
 from training.export import export_model_dir
 
-TINY = CVAEConfig(latent_dim=4, hidden=(32,), channels=(4, 8), encoder="conv", decoder="mlp")
+TINY = CVAEConfig(latent_dim=4, hidden=(32,), channels=(4, 8), encoder="conv")
 
 
 def make_model_dir(out: Path, cfg: CVAEConfig = TINY, seed: int = 0, temperature: float = 1.0) -> Path:

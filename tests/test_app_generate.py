@@ -347,7 +347,7 @@ def _metric(c: TestClient, name: str) -> float:
 @pytest.fixture(scope="module")
 def wide_model(tmp_path_factory):
     """Wide enough layers that the matrix kernels depend on the batch shape (the tiny model's may not)."""
-    cfg = CVAEConfig(latent_dim=8, hidden=(256, 256), encoder="mlp", decoder="mlp")
+    cfg = CVAEConfig(latent_dim=8, hidden=(256, 256), encoder="mlp")
     return load_model_dir(make_model_dir(tmp_path_factory.mktemp("wide") / "m", cfg))
 
 
