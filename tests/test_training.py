@@ -100,7 +100,7 @@ def test_ctrl_c_leaves_a_checkpoint_that_resumes_exactly(tmp_path: Path, monkeyp
     real = train_module.train_one_epoch
 
     def interrupted(*args: object, **kwargs: object) -> dict[str, float]:
-        if args[4] == 1:  # Ctrl-C as the second epoch starts
+        if args[3] == 1:  # Ctrl-C as the second epoch starts
             raise KeyboardInterrupt
         return real(*args, **kwargs)  # type: ignore[arg-type]
 

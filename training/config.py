@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -15,95 +14,128 @@ from model.network import CVAEConfig
 from model.prior import MAX_TEMPERATURE, is_temperature
 
 
+def doc(text: str) -> dict[str, str]:
+    """A field's metadata: its --help text."""
+    return {"help": text}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Options of `python -m training`; each field's docstring is its --help text."""
+    """Options of `python -m training`; each field's metadata holds its --help text."""
 
-    out: Path = Path("runs/model")
-    """model directory to export into (replaced atomically at the end)"""
-    data_dir: Path = Path("data/mnist")
-    """folder of MNIST IDX files (train-*, optionally t10k-* as the held-out set)"""
-    dataset: Literal["folder", "mnist"] = "folder"
-    """'folder': read --data-dir as it is; 'mnist': first download the official MNIST files into --data-dir"""
-    run_dir: Path | None = None
-    """where checkpoints, sample grids and the run record go (default: runs/<name of --out>)"""
-    epochs: int = 60
-    """passes over the training set"""
-    batch_size: int = 128
-    """images per optimiser step"""
-    lr: float = 2e-3
-    """peak AdamW learning rate"""
-    schedule: Literal["cosine", "constant"] = "cosine"
-    """learning-rate schedule: short warm-up then cosine decay to lr/20, or constant"""
-    weight_decay: float = 1e-4
-    """AdamW weight decay"""
-    ema: float = 0.999
-    """decay of the exponential moving average of the weights that validation and export use (0: no averaging)"""
-    kl_warmup_epochs: float = 5.0
-    """linearly raise the KL weight from 0 to 1 over this many epochs (0: no warm-up)"""
-    free_bits: float = 0.0
-    """minimum KL per latent dimension in nats during training (Kingma et al. 2016); 0 disables"""
-    label_weight: float = 1.0
-    """weight of the label-discrimination term: cross-entropy of the true label under softmax over labels of -ELBO
-    (the rule /encode infers digits by); it also makes the decoder lean on the label for the digit (0 disables)"""
-    label_batch: int = 32
-    """images per step that the label-discrimination term scores under every label"""
-    augment: float = 0.0
-    """strength of random affine augmentation (1: up to +-2 px shift, +-10 degrees, +-10% scale; 0: none; measured
-    here: it worsens held-out -ELBO and the realism of samples)"""
-    val_size: int = 1000
-    """held-out digits cut from the training files when the folder has no t10k files"""
-    seed: int = 0
-    """seed for initialisation, batching, augmentation and the validation split"""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """'auto' takes CUDA when present"""
-    threads: int = 0
-    """torch CPU threads (0: torch's default)"""
-    resume: bool = False
-    """continue from the checkpoint in --run-dir"""
-    prior: Literal["aggregate_posterior", "class_gaussian", "standard"] = "aggregate_posterior"
-    """the prior the exported model samples from: each class's aggregate posterior (a mixture of the posteriors of
-    --prior-components training images), a Gaussian moment-matched to it, or N(0, I)"""
-    prior_components: int = 600
-    """training images per class whose posteriors make up the aggregate-posterior prior (at most the smallest
-    class's count)"""
-    prior_bandwidth: float = 0.4
-    """standard deviation of the kernel each of those posteriors is widened by; a trade-off measured on the default
-    model at temperature 1: 0.2 gives 99.1% of samples right but held-out -ELBO 106.4, 0.4 gives 98.4% and 99.4 nats"""
-    sample_temperature: float = 0.8
-    """the temperature the service samples at by default (recorded in the manifest; evaluation measures samples at
-    it): each sample's distance from its class's mean style is scaled by it. On the default model 0.8 gives 99.4% of
-    samples right where 1 gives 98.4%, at the same Frechet distance to real digits (likelihoods do not depend on it)"""
-    eval_k: int = 100
-    """importance samples for the NLL bound computed at export"""
-    latent_dim: int = 16
-    """size of the latent z"""
-    encoder: Literal["mlp", "conv"] = "conv"
-    """encoder architecture"""
-    decoder: Literal["mlp", "conv"] = "mlp"
-    """decoder architecture"""
-    hidden: tuple[int, ...] = (512, 512)
-    """hidden MLP widths (the decoder's, and the encoder's unless --encoder-hidden is given)"""
-    encoder_hidden: tuple[int, ...] | None = (256,)
-    """the encoder's hidden MLP widths (default: --hidden)"""
-    channels: tuple[int, int] = (16, 32)
-    """conv channels at 14x14 and 7x7"""
-    dropout: float = 0.0
-    """dropout after each hidden MLP layer while training"""
-    progress: bool = True
-    """show a progress bar"""
-    evaluate: bool = True
-    """run the full evaluation (judge classifier, sample accuracy, Frechet distance, /encode accuracy) at export"""
+    out: Path = field(default=Path("runs/model"), metadata=doc("model directory to export into (replaced atomically)"))
+    data_dir: Path = field(
+        default=Path("data/mnist"),
+        metadata=doc("folder of MNIST IDX files (train-*, optionally t10k-* as the held-out set)"),
+    )
+    dataset: Literal["folder", "mnist"] = field(
+        default="folder",
+        metadata=doc("'folder': read --data-dir as it is; 'mnist': first download the official MNIST files into it"),
+    )
+    run_dir: Path | None = field(
+        default=None,
+        metadata=doc("where checkpoints, sample grids and the run record go (default: runs/<name of --out>)"),
+    )
+    epochs: int = field(default=60, metadata=doc("passes over the training set"))
+    batch_size: int = field(
+        default=128,
+        metadata=doc(
+            "images per optimiser step: the global batch, split evenly over the processes of a torchrun launch"
+        ),
+    )
+    lr: float = field(default=2e-3, metadata=doc("peak AdamW learning rate (for the global batch)"))
+    schedule: Literal["cosine", "constant"] = field(
+        default="cosine", metadata=doc("learning-rate schedule: short warm-up then cosine decay to lr/20, or constant")
+    )
+    weight_decay: float = field(default=1e-4, metadata=doc("AdamW weight decay"))
+    ema: float = field(
+        default=0.999,
+        metadata=doc("decay of the moving average of the weights that validation and export use (0: no averaging)"),
+    )
+    kl_warmup_epochs: float = field(
+        default=5.0, metadata=doc("raise the KL weight linearly from 0 to 1 over this many epochs (0: no warm-up)")
+    )
+    label_weight: float = field(
+        default=1.0,
+        metadata=doc(
+            "weight of the label-discrimination term: the cross-entropy of the true label under /encode's rule "
+            "(softmax over labels of -ELBO); it also makes the decoder lean on the label for the digit (0 disables)"
+        ),
+    )
+    label_batch: int = field(
+        default=32,
+        metadata=doc("images of each global batch that the label-discrimination term scores under every label"),
+    )
+    adversary_weight: float = field(
+        default=3.0,
+        metadata=doc(
+            "weight of the label-invariance term: the encoder is trained so that an adversary cannot tell the digit "
+            "from z, so that one latent writes every digit in one hand (a grid column, a re-drawn upload; 0 disables)"
+        ),
+    )
+    val_size: int = field(
+        default=1000, metadata=doc("held-out digits cut from the training files when the folder has no t10k files")
+    )
+    seed: int = field(
+        default=0, metadata=doc("seed of initialisation, batching, the reparameterisation noise and the held-out split")
+    )
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=doc("'auto' takes CUDA when present"))
+    threads: int = field(default=0, metadata=doc("torch CPU threads per process (0: torch's default)"))
+    resume: bool = field(default=False, metadata=doc("continue from the epoch checkpoint in --run-dir"))
+    prior: Literal["aggregate_posterior", "class_gaussian", "standard"] = field(
+        default="aggregate_posterior",
+        metadata=doc(
+            "the prior the exported model samples from: each class's aggregate posterior (a mixture of the "
+            "posteriors of --prior-components training images), a Gaussian moment-matched to it, or N(0, I)"
+        ),
+    )
+    prior_components: int = field(
+        default=600,
+        metadata=doc("training images per class in the aggregate-posterior prior (at most the smallest class's count)"),
+    )
+    prior_bandwidth: float = field(
+        default=0.4,
+        metadata=doc(
+            "standard deviation of the kernel each of those posteriors is widened by: narrower gives more samples "
+            "of the right digit, wider a better held-out likelihood (README: Sample quality)"
+        ),
+    )
+    sample_temperature: float = field(
+        default=0.8,
+        metadata=doc(
+            "the temperature the service samples at by default (recorded in the manifest; evaluation samples at it): "
+            "it scales each sample's distance from the mean style (README: Sample quality)"
+        ),
+    )
+    eval_k: int = field(default=100, metadata=doc("importance samples for the NLL bound computed at export"))
+    latent_dim: int = field(default=16, metadata=doc("size of the latent z"))
+    encoder: Literal["mlp", "conv"] = field(default="conv", metadata=doc("encoder architecture"))
+    hidden: tuple[int, ...] = field(
+        default=(512, 512),
+        metadata=doc(
+            "hidden MLP widths of the decoder (mirrored), and of the encoder unless --encoder-hidden is given"
+        ),
+    )
+    encoder_hidden: tuple[int, ...] | None = field(
+        default=(256,), metadata=doc("the encoder's hidden MLP widths (none: --hidden)")
+    )
+    channels: tuple[int, int] = field(default=(16, 32), metadata=doc("the conv encoder's channels at 14x14 and 7x7"))
+    progress: bool = field(default=True, metadata=doc("show a progress bar (needs tqdm, the [train] extra)"))
+    evaluate: bool = field(
+        default=True,
+        metadata=doc(
+            "run the full evaluation at export (judge classifier, sample accuracy, Frechet distance, one hand across "
+            "digits, /encode accuracy); without it, likelihoods only"
+        ),
+    )
 
     def model_config(self) -> CVAEConfig:
         return CVAEConfig(
             latent_dim=self.latent_dim,
             encoder=self.encoder,
-            decoder=self.decoder,
             hidden=self.hidden,
             encoder_hidden=self.encoder_hidden,
             channels=self.channels,
-            dropout=self.dropout,
         )
 
     @property
@@ -114,30 +146,18 @@ class TrainConfig:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
 
 
-def _field_docs(cls: type) -> dict[str, str]:
-    """The string literal after each field in the class body (the attribute docstring)."""
-    import ast
-    import inspect
-
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for node, nxt in itertools.pairwise(body):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = str(nxt.value.value)  # type: ignore[union-attr]
-    return docs
-
-
 def build_parser(cls: type = TrainConfig, prog: str = "python -m training") -> argparse.ArgumentParser:
+    """One flag per field of `cls`: --field-name, typed by the annotation, its help from the field's metadata."""
     parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__)
-    docs = _field_docs(cls)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         tp = hints[f.name]
         if get_origin(tp) in (typing.Union, types.UnionType):  # X | None: parse X, default None
             tp = next(a for a in get_args(tp) if a is not type(None))
-        help_ = f"{docs.get(f.name, '')} (default: {f.default})"
+        default = f.default if f.default is not None else "none"
+        # argparse %-formats help texts: a literal % must be doubled.
+        help_ = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
         if tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
         elif get_origin(tp) is Literal:

@@ -3,9 +3,10 @@
 Prints one JSON object: held-out -ELBO (nats per image; Bernoulli on grey values; KL to the model's own
 sampling prior, and to the N(0, I) it was trained against), the importance-weighted NLL bound, and,
 judged by a separately trained CNN classifier: the accuracy of generated samples, the Frechet distance of
-their features to held-out digits (beside the distance between two disjoint real sets), /encode's digit
-inference on held-out digits as they are and re-drawn as a user would upload them, and the accuracy of
-reconstructions. Sampling and pre-processing are the service's own functions from model/.
+their features to held-out digits (beside the distance between two disjoint real sets), how well one hand carries
+across digits (grids of ten digits per latent, held-out digits re-drawn as every digit, and whether their slant
+carries over), /encode's digit inference on held-out digits as they are and re-drawn as a user would upload them,
+and the accuracy of reconstructions. Sampling and pre-processing are the service's own functions from model/.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import argparse
 import io
 import json
 import logging
-import os
 import random
 import sys
 from pathlib import Path
@@ -29,16 +29,12 @@ from model.imaging import decode_image, encode_png, to_mnist
 from model.inference import DecoderLike, EncoderLike, elbo_terms, importance_weighted_nll, label_log_probs
 from model.prior import MAX_TEMPERATURE, GaussianPrior, Prior, is_temperature, sample_latents
 from training.data import DataError, DataSplits, Digits, load_data_dir
-from training.judge import cached_judge, predict
+from training.judge import cached_judge, default_cache_dir, predict
 
 log = logging.getLogger(__name__)
 
 SAMPLES_PER_DIGIT = 100  # 1,000 generated digits in all
 MAX_PIXELS = 10_000_000
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cvae-digits"
 
 
 def frechet_distance(a: Tensor, b: Tensor) -> float:
@@ -62,6 +58,25 @@ def nearest_distance(x: Tensor, reference: Tensor) -> float:
     return float(
         torch.cat([torch.cdist(x[i : i + 250], reference).min(dim=1).values for i in range(0, len(x), 250)]).median()
     )
+
+
+def slant(images: Tensor) -> Tensor:
+    """The slant of each image: how far its ink leans right per unit of height, from its second moments
+    (-mu11 / mu02 about the centre of mass; 0 is upright). (N, 1, H, W) -> (N,)"""
+    x = images.flatten(0, 1).double()  # (N, H, W)
+    h, w = x.shape[-2:]
+    rows = torch.arange(h, dtype=torch.float64)[:, None]
+    cols = torch.arange(w, dtype=torch.float64)[None, :]
+    mass = x.sum(dim=(1, 2)).clamp(min=1e-9)
+    cy = (x * rows).sum(dim=(1, 2)) / mass
+    cx = (x * cols).sum(dim=(1, 2)) / mass
+    dy, dx = rows - cy[:, None, None], cols - cx[:, None, None]
+    return -(x * dx * dy).sum(dim=(1, 2)) / (x * dy * dy).sum(dim=(1, 2)).clamp(min=1e-9)
+
+
+def correlation(a: Tensor, b: Tensor) -> float:
+    a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
+    return float((a * b).sum() / (a.norm() * b.norm()))
 
 
 def redrawn_jpeg(image: Tensor, rng: random.Random) -> bytes:
@@ -146,14 +161,31 @@ def evaluate_model(
     judge, judge_acc = cached_judge(data, cache_dir or default_cache_dir(), seed=seed)
     out["judge_heldout_accuracy"] = judge_acc
     real = held.images.unsqueeze(1).float() / 255
+    c = prior.num_classes
 
-    # Generated samples, exactly as the service draws them (seeded styles, the model's temperature).
-    z, y = sample_latents(prior, list(range(prior.num_classes)), SAMPLES_PER_DIGIT, seed=seed, temperature=temperature)
+    # Generated samples, exactly as the service draws them for one digit at a time (seeded, the model's temperature).
+    drawn = [sample_latents(prior, [d], SAMPLES_PER_DIGIT, seed=seed, temperature=temperature) for d in range(c)]
+    z, y = torch.cat([d[0] for d in drawn]), torch.cat([d[1] for d in drawn])
     generated = decoder(z, y)
     pred, gen_feats = predict(judge, generated)
     out["sample_temperature"] = temperature
     out["sample_accuracy"] = (pred == y).float().mean().item()
-    out["sample_accuracy_by_digit"] = [(pred[y == d] == d).float().mean().item() for d in range(prior.num_classes)]
+    out["sample_accuracy_by_digit"] = [(pred[y == d] == d).float().mean().item() for d in range(c)]
+
+    # One hand across digits. A grid as the service draws it (all ten digits, one latent per column): each tile
+    # recognised as its row's digit. Then each held-out digit encoded with its own label and its mean re-drawn
+    # as every digit (what /encode then /generate with that mean as latent do): recognised as the digit asked
+    # for, and its slant carried (the correlation of each digit's slant with the mean slant of its re-drawings).
+    z, y = sample_latents(prior, list(range(c)), SAMPLES_PER_DIGIT, seed=seed, temperature=temperature)
+    grid_pred, _ = predict(judge, decoder(z, y))
+    out["grid_accuracy"] = (grid_pred == y).float().mean().item()
+    mean, _ = encoder(real, held.labels)
+    labels = torch.arange(c).repeat(len(real))
+    redrawings = decoder(mean.repeat_interleave(c, dim=0), labels)
+    transfer_pred, _ = predict(judge, redrawings)
+    out["transfer_accuracy"] = (transfer_pred == labels).float().mean().item()
+    out["transfer_accuracy_by_digit"] = [(transfer_pred[labels == d] == d).float().mean().item() for d in range(c)]
+    out["transfer_slant_correlation"] = correlation(slant(real), slant(redrawings).view(len(real), c).mean(dim=1))
 
     _, real_feats = predict(judge, real)
     # Variety, beside the Frechet distance: the spread of the judge's features within each digit, generated over
@@ -164,7 +196,6 @@ def evaluate_model(
     # training set than those reconstructions would be replaying training digits.
     train_pixels = data.train.images.flatten(1).float() / 255
     out["sample_train_distance"] = nearest_distance(generated.flatten(1), train_pixels)
-    mean, _ = encoder(real, held.labels)
     reconstructions = decoder(mean, held.labels)
     out["heldout_reconstruction_train_distance"] = nearest_distance(reconstructions.flatten(1), train_pixels)
     perm = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))

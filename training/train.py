@@ -1,8 +1,10 @@
 """The training loop: `main(cfg)` trains the CVAE, fits its sampling prior, evaluates and exports.
 
 The whole dataset lives on the training device as one tensor; batches are index slices of it, so there is
-no per-batch host work. Each epoch's randomness is seeded from (seed, epoch): a run resumed from an
-epoch checkpoint continues exactly as if it had never stopped (on CPU).
+no per-batch host work. Each epoch's randomness (its order and the reparameterisation noise) comes from one
+generator seeded from (seed, epoch): a run resumed from an epoch checkpoint continues exactly as if it had never
+stopped (on CPU). Under torchrun every process trains on its share of each global batch (training/distributed.py);
+the shares' gradients average to the whole batch's.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import copy
 import json
 import logging
 import math
+import os
 import shlex
 import subprocess
 import sys
@@ -21,20 +24,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.imaging import encode_png, tile_grid
-from model.loss import free_bits_kl, kl_to_standard_normal, label_discrimination_loss, reconstruction_nll
-from model.network import CVAE
+from model.inference import label_log_probs
+from model.loss import kl_to_standard_normal, label_invariance_penalty, reconstruction_nll
+from model.network import CVAE, LabelAdversary
 from model.prior import AggregatePosteriorPrior, GaussianPrior, Prior, sample_latents
-from training.augment import random_affine
+from training import distributed
 from training.config import TrainConfig
 from training.data import DataSplits, Digits, download_mnist, load_data_dir
+from training.distributed import SINGLE_PROCESS, Launch
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+ADVERSARY_LR = 1e-3  # Adam, constant: the adversary must keep up with an encoder that keeps moving
 
 
 def select_device(name: str) -> torch.device:
@@ -64,12 +72,17 @@ class Batches:
     def __len__(self) -> int:
         return self.x.shape[0]
 
-    def iterate(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    def iterate(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Tensor]:
+        """The index rows of each batch: shuffled by `generator`, else in order."""
         n = len(self)
-        order = torch.randperm(n, generator=generator, device=self.x.device) if generator is not None else None
+        device = self.x.device
+        order = torch.randperm(n, generator=generator, device=device) if generator is not None else None
         for i in range(0, n, batch_size):
-            idx = order[i : i + batch_size] if order is not None else slice(i, i + batch_size)
-            yield self.x[idx], self.y[idx]
+            yield (
+                order[i : i + batch_size]
+                if order is not None
+                else torch.arange(i, min(n, i + batch_size), device=device)
+            )
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
@@ -91,85 +104,146 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    """All of one epoch's randomness (order, augmentation, and via the global seed, the reparameterisation)."""
-    torch.manual_seed(seed * 100_003 + epoch)
+    """All of one epoch's randomness: the order of the images and the reparameterisation noise."""
     return torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
 
 
+class Objective(nn.Module):
+    """One step's terms on this process's rows of a batch, per image. What DistributedDataParallel wraps: every
+    parameter of the CVAE is used in one forward.
+
+    forward(x (n, 1, H, W), y (n,), eps (n, D), label_rows) -> (reconstruction (n,), KL to N(0, I) (n,),
+    -log p(y | x) summed over the first label_rows images (the label-discrimination term), z (n, D)).
+    """
+
+    def __init__(self, model: CVAE) -> None:
+        super().__init__()
+        self.model = model
+        self.standard = GaussianPrior.standard(model.cfg.num_classes, model.cfg.latent_dim)
+
+    def forward(self, x: Tensor, y: Tensor, eps: Tensor, label_rows: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        out = self.model(x, y, eps)
+        recon = reconstruction_nll(out.logits.float(), x)
+        kl = kl_to_standard_normal(out.mean.float(), out.log_var.float())
+        label_nll = recon.new_zeros(())
+        if label_rows > 0:
+            # -log p(y | x) under the rule /encode infers digits by (Bayes' rule over the labels with the ELBO
+            # for log p(x | y), as in hybrid generative-discriminative training, Lasserre et al. 2006), scored with
+            # the N(0, I) the network trains against.
+            log_probs, _, _ = label_log_probs(self.model.encoder, self.model.decoder, self.standard, x[:label_rows])
+            label_nll = F.nll_loss(log_probs, y[:label_rows], reduction="sum")
+        return recon, kl, label_nll, out.z.float()
+
+
+@dataclass
+class TrainState:
+    """What a training step changes, and an epoch checkpoint keeps."""
+
+    model: CVAE
+    optimizer: torch.optim.Optimizer
+    ema: CVAE | None  # the moving average of the weights, which validation and export use
+    adversary: LabelAdversary | None
+    adversary_optimizer: torch.optim.Optimizer | None
+
+    @property
+    def final(self) -> CVAE:
+        return self.ema if self.ema is not None else self.model
+
+
+def new_state(cfg: TrainConfig, device: torch.device) -> TrainState:
+    """A fresh model (initialised from cfg.seed), its optimiser, moving average and label adversary."""
+    torch.manual_seed(cfg.seed)
+    model = CVAE(cfg.model_config()).to(device)
+    adversary = LabelAdversary(model.cfg).to(device) if cfg.adversary_weight > 0 else None
+    return TrainState(
+        model=model,
+        optimizer=torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
+        ema=copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else None,
+        adversary=adversary,
+        adversary_optimizer=torch.optim.Adam(adversary.parameters(), lr=ADVERSARY_LR) if adversary else None,
+    )
+
+
+def _ddp(module: nn.Module, launch: Launch, device: torch.device) -> nn.Module:
+    if not launch.distributed:
+        return module
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def train_one_epoch(
-    model: CVAE,
+    state: TrainState,
     data: Batches,
-    optimizer: torch.optim.Optimizer,
     cfg: TrainConfig,
     epoch: int,
     device: torch.device,
-    ema: CVAE | None = None,
+    launch: Launch = SINGLE_PROCESS,
 ) -> dict[str, float]:
-    """One pass over `data`; updates `ema` (a moving average of the weights) after each step when given."""
+    """One pass over `data` (this process's share of each batch): updates the model, its moving average and the
+    label adversary. -> the epoch's mean -ELBO, reconstruction and KL per image, over every process's images."""
+    model, optimizer = state.model, state.optimizer
     model.train()
+    objective = _ddp(Objective(model), launch, device)
+    adversary = _ddp(state.adversary, launch, device) if state.adversary is not None else None
     params = list(model.parameters())
-    ema_params = list(ema.parameters()) if ema is not None else []
+    ema_params = list(state.ema.parameters()) if state.ema is not None else []
     g = epoch_generator(cfg.seed, epoch, device)
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    sums = torch.zeros(3, device=device)  # loss, reconstruction, kl (summed over images)
-    count = 0
-    bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
-    for i, (x, y) in enumerate(data.iterate(cfg.batch_size, g)):
+    w = launch.world_size
+    sums = torch.zeros(3, device=device)  # -ELBO, reconstruction, KL (summed over this process's images)
+    bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and launch.is_main)
+    for i, rows in enumerate(data.iterate(cfg.batch_size, g)):
         step = epoch * steps_per_epoch + i
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step, total_steps)
         beta = min(1.0, (epoch + i / steps_per_epoch) / cfg.kl_warmup_epochs) if cfg.kl_warmup_epochs > 0 else 1.0
-        x = random_affine(x, cfg.augment, g)
+        batch = len(rows)  # the global batch; this process takes its share of the rows and of the noise
+        eps = torch.randn(batch, model.cfg.latent_dim, generator=g, device=device)
+        label_rows = min(cfg.label_batch, batch) if cfg.label_weight > 0 else 0
+        mine = launch.share(rows)
+        x, y = data.x[mine], data.y[mine]
         with autocast(device):
-            out = model(x, y)
-        recon = reconstruction_nll(out.logits.float(), x).mean()
-        kl = kl_to_standard_normal(out.mean.float(), out.log_var.float()).mean()
-        kl_train = free_bits_kl(out.mean.float(), out.log_var.float(), cfg.free_bits) if cfg.free_bits > 0 else kl
-        loss = recon + beta * kl_train
-        if cfg.label_weight > 0:
-            loss = loss + cfg.label_weight * label_loss(model, x[: cfg.label_batch], y[: cfg.label_batch], device)
+            recon, kl, label_nll, z = objective(x, y, launch.share(eps), launch.share_count(label_rows))
+        # Sums over this process's images scaled by w / (global count): DistributedDataParallel averages the
+        # gradients over the w processes, which makes them the gradients of the whole batch's means.
+        loss = (recon.sum() + beta * kl.sum()) * (w / batch)
+        if label_rows > 0:
+            loss = loss + cfg.label_weight * label_nll * (w / label_rows)
+        if adversary is not None and state.adversary is not None and state.adversary_optimizer is not None:
+            # The adversary learns to read the label from z; then, frozen, it scores what z still gives away.
+            adversary_loss = F.cross_entropy(adversary(z.detach()), y, reduction="sum") * (w / batch)
+            state.adversary_optimizer.zero_grad(set_to_none=True)
+            adversary_loss.backward()
+            state.adversary_optimizer.step()
+            state.adversary.requires_grad_(False)
+            penalty = label_invariance_penalty(state.adversary(z)).sum() * (w / batch)
+            state.adversary.requires_grad_(True)
+            loss = loss + cfg.adversary_weight * penalty
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if ema is not None:
+        if state.ema is not None:
             with torch.no_grad():
                 torch._foreach_lerp_(ema_params, params, 1.0 - min(cfg.ema, (1 + step) / (10 + step)))
-        n = x.shape[0]
-        sums += torch.stack([recon + kl, recon, kl]).detach() * n
-        count += n
-        if bar is not None and (i % 10 == 0 or i == steps_per_epoch - 1):
-            bar.set_postfix(loss=f"{sums[0].item() / count:.2f}", beta=f"{beta:.2f}")
+        sums += torch.stack([(recon + kl).sum(), recon.sum(), kl.sum()]).detach()
         if bar is not None:
+            if i % 10 == 0 or i == steps_per_epoch - 1:
+                bar.set_postfix(loss=f"{sums[0].item() * w / ((i + 1) * cfg.batch_size):.2f}", beta=f"{beta:.2f}")
             bar.update(1)
     if bar is not None:
         bar.close()
-    loss, recon, kl = (sums / count).tolist()
+    loss, recon, kl = (distributed.all_sum(launch, sums) / len(data)).tolist()
     return {"train_nelbo": loss, "train_recon": recon, "train_kl": kl}
 
 
-def label_scores(model: CVAE, x: Tensor) -> Tensor:
-    """-ELBO(x, y) for every label y, at the posterior mean and with KL to N(0, I). (N, 1, H, W) -> (N, C)"""
-    n, c = x.shape[0], model.cfg.num_classes
-    xs = x.repeat_interleave(c, dim=0)  # (N*C, 1, H, W)
-    ys = torch.arange(c, device=x.device).repeat(n)  # (N*C,)
-    mean, log_var = model.encoder(xs, ys)
-    logits = model.decoder.logits(mean, ys)
-    nelbo = reconstruction_nll(logits.float(), xs) + kl_to_standard_normal(mean.float(), log_var.float())
-    return -nelbo.view(n, c)
-
-
-def label_loss(model: CVAE, x: Tensor, y: Tensor, device: torch.device) -> Tensor:
-    with autocast(device):
-        scores = label_scores(model, x)
-    return label_discrimination_loss(scores.float(), y)
-
-
 def _progress(total: int, desc: str, enabled: bool) -> Any:
+    """A progress bar, when enabled and tqdm (the [train] extra) is installed; None otherwise."""
     if not enabled:
         return None
-    from tqdm import tqdm
-
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
@@ -177,8 +251,8 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
 def encode_all(model: CVAE, data: Batches, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
     model.eval()
     means, log_vars = [], []
-    for x, y in data.iterate(batch_size):
-        m, lv = model.encoder(x, y)
+    for rows in data.iterate(batch_size):
+        m, lv = model.encoder(data.x[rows], data.y[rows])
         means.append(m.float())
         log_vars.append(lv.float())
     return torch.cat(means), torch.cat(log_vars)
@@ -190,7 +264,8 @@ def validate(model: CVAE, data: Batches, seed: int = 0) -> dict[str, float]:
     model.eval()
     torch.manual_seed(seed)
     totals = torch.zeros(3, device=data.x.device)
-    for x, y in data.iterate(1024):
+    for rows in data.iterate(1024):
+        x, y = data.x[rows], data.y[rows]
         out = model(x, y)
         recon = reconstruction_nll(out.logits, x)
         kl = kl_to_standard_normal(out.mean, out.log_var)
@@ -233,46 +308,57 @@ def git_commit() -> str | None:
         return None
 
 
-def load_data(cfg: TrainConfig) -> DataSplits:
+def load_data(cfg: TrainConfig, launch: Launch = SINGLE_PROCESS) -> DataSplits:
+    """The digits; with --dataset mnist, downloaded first (by one process per machine under torchrun)."""
     if cfg.dataset == "mnist":
-        download_mnist(cfg.data_dir)
+        if launch.local_rank == 0:
+            download_mnist(cfg.data_dir)
+        distributed.barrier(launch)
     return load_data_dir(cfg.data_dir, val_size=cfg.val_size, seed=cfg.seed)
 
 
-def main(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
-    """Train, fit the prior, evaluate, export. -> the exported manifest."""
-    device = select_device(cfg.device)
+def main(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any] | None:
+    """Train, fit the prior, evaluate, export. -> the exported manifest (None on the processes other than rank 0
+    of a torchrun launch, which only train)."""
+    requested = select_device(cfg.device)
+    launch = distributed.detect(os.environ, requested.type)
+    device = distributed.device_of(launch, requested)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+    distributed.init(launch, device)
+    try:
+        return _main(cfg, argv, launch, device)
+    finally:
+        distributed.shutdown(launch)
+
+
+def _main(cfg: TrainConfig, argv: list[str] | None, launch: Launch, device: torch.device) -> dict[str, Any] | None:
     run_dir = cfg.resolved_run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "samples").mkdir(exist_ok=True)
     command = shlex.join(["python", "-m", "training", *(argv if argv is not None else sys.argv[1:])])
-
-    data = load_data(cfg)
+    data = load_data(cfg, launch)
+    distributed.check_batches(
+        launch, batch_size=cfg.batch_size, label_batch=cfg.label_batch, train_size=len(data.train)
+    )
     train, val = Batches.from_digits(data.train, device), Batches.from_digits(data.val, device)
-    log.info("data: %d train, %d held-out (%s) on %s", len(train), len(val), data.info["val_source"], device)
+    if launch.is_main:
+        log.info("data: %d train, %d held-out (%s) on %s", len(train), len(val), data.info["val_source"], device)
+        if launch.distributed:
+            log.info(
+                "%d processes (%s): global batch %d = %d per process; learning rate %g",
+                launch.world_size, launch.backend, cfg.batch_size, cfg.batch_size // launch.world_size, cfg.lr,
+            )  # fmt: skip
 
-    torch.manual_seed(cfg.seed)
-    model = CVAE(cfg.model_config()).to(device)
-    ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state = new_state(cfg, device)
+    model = state.model
     start_epoch, history = 0, []
     ckpt_path = run_dir / CHECKPOINT
     if cfg.resume:
-        if not ckpt_path.is_file():
-            raise SystemExit(f"--resume: no checkpoint at {ckpt_path}")
-        loaded, payload = load_checkpoint(ckpt_path, map_location=device)
-        if loaded.cfg != model.cfg:
-            raise SystemExit(f"--resume: {ckpt_path} holds a different model config: {loaded.cfg}")
-        model.load_state_dict(loaded.state_dict())
-        if payload["optimizer"] is not None:
-            optimizer.load_state_dict(payload["optimizer"])
-        if ema is not None and payload["ema_state_dict"] is not None:
-            ema.load_state_dict(payload["ema_state_dict"])
-        start_epoch, history = payload["meta"]["epochs_done"], payload["meta"]["history"]
-        log.info("resumed from %s after epoch %d", ckpt_path, start_epoch)
+        start_epoch, history = resume(state, ckpt_path, launch, device)
+    if launch.is_main and cfg.evaluate:
+        from training.judge import announce_judge, default_cache_dir
+
+        announce_judge(data, default_cache_dir(), cfg.seed)
 
     record = {
         "config": cfg.to_dict(),
@@ -280,43 +366,100 @@ def main(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
         "git_commit": git_commit(),
         "torch_version": torch.__version__,
         "device": str(device),
+        "distributed": {
+            **launch.to_dict(),
+            "global_batch": cfg.batch_size,
+            "per_process_batch": cfg.batch_size // launch.world_size,
+            "lr": cfg.lr,
+        },
         "data": data.info,
         "model_parameters": sum(p.numel() for p in model.parameters()),
     }
-    (run_dir / "run.json").write_text(json.dumps(record, indent=1) + "\n")
+    if launch.is_main:
+        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        (run_dir / "run.json").write_text(json.dumps(record, indent=1) + "\n")
 
     def checkpoint(epochs_done: int) -> None:
-        meta = {"epochs_done": epochs_done, "history": history, "train_config": cfg.to_dict()}
-        save_checkpoint(ckpt_path, model, meta, optimizer.state_dict(), ema.state_dict() if ema is not None else None)
+        meta = {"epochs_done": epochs_done, "history": history, "train_config": cfg.to_dict(), **launch.to_dict()}
+        adversary_state = None
+        if state.adversary is not None and state.adversary_optimizer is not None:
+            adversary_state = {
+                "state_dict": state.adversary.state_dict(),
+                "optimizer": state.adversary_optimizer.state_dict(),
+            }
+        save_checkpoint(
+            ckpt_path,
+            state.model,
+            meta,
+            state.optimizer.state_dict(),
+            state.ema.state_dict() if state.ema is not None else None,
+            adversary_state,
+        )
 
-    final = ema if ema is not None else model  # the weights that are validated and exported
     epoch = start_epoch
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
-            stats = train_one_epoch(model, train, optimizer, cfg, epoch, device, ema)
+            stats = train_one_epoch(state, train, cfg, epoch, device, launch)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
-            stats.update({f"val_{k}": v for k, v in validate(final, val, seed=cfg.seed).items()})
-            stats.update(epoch=epoch + 1, seconds=seconds, samples_per_s=len(train) / seconds)
-            history.append(stats)
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(stats) + "\n")
-            standard = GaussianPrior.standard(model.cfg.num_classes, model.cfg.latent_dim)
-            (run_dir / "samples" / f"epoch-{epoch + 1:03d}.png").write_bytes(sample_grid_png(final, standard))
-            checkpoint(epoch + 1)
-            log.info(
-                "epoch %d/%d  train -ELBO %.2f  val -ELBO %.2f (recon %.2f + KL %.2f)  %.1fs (%.0f img/s)",
-                epoch + 1, cfg.epochs, stats["train_nelbo"], stats["val_nelbo"], stats["val_recon"], stats["val_kl"],
-                seconds, stats["samples_per_s"],
-            )  # fmt: skip
+            if launch.is_main:
+                stats.update({f"val_{k}": v for k, v in validate(state.final, val, seed=cfg.seed).items()})
+                stats.update(epoch=epoch + 1, seconds=seconds, samples_per_s=len(train) / seconds)
+                history.append(stats)
+                with open(run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(stats) + "\n")
+                standard = GaussianPrior.standard(model.cfg.num_classes, model.cfg.latent_dim)
+                (run_dir / "samples" / f"epoch-{epoch + 1:03d}.png").write_bytes(sample_grid_png(state.final, standard))
+                checkpoint(epoch + 1)
+                log.info(
+                    "epoch %d/%d  train -ELBO %.2f  val -ELBO %.2f (recon %.2f + KL %.2f)  %.1fs (%.0f img/s)",
+                    epoch + 1, cfg.epochs, stats["train_nelbo"], stats["val_nelbo"], stats["val_recon"],
+                    stats["val_kl"], seconds, stats["samples_per_s"],
+                )  # fmt: skip
+            distributed.barrier(launch)
     except KeyboardInterrupt:
-        checkpoint(epoch)
-        log.warning("interrupted: checkpoint saved to %s; continue with --resume", ckpt_path)
+        if launch.is_main:
+            # Never a checkpoint of half an epoch: the one written at the end of the last whole epoch stands.
+            if ckpt_path.is_file():
+                log.warning("interrupted: the last epoch's checkpoint is in %s; continue with --resume", ckpt_path)
+            else:
+                log.warning("interrupted before the first epoch ended: no checkpoint to resume from")
         raise
 
-    return finish(final, train, val, data, cfg, history, command, record)
+    if not launch.is_main:
+        return None  # rank 0 alone fits the prior, evaluates and exports, over all the data
+    return finish(state.final, train, val, data, cfg, history, command, record)
+
+
+def resume(state: TrainState, path: Any, launch: Launch, device: torch.device) -> tuple[int, list[dict[str, Any]]]:
+    """Load an epoch checkpoint into `state`. -> (epochs done, their history). SystemExit if it does not fit."""
+    if not path.is_file():
+        raise SystemExit(f"--resume: no checkpoint at {path}")
+    loaded, payload = load_checkpoint(path, map_location=device)
+    if loaded.cfg != state.model.cfg:
+        raise SystemExit(f"--resume: {path} holds a different model config: {loaded.cfg}")
+    saved_world = payload["meta"].get("world_size", 1)
+    if saved_world != launch.world_size:
+        raise SystemExit(
+            f"--resume: {path} was written by {saved_world} process(es), this run has {launch.world_size}: "
+            f"resume with the same world size (torchrun --nproc_per_node {saved_world} ...)"
+        )
+    if (payload.get("adversary") is None) != (state.adversary is None):
+        raise SystemExit(f"--resume: {path} was trained with a different --adversary-weight (on/off)")
+    state.model.load_state_dict(loaded.state_dict())
+    if payload["optimizer"] is not None:
+        state.optimizer.load_state_dict(payload["optimizer"])
+    if state.ema is not None and payload["ema_state_dict"] is not None:
+        state.ema.load_state_dict(payload["ema_state_dict"])
+    if state.adversary is not None and state.adversary_optimizer is not None:
+        state.adversary.load_state_dict(payload["adversary"]["state_dict"])
+        state.adversary_optimizer.load_state_dict(payload["adversary"]["optimizer"])
+    epochs_done = payload["meta"]["epochs_done"]
+    if launch.is_main:
+        log.info("resumed from %s after epoch %d", path, epochs_done)
+    return epochs_done, payload["meta"]["history"]
 
 
 def finish(
@@ -357,7 +500,12 @@ def finish(
         prior,
         cfg.out,
         data=data.info,
-        config={"model": cpu_model.cfg.to_dict(), "training": cfg.to_dict(), "git_commit": record["git_commit"]},
+        config={
+            "model": cpu_model.cfg.to_dict(),
+            "training": cfg.to_dict(),
+            "distributed": record["distributed"],
+            "git_commit": record["git_commit"],
+        },
         metrics=metrics,
         reproduce=command,
         temperature=cfg.sample_temperature,

@@ -4,7 +4,8 @@
 
 The classic baseline is the pytorch/examples VAE made conditional (MLP 784+10 -> 400 -> 20, Adam 1e-3, no
 label-discrimination term, no weight averaging). Our default adds a conv encoder, a wider MLP decoder, the
-label-discrimination term (each step scores 32 images under all ten labels) and an EMA of the weights.
+label-discrimination term (each step scores 32 images under all ten labels), the label adversary and an EMA of
+the weights.
 Epochs of the two alternate, so a noisy machine slows both alike; prints training images per second for
 each round, the medians and their ratio.
 """
@@ -12,7 +13,6 @@ each round, the medians and their ratio.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import statistics
 import time
@@ -20,34 +20,30 @@ from pathlib import Path
 
 import torch
 
-from model.network import CVAE
 from training.config import TrainConfig
 from training.data import load_data_dir
-from training.train import Batches, select_device, train_one_epoch
+from training.train import Batches, new_state, select_device, train_one_epoch
 
 CLASSIC = dict(
-    encoder="mlp", decoder="mlp", hidden=(400,), latent_dim=20, lr=1e-3, schedule="constant",
-    kl_warmup_epochs=0.0, weight_decay=0.0, augment=0.0, label_weight=0.0, ema=0.0, prior="standard",
+    encoder="mlp", hidden=(400,), encoder_hidden=(400,), latent_dim=20, lr=1e-3, schedule="constant",
+    kl_warmup_epochs=0.0, weight_decay=0.0, label_weight=0.0, adversary_weight=0.0, ema=0.0, prior="standard",
 )  # fmt: skip
 
 
 def epoch_rate(cfg: TrainConfig, data: Batches, device: torch.device, epoch: int) -> float:
-    torch.manual_seed(0)
-    model = CVAE(cfg.model_config()).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else None
-    train_one_epoch(model, data, opt, cfg, 0, device, ema)  # warm-up (allocator, kernels)
+    state = new_state(cfg, device)
+    train_one_epoch(state, data, cfg, 0, device)  # warm-up (allocator, kernels)
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    train_one_epoch(model, data, opt, cfg, epoch, device, ema)
+    train_one_epoch(state, data, cfg, epoch, device)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return len(data) / (time.perf_counter() - t0)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.train_speed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
