@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.dependencies import runtime_in
+from app.dependencies import runtime_of
 from app.error_handlers import problem_response
 from app.errors import ServiceError
 from app.routes import generate
@@ -70,7 +70,7 @@ class GenerateFastPath:
         """The route's answer (routes.generate.respond), its errors rendered as the handlers render them."""
         scope["route"] = ROUTE
         try:
-            return await generate.respond(runtime_in(scope["app"]), request, accept)
+            return await generate.respond(runtime_of(scope["app"]), request, accept)
         except ServiceError as e:
             return problem_response(e)
 

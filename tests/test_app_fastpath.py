@@ -3,23 +3,12 @@ JSON, and by the FastAPI route otherwise. Both must answer every request byte fo
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from fastapi.testclient import TestClient
 
 import app.routes.generate as generate_route
-from app.factory import create_app
-from app.settings import Settings
 
 FAST = {"Content-Type": "application/json"}
 ROUTE = {"Content-Type": "application/json; charset=utf-8"}  # also JSON to FastAPI, but not taken by the fast path
-
-
-@pytest.fixture(scope="module")
-def client(tiny_model_dir: Path):
-    with TestClient(create_app(Settings(model_dir=tiny_model_dir))) as c:
-        yield c
 
 
 @pytest.fixture
