@@ -5,11 +5,12 @@ in the order the batches were sent: Drawn, Encoded or BatchFailed.
 
 Every message, and every payload inside one (GenerateSpec, Upload, EncodeResult, Refusal), is a NamedTuple: code on
 both sides reads fields by name. On the wire a message is a pickle (protocol 5) of (class name, to_wire()), after an
-8-byte big-endian length. to_wire()/from_wire() use each class's own field order (tuple(self), cls._make): several
-times cheaper to pickle than the classes themselves, and unable to drift from them. What can drift is the code
-itself, when the checkout changes under a running server and a restarted child imports the new one: Ready carries
-wire_version(), a digest of every class's name and field names, and the server refuses a child whose digest differs.
-Only the server and the child it spawned hold the socket, so unpickling trusts what it reads.
+8-byte big-endian length: to_wire() gives the message's fields by name, with each payload as a plain tuple in its
+class's own field order (tuple(p), then cls._make): pickling the classes themselves would cost several times more
+per payload, and the order cannot drift from the class. What can drift is the code itself, when the checkout
+changes under a running server and a restarted child imports the new one: Ready carries wire_version(), a digest of
+every class's name and field names, and the server refuses a child whose digest differs. Only the server and the
+child it spawned hold the socket, so unpickling trusts what it reads.
 """
 
 from __future__ import annotations
@@ -56,12 +57,12 @@ class Ready(NamedTuple):
     pass_rows: int  # the largest decoder pass prepare() allowed
     score_uploads: int  # the most uploads scored in one pass
 
-    def to_wire(self) -> tuple[Any, ...]:
-        return tuple(self)
+    def to_wire(self) -> dict[str, Any]:
+        return self._asdict()
 
     @classmethod
-    def from_wire(cls, fields: tuple[Any, ...]) -> Ready:
-        return cls._make(fields)
+    def from_wire(cls, fields: dict[str, Any]) -> Ready:
+        return cls(**fields)
 
 
 class StartFailed(NamedTuple):
@@ -69,38 +70,36 @@ class StartFailed(NamedTuple):
 
     reason: str
 
-    def to_wire(self) -> tuple[Any, ...]:
-        return tuple(self)
+    def to_wire(self) -> dict[str, Any]:
+        return self._asdict()
 
     @classmethod
-    def from_wire(cls, fields: tuple[Any, ...]) -> StartFailed:
-        return cls._make(fields)
+    def from_wire(cls, fields: dict[str, Any]) -> StartFailed:
+        return cls(**fields)
 
 
 class DrawBatch(NamedTuple):
     batch_id: int
     specs: list[GenerateSpec]
 
-    def to_wire(self) -> tuple[Any, ...]:
-        return tuple(self._replace(specs=[tuple(s) for s in self.specs]))
+    def to_wire(self) -> dict[str, Any]:
+        return {"batch_id": self.batch_id, "specs": [tuple(s) for s in self.specs]}
 
     @classmethod
-    def from_wire(cls, fields: tuple[Any, ...]) -> DrawBatch:
-        message = cls._make(fields)
-        return message._replace(specs=[GenerateSpec._make(s) for s in message.specs])
+    def from_wire(cls, fields: dict[str, Any]) -> DrawBatch:
+        return cls(batch_id=fields["batch_id"], specs=[GenerateSpec._make(s) for s in fields["specs"]])
 
 
 class EncodeBatch(NamedTuple):
     batch_id: int
     uploads: list[Upload]
 
-    def to_wire(self) -> tuple[Any, ...]:
-        return tuple(self._replace(uploads=[tuple(u) for u in self.uploads]))
+    def to_wire(self) -> dict[str, Any]:
+        return {"batch_id": self.batch_id, "uploads": [tuple(u) for u in self.uploads]}
 
     @classmethod
-    def from_wire(cls, fields: tuple[Any, ...]) -> EncodeBatch:
-        message = cls._make(fields)
-        return message._replace(uploads=[Upload._make(u) for u in message.uploads])
+    def from_wire(cls, fields: dict[str, Any]) -> EncodeBatch:
+        return cls(batch_id=fields["batch_id"], uploads=[Upload._make(u) for u in fields["uploads"]])
 
 
 class Drawn(NamedTuple):
@@ -109,12 +108,12 @@ class Drawn(NamedTuple):
     batch_id: int
     pngs: list[bytes]
 
-    def to_wire(self) -> tuple[Any, ...]:
-        return tuple(self)
+    def to_wire(self) -> dict[str, Any]:
+        return self._asdict()
 
     @classmethod
-    def from_wire(cls, fields: tuple[Any, ...]) -> Drawn:
-        return cls._make(fields)
+    def from_wire(cls, fields: dict[str, Any]) -> Drawn:
+        return cls(**fields)
 
 
 class Encoded(NamedTuple):
@@ -123,20 +122,19 @@ class Encoded(NamedTuple):
     batch_id: int
     outcomes: list[EncodeResult | ServiceError]
 
-    def to_wire(self) -> tuple[Any, ...]:
-        wire = [
+    def to_wire(self) -> dict[str, Any]:
+        outcomes = [
             ("result", tuple(o)) if isinstance(o, EncodeResult) else ("refusal", tuple(Refusal.of(o)))
             for o in self.outcomes
         ]
-        return tuple(self._replace(outcomes=wire))
+        return {"batch_id": self.batch_id, "outcomes": outcomes}
 
     @classmethod
-    def from_wire(cls, fields: tuple[Any, ...]) -> Encoded:
-        message = cls._make(fields)
+    def from_wire(cls, fields: dict[str, Any]) -> Encoded:
         outcomes = [
-            EncodeResult._make(f) if tag == "result" else Refusal._make(f).to_error() for tag, f in message.outcomes
+            EncodeResult._make(f) if tag == "result" else Refusal._make(f).to_error() for tag, f in fields["outcomes"]
         ]
-        return message._replace(outcomes=outcomes)
+        return cls(batch_id=fields["batch_id"], outcomes=outcomes)
 
 
 class BatchFailed(NamedTuple):
@@ -145,22 +143,22 @@ class BatchFailed(NamedTuple):
     batch_id: int
     reason: str
 
-    def to_wire(self) -> tuple[Any, ...]:
-        return tuple(self)
+    def to_wire(self) -> dict[str, Any]:
+        return self._asdict()
 
     @classmethod
-    def from_wire(cls, fields: tuple[Any, ...]) -> BatchFailed:
-        return cls._make(fields)
+    def from_wire(cls, fields: dict[str, Any]) -> BatchFailed:
+        return cls(**fields)
 
 
 class Stop(NamedTuple):
     """Exit after answering what was sent before."""
 
-    def to_wire(self) -> tuple[Any, ...]:
-        return ()
+    def to_wire(self) -> dict[str, Any]:
+        return {}
 
     @classmethod
-    def from_wire(cls, fields: tuple[Any, ...]) -> Stop:
+    def from_wire(cls, fields: dict[str, Any]) -> Stop:
         return cls()
 
 

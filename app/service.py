@@ -302,13 +302,9 @@ class DigitService:
 
     def _latents_many(self, specs: list[GenerateSpec]) -> list[DecodeJob]:
         """latents(spec) for each spec, bit for bit; the sampled ones drawn together (sample_latents_many)."""
-        sampled = [s for s in specs if s.latent is None]
-        drawn = iter(
-            sample_latents_many(self.model.prior, [(s.digits, s.n, s.seed, s.temperature) for s in sampled])
-            if sampled
-            else []
-        )
-        return [self.latents(s) if s.latent is not None else DecodeJob(*next(drawn)) for s in specs]
+        sampled = [(s.digits, s.n, s.seed, s.temperature) for s in specs if s.seed is not None]
+        drawn = iter(sample_latents_many(self.model.prior, sampled) if sampled else [])
+        return [self.latents(s) if s.seed is None else DecodeJob(*next(drawn)) for s in specs]
 
     # --- /encode -------------------------------------------------------------------------------------------------
 

@@ -176,7 +176,7 @@ class AggregatePosteriorPrior:
     def to(self, device: torch.device | str) -> AggregatePosteriorPrior:
         return AggregatePosteriorPrior(self.means.to(device), self.log_vars.to(device))
 
-    def sample(self, y: Tensor, eps: Tensor, temperature: float = 1.0, u: Tensor | None = None) -> Tensor:
+    def sample(self, y: Tensor, eps: Tensor, temperature: float | Tensor = 1.0, u: Tensor | None = None) -> Tensor:
         """z = centre[y] + temperature * (means[y, k] + std[y, k] * eps - centre[y]), k = floor(u * M).
 
         (N,), (N, D), u (N,) in [0, 1) -> (N, D). Temperature 1 samples the mixture; 0 gives each class's mean.

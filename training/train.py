@@ -107,8 +107,8 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """One pass over `data`; updates `ema` (a moving average of the weights) after each step when given."""
     model.train()
-    params = list(model.parameters())
-    ema_params = list(ema.parameters()) if ema is not None else []
+    params: list[Tensor] = list(model.parameters())
+    ema_params: list[Tensor] = list(ema.parameters()) if ema is not None else []
     g = epoch_generator(cfg.seed, epoch, device)
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
