@@ -59,8 +59,8 @@ def prepare_here(service: DigitService) -> Prepared:
 
 
 def freeze_heap() -> None:
-    """Move every object alive after start-up (torch, the model, the framework: ~200,000) out of the garbage
-    collector's reach, so that full collections, which would scan them all, do not stall requests (figures in
+    """Move every object alive after start-up (torch, the model, the framework: hundreds of thousands) out of the
+    garbage collector's reach, so that full collections, which would scan them all, do not stall requests (figures in
     the README's Performance section). Process-wide; close() undoes it (tests start many apps in one process)."""
     gc.collect()
     gc.freeze()

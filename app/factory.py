@@ -16,7 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from app.engine import Engine, ThreadEngine, service_options
 from app.error_handlers import install_error_handlers
 from app.errors import PROBLEM_MEDIA_TYPE
-from app.fastpath import GenerateFastPath
+from app.fastpath import FastPath
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware
 from app.routes import encode, generate, ops
@@ -139,7 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.draining = False  # set by python -m app when shutdown is asked for
     app.state.metrics = metrics = Metrics()
     install_error_handlers(app)
-    app.add_middleware(GenerateFastPath)  # added first: innermost, inside the body limit and the metrics
+    app.add_middleware(FastPath)  # added first: innermost, inside the body limit and the metrics
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # added last: outermost, so it sees every response
     app.include_router(generate.router)

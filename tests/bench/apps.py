@@ -31,8 +31,9 @@ from fastapi.responses import Response
 from PIL import Image
 from starlette.types import Scope
 
-from app.fastpath import GenerateFastPath
+from app.fastpath import FastPath
 from app.schemas import GenerateRequest
+from app.service import Upload
 from model.artifacts import load_model_dir
 from model.imaging import decode_image, to_mnist
 from model.inference import label_log_probs
@@ -97,11 +98,14 @@ def create_floor_app() -> FastAPI:
     return app
 
 
-class AsgiFloor(GenerateFastPath):
-    """The service's /generate fast path (app/fastpath.py), answering the constant PNG instead of drawing."""
+class AsgiFloor(FastPath):
+    """The service's fast path (app/fastpath.py), answering the constant PNG or JSON instead of using the model."""
 
-    async def answer(self, scope: Scope, request: GenerateRequest, accept: str | None) -> Response:
+    async def answer_generate(self, scope: Scope, request: GenerateRequest, accept: str | None) -> Response:
         return Response(floor_png(), media_type="image/png")
+
+    async def answer_encode(self, scope: Scope, upload: Upload) -> Response:
+        return Response(ENCODE_ANSWER, media_type="application/json")
 
 
 def create_asgi_floor_app() -> FastAPI:
