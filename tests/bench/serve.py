@@ -3,9 +3,11 @@
     python -m tests.bench.serve [--model-dir DIR] [--duration S] [--connections 1,16] [--rounds N]
         [--env CVAE_X=V ...] [--variant NAME[@CHECKOUT]:CVAE_X=V,... ...]
 
-Starts three uvicorn processes on 127.0.0.1, all run alike (app.__main__.uvicorn_config, one worker, access log
-off): the service (`python -m app`), the floor (tests/bench/apps.py: the same request validation, a constant
-answer, no model) and the straightforward design (per request: sample, decode alone, Pillow PNG; no batching).
+Starts uvicorn processes on 127.0.0.1, all run alike (app.__main__.uvicorn_config, one worker, access log off): the
+service (`python -m app`), the floor and floor-asgi (tests/bench/apps.py: the same request parsing and validation,
+through FastAPI's routes or through the service's fast path, then a constant answer, no model) and the
+straightforward design (per request: sample, decode alone, Pillow PNG; decode and score an upload alone; no
+batching).
 Each is driven in turn with the same closed-loop HTTP load, the order rotating every round, so that a noisy
 machine slows all of them alike; prints requests/s, p50 and p99 of every run, then the medians over rounds and
 each contender's throughput as a fraction of the floor's in the same round. /generate gets {"digit": 3, "n": 8};
@@ -479,7 +481,7 @@ def print_table(
 ) -> None:
     print()
     print("medians over rounds; ratio = rps / the floor's rps in the same round (median of the rounds' ratios);")
-    print("/asgi = the same against floor-asgi, the floor built like the service's /generate fast path")
+    print("/asgi = the same against floor-asgi, the floor built like the service's fast path")
     header = f"{'endpoint':10s} {'contender':15s} {'conn':>4s} {'rps':>8s} {'p50 ms':>8s} {'p99 ms':>8s} " \
              f"{'errors':>6s} {'ratio':>6s} {'/asgi':>6s}"  # fmt: skip
     print(header)
