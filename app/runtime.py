@@ -4,7 +4,6 @@ endpoint. Async; no HTTP."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from functools import partial
 
 from app.batching import Batcher
@@ -13,8 +12,6 @@ from app.errors import ServiceError
 from app.metrics import Metrics
 from app.service import DigitService, EncodeResult, GenerateSpec, Upload
 from app.settings import Settings
-
-log = logging.getLogger(__name__)
 
 
 class Runtime:
@@ -61,7 +58,8 @@ class Runtime:
 
     async def encode(self, upload: Upload) -> EncodeResult:
         """-> the upload's result; its ServiceError (4xx for a bad upload) is raised."""
-        self.service.check_digits([] if upload.digit is None else [upload.digit], ["body", "digit"])
+        if upload.digit is not None:
+            self.service.check_digits([upload.digit], ["body", "digit"])
         outcome = await self._encodes.submit(upload, 1)
         if isinstance(outcome, ServiceError):
             raise outcome

@@ -125,7 +125,7 @@ class DigitService:
         reproducible. RuntimeError if it is not."""
         self.pass_rows = self.check_decoder_passes()
         self.score_uploads = self.check_scoring_passes()
-        spec = self.warm_up_spec()
+        spec = self._warm_up_spec()
         pngs = [self.draw_batch([spec])[0] for _ in range(WARM_UP_RUNS)]
         if pngs[-1] != pngs[-2]:
             raise RuntimeError("warm-up: the same seed gave two different images; generation is not reproducible")
@@ -135,13 +135,14 @@ class DigitService:
                 raise RuntimeError(f"warm-up: encoding a drawn stroke failed: {outcome.detail}")
         return Prepared(self.pass_rows, self.score_uploads)
 
-    def warm_up_spec(self) -> GenerateSpec:
+    def _warm_up_spec(self) -> GenerateSpec:
         """The request prepare() draws: every label, two samples each."""
         digits = list(range(min(10, self.model.num_classes)))
         return self.make_spec(
             digits=digits, n=2, latent=None, seed=0, temperature=1.0, columns=None, padding=2, scale=1
         )
 
+    @torch.inference_mode()
     def check_decoder_passes(self) -> int:
         """The largest pass (whole chunks, at most max_pass_rows) such that every pass size up to it gives every row
         bit for bit what a one-chunk pass gives that row; one chunk if none larger does."""
@@ -162,6 +163,7 @@ class DigitService:
         log.info("decoder passes of up to %d rows (each row bit-identical to a %d-row pass)", most, b)
         return most
 
+    @torch.inference_mode()
     def check_scoring_passes(self) -> int:
         """The largest number of uploads (at most max_encode_batch) such that scoring every number up to it together
         gives each upload bit for bit what scoring it alone gives; 1 if none larger does."""

@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     )  # fmt: skip
     max_batch: int = Field(256, ge=1, le=65536, description="most tiles (samples) drawn in one /generate batch")
     max_encode_batch: int = Field(
-        16, ge=1, le=128,
+        16, ge=1, le=64,
         description="most uploads in one /encode batch; they are scored in one pass where start-up checks that every "
         "such pass gives each upload bit for bit what scoring it alone does (the check's cost grows with the square)",
     )  # fmt: skip
