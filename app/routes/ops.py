@@ -24,7 +24,7 @@ async def livez() -> dict[str, str]:
 @router.get(
     "/readyz",
     summary="Readiness: the model is loaded and warmed up",
-    description="200 once the model is loaded and a warm-up generation passed; 503 before that and from the "
+    description="200 once the model is loaded, warmed up and checked reproducible; 503 before that and from the "
     "moment shutdown starts.",
     response_model=Readiness,
     responses={503: {"model": Problem, "description": "Not ready (starting or shutting down)"}},
