@@ -57,6 +57,16 @@ print_stage_times() {
     log "total: ${SECONDS}s"
 }
 
+# shell_scripts: the tracked files that are shell scripts (named *.sh, or starting with a sh/bash shebang), one a line.
+shell_scripts() {
+    local f
+    git -C "$REPO_ROOT" ls-files | while IFS= read -r f; do
+        if [[ $f == *.sh ]] || head -n 1 "$REPO_ROOT/$f" 2>/dev/null | grep -qE '^#!.*[/ ](ba)?sh( |$)'; then
+            echo "$f"
+        fi
+    done
+}
+
 # apt_install PKG...: installs the Debian packages that are missing (apt-get update at most once per process).
 _APT_UPDATED=0
 apt_install() {

@@ -67,7 +67,7 @@ class Server(uvicorn.Server):
         self.app_state = app_state
         self.delay_s = delay_s
         self._exit_at: float | None = None
-        self._exit_signal = signal.SIGTERM
+        self._exit_signal: int = signal.SIGTERM
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.app_state.draining:

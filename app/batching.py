@@ -1,10 +1,10 @@
-"""Micro-batching: concurrent requests share forward passes.
+"""Micro-batching: concurrent requests share one call of an async batch function (an Engine's draw or encode).
 
-Requests wait in a queue; one worker task takes as many as fit in `max_batch` samples (a request is never
-split; one larger than max_batch runs alone), waits at most `max_wait_s` after the first one's arrival for
-more, and runs the batch function in an executor (or awaits it, when it is a coroutine function handing the work
-to another process), so the event loop stays free. Under load, requests that
-arrive while a batch runs form the next one without waiting at all. No HTTP here.
+Jobs wait in a queue, each with a cost (the tiles it draws, the uploads it encodes). One worker task takes as many
+as fit in `max_cost` (a job is never split; one costlier than max_cost runs alone), waits at most `max_wait_s`
+after the first one's arrival for more, and awaits the batch function; one batch runs at a time. Under load, the
+jobs that arrive while a batch runs form the next one without waiting at all. A job whose caller has gone
+(cancelled) is dropped before it runs. No HTTP here.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 from app.errors import ServiceError
 
@@ -25,47 +24,39 @@ log = logging.getLogger(__name__)
 J = TypeVar("J")
 R = TypeVar("R")
 
-
-class BatchObserver(Protocol):
-    def on_batch(self, requests: int, samples: int, queue_waits: Sequence[float], seconds: float) -> None: ...
+# Called once per batch with (jobs, total cost, each job's wait in the queue, seconds the batch took).
+BatchObserver = Callable[[int, int, Sequence[float], float], None]
 
 
 @dataclass(slots=True)
-class _Item:
-    job: Any
-    size: int
-    future: asyncio.Future[Any]
+class _Item(Generic[J, R]):
+    job: J
+    cost: int
+    future: asyncio.Future[R]
     enqueued: float = field(default_factory=time.perf_counter)
 
 
 class Batcher(Generic[J, R]):
-    """`await submit(job, size)` -> run([..., job, ...])[its index], run in batches: in `executor`, or, without
-    one, awaited (then `run` is a coroutine function)."""
+    """`await submit(job, cost)` -> run([..., job, ...])[its index], with run called on batches of jobs."""
 
     def __init__(
         self,
-        run: Callable[[list[J]], list[R]] | Callable[[list[J]], Awaitable[list[R]]],
-        executor: Executor | None,
+        run: Callable[[list[J]], Awaitable[list[R]]],
         *,
-        max_batch: int,
+        max_cost: int,
         max_wait_s: float,
         max_pending: int,
-        observer: BatchObserver | None = None,
+        on_batch: BatchObserver | None = None,
     ) -> None:
         self._run = run
-        self._executor = executor
-        self.max_batch = max_batch
+        self.max_cost = max_cost
         self.max_wait_s = max_wait_s
         self.max_pending = max_pending
-        self._observer = observer
-        self._queue: deque[_Item] = deque()
+        self._on_batch = on_batch
+        self._queue: deque[_Item[J, R]] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-
-    @property
-    def pending(self) -> int:
-        return len(self._queue)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._worker(), name="batcher")
@@ -77,7 +68,7 @@ class Batcher(Generic[J, R]):
         if self._task is not None:
             await self._task
 
-    async def submit(self, job: J, size: int) -> R:
+    async def submit(self, job: J, cost: int) -> R:
         if self._closed:
             raise ServiceError(503, "the service is shutting down", kind="shutting-down", headers={"Retry-After": "1"})
         if len(self._queue) >= self.max_pending:
@@ -89,27 +80,26 @@ class Batcher(Generic[J, R]):
                 headers={"Retry-After": "1"},
             )
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(job, size, future))
+        self._queue.append(_Item(job, cost, future))
         self._wakeup.set()
         return await future
 
-    def _take(self, batch: list[_Item], total: int) -> int:
-        """Move queued items into batch while they fit; -> the new total. Skips abandoned requests."""
+    def _take(self, batch: list[_Item[J, R]], total: int) -> int:
+        """Move queued items into batch while they fit; -> the new total cost. Drops abandoned jobs."""
         queue = self._queue
         while queue:
             item = queue[0]
             if item.future.done():  # the caller went away (cancelled)
                 queue.popleft()
                 continue
-            if batch and total + item.size > self.max_batch:
+            if batch and total + item.cost > self.max_cost:
                 break
             queue.popleft()
             batch.append(item)
-            total += item.size
+            total += item.cost
         return total
 
     async def _worker(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self._queue:
                 if self._closed:
@@ -117,13 +107,13 @@ class Batcher(Generic[J, R]):
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch: list[_Item] = []
+            batch: list[_Item[J, R]] = []
             total = self._take(batch, 0)
             if not batch:
                 continue
             if self.max_wait_s > 0:
                 deadline = batch[0].enqueued + self.max_wait_s
-                while total < self.max_batch and not self._queue and not self._closed:
+                while total < self.max_cost and not self._queue and not self._closed:
                     remaining = deadline - time.perf_counter()
                     if remaining <= 0:
                         break
@@ -135,16 +125,12 @@ class Batcher(Generic[J, R]):
                     total = self._take(batch, total)
                     if self._queue:  # the next one did not fit
                         break
-            await self._run_batch(loop, batch, total)
+            await self._run_batch(batch, total)
 
-    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Item], total: int) -> None:
+    async def _run_batch(self, batch: list[_Item[J, R]], total: int) -> None:
         started = time.perf_counter()
         try:
-            jobs = [item.job for item in batch]
-            if self._executor is not None:
-                results = await loop.run_in_executor(self._executor, self._run, jobs)  # type: ignore[arg-type]
-            else:
-                results = await self._run(jobs)  # type: ignore[misc]
+            results = await self._run([item.job for item in batch])
         except Exception as e:  # the whole batch failed: every caller gets the error
             if isinstance(e, ServiceError):
                 log.warning("batch of %d requests failed: %s", len(batch), e)
@@ -158,5 +144,5 @@ class Batcher(Generic[J, R]):
         for item, result in zip(batch, results, strict=True):
             if not item.future.done():
                 item.future.set_result(result)
-        if self._observer is not None:
-            self._observer.on_batch(len(batch), total, [started - item.enqueued for item in batch], seconds)
+        if self._on_batch is not None:
+            self._on_batch(len(batch), total, [started - item.enqueued for item in batch], seconds)

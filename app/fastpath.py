@@ -1,42 +1,56 @@
-"""POST /generate without FastAPI's per-request machinery, for the requests that need none of it.
+"""POST /generate and POST /encode without FastAPI's per-request machinery, for the requests that need none of it.
 
-FastAPI's handling of a route (a Request object, dependency solving, validating the body field, its exception
-wrappers) costs about a quarter of the cheapest FastAPI endpoint's CPU on this machine (measured: ~50 of ~220 µs
-per request; tests/bench/serve.py's floor). This middleware, the innermost, answers POST /generate itself when the
-body is sent as exactly `Content-Type: application/json` and validates as GenerateRequest the way FastAPI
-validates it (json.loads, then the model in Python mode), with the route's own code (routes.generate.respond) and
-its errors rendered as the handlers render them. Every other request, including every body that does not parse or
-validate, goes on to FastAPI with its body replayed: the errors users see are FastAPI's own, and the route (its
-OpenAPI description included) stays the one definition of /generate.
+FastAPI's handling of a route (a Request object, dependency solving, parsing and validating the body, its exception
+wrappers; for /encode, python-multipart's parser and a spooled temporary file per upload) is most of the cheapest
+FastAPI endpoint's CPU (figures: the README's Performance section). This middleware, the innermost, answers a request
+itself when its body is in the plainest form and valid, with the route's own code (routes.*.respond) and errors
+rendered as the handlers render them:
+- /generate: `Content-Type: application/json` exactly, validated as FastAPI validates it (json.loads, then
+  GenerateRequest in Python mode);
+- /encode: `multipart/form-data` with an unquoted boundary, a body of nothing but a `file` part with a filename and
+  at most a `digit` part holding one ASCII digit, each with no header but Content-Disposition (name and filename,
+  plainly quoted) and Content-Type: what browsers, curl and HTTP libraries send.
+Every other request, including every body that does not parse or validate, goes on to FastAPI with its body
+replayed: the errors users see are FastAPI's own, and the routes (their OpenAPI descriptions included) stay the one
+definition of each endpoint.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from types import SimpleNamespace
 
 from pydantic import ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.dependencies import runtime_in
+from app.dependencies import runtime_of
 from app.error_handlers import problem_response
 from app.errors import ServiceError
-from app.routes import generate
+from app.routes import encode, generate
 from app.schemas import GenerateRequest
+from app.service import Upload
 
-PATH = "/generate"
-ROUTE = SimpleNamespace(path=PATH)  # what the metrics middleware labels requests by (scope["route"].path)
+GENERATE = "/generate"
+ENCODE = "/encode"
+# What the metrics middleware labels requests by (scope["route"].path).
+ROUTES = {GENERATE: SimpleNamespace(path=GENERATE), ENCODE: SimpleNamespace(path=ENCODE)}
+BOUNDARY = re.compile(rb"multipart/form-data; *boundary=([0-9A-Za-z'()+_,./:=?-]{1,70})")  # RFC 2046's bchars
+DISPOSITION = re.compile(rb'form-data; *name="(file|digit)"(; *filename="[^"\\\r\n]*")?')
+DIGITS = {str(d).encode(): d for d in range(10)}
 
 
-class GenerateFastPath:
-    """The fast path; answer() is what it does with a valid request (tests/bench/apps.py's floor-asgi overrides it)."""
+class FastPath:
+    """The fast path; answer_generate() and answer_encode() are what it does with a valid request
+    (tests/bench/apps.py's floor-asgi overrides them)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != PATH:
+        path = scope["path"] if scope["type"] == "http" and scope["method"] == "POST" else None
+        if path != GENERATE and path != ENCODE:
             await self.app(scope, receive, send)
             return
         content_type: bytes | None = None
@@ -46,33 +60,89 @@ class GenerateFastPath:
                 content_type = value
             elif name == b"accept" and accept is None:
                 accept = value.decode("latin-1")
-        if content_type != b"application/json":
+        boundary: bytes | None = None
+        if path == ENCODE and content_type is not None and (m := BOUNDARY.fullmatch(content_type)):
+            boundary = m.group(1)
+        elif path == ENCODE or content_type != b"application/json":
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away: nothing to answer
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        try:
-            request = GenerateRequest.model_validate(json.loads(body))
-        except (ValueError, ValidationError):  # not JSON (JSONDecodeError), or not valid: FastAPI says why
-            await self.app(scope, replay(body, receive), send)
+        body = await read_body(receive)
+        if body is None:  # the client went away: nothing to answer
             return
-        response = await self.answer(scope, request, accept)
-        await response(scope, receive, send)
+        response: Response | None = None
+        if boundary is None:
+            try:
+                request = GenerateRequest.model_validate(json.loads(body))
+            except (ValueError, ValidationError):  # not JSON (JSONDecodeError), or not valid: FastAPI says why
+                pass
+            else:
+                scope["route"] = ROUTES[GENERATE]
+                response = await self.answer_generate(scope, request, accept)
+        elif (upload := parse_upload(body, boundary)) is not None:
+            scope["route"] = ROUTES[ENCODE]
+            response = await self.answer_encode(scope, upload)
+        if response is None:
+            await self.app(scope, replay(body, receive), send)
+        else:
+            await response(scope, receive, send)
 
-    async def answer(self, scope: Scope, request: GenerateRequest, accept: str | None) -> Response:
+    async def answer_generate(self, scope: Scope, request: GenerateRequest, accept: str | None) -> Response:
         """The route's answer (routes.generate.respond), its errors rendered as the handlers render them."""
-        scope["route"] = ROUTE
         try:
-            return await generate.respond(runtime_in(scope["app"]), request, accept)
+            return await generate.respond(runtime_of(scope["app"]), request, accept)
         except ServiceError as e:
             return problem_response(e)
+
+    async def answer_encode(self, scope: Scope, upload: Upload) -> Response:
+        """The route's answer (routes.encode.respond), its errors rendered as the handlers render them."""
+        try:
+            return await encode.respond(runtime_of(scope["app"]), upload)
+        except ServiceError as e:
+            return problem_response(e)
+
+
+async def read_body(receive: Receive) -> bytes | None:
+    """The whole request body; None if the client disconnected first."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def parse_upload(body: bytes, boundary: bytes) -> Upload | None:
+    """An /encode multipart body (RFC 7578) in its plainest form -> the upload; None for anything else."""
+    delimiter = b"\r\n--" + boundary
+    parts = (b"\r\n" + body).split(delimiter)
+    if parts[0] or parts[-1] not in (b"--", b"--\r\n"):  # no preamble; the close delimiter, then nothing
+        return None
+    data: bytes | None = None
+    digit: int | None = None
+    for part in parts[1:-1]:
+        head, found, content = part.partition(b"\r\n\r\n")
+        if not found or not head.startswith(b"\r\n"):
+            return None
+        disposition = None
+        for line in head[2:].split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            name = name.lower()
+            if name == b"content-disposition" and disposition is None:
+                disposition = DISPOSITION.fullmatch(value.strip())
+            elif name != b"content-type":
+                return None
+        if disposition is None:
+            return None
+        is_file = disposition.group(2) is not None  # a part with a filename is a file, even an empty one
+        if disposition.group(1) == b"file" and is_file and data is None:
+            data = content
+        elif disposition.group(1) == b"digit" and not is_file and digit is None and content in DIGITS:
+            digit = DIGITS[content]
+        else:
+            return None
+    return None if data is None else Upload(data=data, digit=digit)
 
 
 def replay(body: bytes, receive: Receive) -> Receive:

@@ -11,6 +11,7 @@ from model.artifacts import LoadedModel
 # Seconds: most requests here take a millisecond or a few; the tail reaches seconds only under overload.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+OPERATIONS = ("generate", "encode")  # the engine's batched operations
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -35,27 +36,30 @@ class Metrics:
             "images_generated", "Digit images (tiles) generated, by digit", ["digit"], namespace=namespace, registry=r
         )
         self.inference_duration = Histogram(
-            "inference_duration_seconds", "Time spent in the model per batch (generate) or upload (encode)",
+            "inference_duration_seconds", "Time a batch takes in the engine, by operation (generate, encode)",
             ["operation"], namespace=namespace, registry=r, buckets=LATENCY_BUCKETS,
         )  # fmt: skip
         self.batch_samples = Histogram(
-            "batch_size_samples", "Samples (tiles) decoded per batch", namespace=namespace, registry=r,
+            "batch_size_samples", "Tiles decoded per /generate batch", namespace=namespace, registry=r,
             buckets=BATCH_BUCKETS,
         )  # fmt: skip
         self.batch_requests = Histogram(
-            "batch_size_requests", "Requests served per batch", namespace=namespace, registry=r, buckets=BATCH_BUCKETS
-        )
+            "batch_size_requests", "Requests served per batch, by operation", ["operation"], namespace=namespace,
+            registry=r, buckets=BATCH_BUCKETS,
+        )  # fmt: skip
         self.queue_wait = Histogram(
-            "batch_queue_wait_seconds", "Time a /generate request waits before its batch starts",
+            "batch_queue_wait_seconds", "Time a request waits before its batch starts, by operation", ["operation"],
             namespace=namespace, registry=r, buckets=LATENCY_BUCKETS,
         )  # fmt: skip
         self.model_info = Info("model", "The model being served", namespace=namespace, registry=r)
         self.ready = Gauge("ready", "1 when /readyz answers 200", namespace=namespace, registry=r)
         # Children looked up once, not per request.
         self._images_by_digit = {d: self.images.labels(str(d)) for d in range(10)}
-        self._generate_seconds = self.inference_duration.labels("generate")
+        self._by_operation = {
+            op: (self.inference_duration.labels(op), self.batch_requests.labels(op), self.queue_wait.labels(op))
+            for op in OPERATIONS
+        }
         self._by_request: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}  # (method, route, status)
-        self._encode_seconds = self.inference_duration.labels("encode")
 
     def set_model(self, model: LoadedModel) -> None:
         self.model_info.info(
@@ -72,16 +76,15 @@ class Metrics:
             child = self._images_by_digit.get(d) or self.images.labels(str(d))
             child.inc(n)
 
-    def observe_encode(self, seconds: float) -> None:
-        self._encode_seconds.observe(seconds)
-
-    def on_batch(self, requests: int, samples: int, queue_waits: Sequence[float], seconds: float) -> None:
-        """Batcher callback, once per batch."""
-        self._generate_seconds.observe(seconds)
-        self.batch_samples.observe(samples)
-        self.batch_requests.observe(requests)
+    def on_batch(self, operation: str, requests: int, cost: int, queue_waits: Sequence[float], seconds: float) -> None:
+        """Once per batch (the batchers' observer); cost: a generate batch's tiles."""
+        duration, batch_requests, queue_wait = self._by_operation[operation]
+        duration.observe(seconds)
+        batch_requests.observe(requests)
+        if operation == "generate":
+            self.batch_samples.observe(cost)
         for wait in queue_waits:
-            self.queue_wait.observe(wait)
+            queue_wait.observe(wait)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         if method not in KNOWN_METHODS:

@@ -50,10 +50,6 @@ GENERATE_EXAMPLES: dict[str, dict[str, Any]] = {
         "summary": "a 280x280 PNG of 100 tiles, row-major",
         "value": {"digit": 5, "n": 100, "columns": 10, "padding": 0, "scale": 1, "seed": 1},
     },
-    "from_latent": {
-        "summary": "decode a given latent (e.g. `mean` from /encode); length = the model's latent_dim",
-        "value": {"digit": 7, "n": 1, "latent": [0.1, -0.3, 0.5, 0.0]},
-    },
 }
 
 
@@ -63,7 +59,7 @@ class GenerateRequest(BaseModel):
     model_config = ConfigDict(
         strict=True,
         extra="forbid",
-        json_schema_extra={"examples": [e["value"] for k, e in GENERATE_EXAMPLES.items() if k != "from_latent"]},
+        json_schema_extra={"examples": [e["value"] for e in GENERATE_EXAMPLES.values()]},
     )
 
     digit: Digits = Field(
@@ -73,8 +69,9 @@ class GenerateRequest(BaseModel):
     n: int = Field(8, ge=1, le=MAX_N, description=f"samples per digit; len(digits) * n <= {MAX_TILES}")
     latent: Latent | None = Field(
         None,
-        description="a raw latent z, used as-is: one vector of the model's latent_dim numbers used for every sample, "
-        "or a list of n such vectors (n defaults to its length). seed and temperature do not apply to it.",
+        description="a raw latent z, used as-is: one vector of the model's latent_dim numbers (`latent_dim` in GET "
+        "/model) used for every sample, or a list of n such vectors (n defaults to its length), e.g. `mean` from "
+        "/encode. seed and temperature do not apply to it.",
     )
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED, description="same seed + same model = byte-identical PNG; random when absent"

@@ -1,12 +1,17 @@
-"""Tensor and image work: sampling, decoding, grids and PNGs, and encoding uploads. No HTTP, no asyncio.
+"""Tensor and image work for both endpoints. No HTTP, no asyncio: an engine (app/engine.py) runs it.
 
-Reproducibility: a request's PNG depends only on the request and the model. Its latents are computed per
-request (per digit), and the decoder runs on passes of a whole number of `decode_chunk` rows (zero-padded). By
-default each pass is exactly one chunk, so whatever else shares a batch, each row goes through a forward pass of
-the same shape. Larger passes cost less per row (one 128-row pass of the shipped decoder costs about as much as
-9 passes of 8), but a matrix kernel may sum in another order for another shape: enable_large_passes() allows
-them only after checking, on this machine, that every pass size it may use gives each row bit for bit what a
-chunk gives it (the kernel a shape gets does not depend on the numbers in it).
+/generate: latents (model/prior.py) -> decoder -> grid -> PNG. /encode: upload bytes -> Pillow -> MNIST-style digit
+(model/imaging.py) -> encoder, and label scoring (model/inference.py) when the digit is not given.
+
+Reproducibility: an answer depends only on the request and the model, never on what shares its batch.
+- /generate: each request's latents come from its own seed (sample_latents_many), and the decoder runs on passes of
+  a whole number of `decode_chunk` rows (zero-padded). A pass is one chunk unless prepare() finds, on this machine,
+  that every pass size up to `max_pass_rows` gives each row bit for bit what a chunk gives it: a matrix kernel may
+  sum in another order for another shape, but which kernel a shape gets does not depend on the numbers in it.
+- /encode: uploads whose digit is inferred are scored together, in passes of up to `max_encode_batch` uploads,
+  only when prepare() finds that every such pass gives each upload bit for bit what it gets alone; otherwise one
+  upload per pass. An upload with a given digit is encoded in a pass of its own (a one-row pass may take another
+  kernel than any larger one, so larger passes would change its numbers).
 """
 
 from __future__ import annotations
@@ -28,14 +33,24 @@ from model.prior import sample_latents, sample_latents_many
 
 log = logging.getLogger(__name__)
 
-MAX_PASS_ROWS = 256  # the largest decoder pass checked at start-up: past ~64 rows a row costs no less, and the
-# check's cost grows with the square of it
 MAX_OUTPUT_PIXELS = 4096 * 4096  # largest PNG /generate writes (width * height)
 RANDOM_SEED_BITS = 53  # seeds drawn for requests without one stay exact in JSON / JavaScript numbers
+WARM_UP_RUNS = 3  # TorchScript's profiling executor settles after its first runs; the last two must agree
+PASS_CHECK_ROUNDS = 2  # the pass-size checks run twice: the first run of a shape may take another path
 
 
-@dataclass(frozen=True, slots=True)
-class GenerateSpec:
+@dataclass(frozen=True)
+class ServiceOptions:
+    """How the service runs (from the settings: engine.service_options); crosses to the inference process as JSON."""
+
+    decode_chunk: int  # decoder passes are whole numbers of this many rows, zero-padded
+    max_pass_rows: int  # the largest decoder pass prepare() may allow
+    max_encode_batch: int  # the most inferred-digit uploads scored in one pass, if prepare() allows it
+    png_compress_level: int  # zlib level of the PNGs
+    max_image_pixels: int  # largest upload in pixels, checked from its header before decoding
+
+
+class GenerateSpec(NamedTuple):
     """One /generate request, checked against the model. Tiles are digit-major, then sample."""
 
     digits: tuple[int, ...]
@@ -50,8 +65,32 @@ class GenerateSpec:
     height: int
 
     @property
-    def size(self) -> int:
+    def tiles(self) -> int:
         return len(self.digits) * self.n
+
+
+class Upload(NamedTuple):
+    """One /encode request: the uploaded file's bytes and the digit it shows (None: infer it)."""
+
+    data: bytes
+    digit: int | None
+
+
+class EncodeResult(NamedTuple):
+    """The posterior of z for the given or inferred digit; probabilities only when inferred."""
+
+    digit: int
+    inferred: bool
+    probabilities: list[float] | None
+    mean: list[float]
+    log_var: list[float]
+
+
+class Prepared(NamedTuple):
+    """What prepare() allowed on this machine."""
+
+    pass_rows: int  # rows per decoder pass at most
+    score_uploads: int  # inferred-digit uploads per scoring pass at most
 
 
 class DecodeJob(NamedTuple):
@@ -61,51 +100,99 @@ class DecodeJob(NamedTuple):
     labels: Tensor  # (N,)
 
 
-@dataclass(frozen=True, slots=True)
-class GenerateResult:
-    png: bytes
-    z: Tensor  # (N, D), the latent of each tile
-    labels: Tensor  # (N,)
-
-
-@dataclass(frozen=True, slots=True)
-class EncodeResult:
-    digit: int
-    inferred: bool
-    probabilities: list[float] | None
-    mean: list[float]
-    log_var: list[float]
-
-
 class DigitService:
     """Everything the API does to tensors and images, for one loaded model."""
 
-    def __init__(
-        self,
-        model: LoadedModel,
-        *,
-        decode_chunk: int,
-        png_compress_level: int,
-        max_image_pixels: int,
-        png_store_max_pixels: int = 0,
-    ) -> None:
+    def __init__(self, model: LoadedModel, options: ServiceOptions) -> None:
         self.model = model
-        self.decode_chunk = decode_chunk
-        self.pass_rows = decode_chunk  # rows per forward pass at most; enable_large_passes() may raise it
-        self.png_compress_level = png_compress_level
-        self.png_store_max_pixels = png_store_max_pixels
-        self.max_image_pixels = max_image_pixels
+        self.options = options
         self.latent_dim = model.latent_dim
         self.tile_h, self.tile_w = (int(s) for s in model.manifest["image_shape"][-2:])
+        # Until prepare() checks larger ones: one decoder chunk, one upload per scoring pass.
+        self.pass_rows = options.decode_chunk
+        self.score_uploads = 1
 
     @property
     def model_id(self) -> str:
         return self.model.id
 
-    # --- /generate -------------------------------------------------------------------------------------------
+    # --- preparation -------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def prepare(self) -> Prepared:
+        """Make the service ready to answer: choose the pass sizes that keep answers independent of batching, run
+        every code path (the decoder several times, at the shapes it will run at), and check that generation is
+        reproducible. RuntimeError if it is not."""
+        self.pass_rows = self.check_decoder_passes()
+        self.score_uploads = self.check_scoring_passes()
+        spec = self._warm_up_spec()
+        pngs = [self.draw_batch([spec])[0] for _ in range(WARM_UP_RUNS)]
+        if pngs[-1] != pngs[-2]:
+            raise RuntimeError("warm-up: the same seed gave two different images; generation is not reproducible")
+        stroke = encode_png(to_uint8(self._stroke())[0])
+        for outcome in self.encode_batch([Upload(stroke, None), Upload(stroke, 0)]):
+            if isinstance(outcome, ServiceError):
+                raise RuntimeError(f"warm-up: encoding a drawn stroke failed: {outcome.detail}")
+        return Prepared(self.pass_rows, self.score_uploads)
+
+    def _warm_up_spec(self) -> GenerateSpec:
+        """The request prepare() draws: every label, two samples each."""
+        digits = list(range(min(10, self.model.num_classes)))
+        return self.make_spec(
+            digits=digits, n=2, latent=None, seed=0, temperature=1.0, columns=None, padding=2, scale=1
+        )
+
+    @torch.inference_mode()
+    def check_decoder_passes(self) -> int:
+        """The largest pass (whole chunks, at most max_pass_rows) such that every pass size up to it gives every row
+        bit for bit what a one-chunk pass gives that row; one chunk if none larger does."""
+        b = self.options.decode_chunk
+        most = self.options.max_pass_rows // b * b
+        if most <= b:
+            return b
+        g = torch.Generator().manual_seed(0)
+        z = torch.randn(most, self.latent_dim, generator=g)
+        labels = torch.randint(0, self.model.num_classes, (most,), generator=g)
+        decoder = self.model.decoder
+        reference = torch.cat([decoder(z[i : i + b], labels[i : i + b]) for i in range(0, most, b)])
+        for _ in range(PASS_CHECK_ROUNDS):
+            for rows in range(2 * b, most + 1, b):
+                if not torch.equal(decoder(z[:rows], labels[:rows]), reference[:rows]):
+                    log.info("decoder passes stay %d rows: a pass of %d rows changes some rows' bits", b, rows)
+                    return b
+        log.info("decoder passes of up to %d rows (each row bit-identical to a %d-row pass)", most, b)
+        return most
+
+    @torch.inference_mode()
+    def check_scoring_passes(self) -> int:
+        """The largest number of uploads (at most max_encode_batch) such that scoring every number up to it together
+        gives each upload bit for bit what scoring it alone gives; 1 if none larger does."""
+        most = self.options.max_encode_batch
+        if most <= 1:
+            return 1
+        x = torch.rand(most, 1, self.tile_h, self.tile_w, generator=torch.Generator().manual_seed(0))
+        alone = [self._score(x[i : i + 1]) for i in range(most)]
+        for _ in range(PASS_CHECK_ROUNDS):
+            for count in range(2, most + 1):
+                together = self._score(x[:count])
+                for i in range(count):
+                    if not all(torch.equal(t[i], a[0]) for t, a in zip(together, alone[i], strict=True)):
+                        log.info("uploads are scored one at a time: scoring %d together changes some bits", count)
+                        return 1
+        log.info("uploads are scored up to %d at a time (each bit-identical to scoring it alone)", most)
+        return most
+
+    def _stroke(self) -> Tensor:
+        """A vertical stroke, white on black: (1, H, W) grey levels, an image of a digit one."""
+        x = torch.zeros(1, self.tile_h, self.tile_w)
+        x[0, self.tile_h // 4 : -self.tile_h // 4, self.tile_w // 2 - 1 : self.tile_w // 2 + 1] = 1.0
+        return x
+
+    # --- /generate -----------------------------------------------------------------------------------------------
 
     def make_spec(
         self,
+        *,
         digits: list[int],
         n: int,
         latent: list[float] | list[list[float]] | None,
@@ -115,17 +202,9 @@ class DigitService:
         padding: int,
         scale: int,
     ) -> GenerateSpec:
-        """Check what depends on the model (latent size, output size) and fix the seed and the temperature
+        """Check what depends on the model (labels, latent size, output size) and fix the seed and the temperature
         (None: the model's). Cheap: no tensors beyond the given latent."""
-        unknown = sorted({d for d in digits if d >= self.model.num_classes})
-        if unknown:  # only for a model with fewer than ten labels: the schema allows 0-9
-            raise ServiceError(
-                422,
-                f"this model draws digits 0-{self.model.num_classes - 1}, not {unknown}",
-                kind="validation-error",
-                title="Invalid request",
-                errors=[field_error(["body", "digit"], f"digits must be below {self.model.num_classes}", "label")],
-            )
+        self.check_digits(digits, ["body", "digit"])
         z = None
         if latent is not None:
             rows = latent if isinstance(latent[0], list) else [latent]
@@ -174,10 +253,21 @@ class DigitService:
             height=height,
         )
 
+    def check_digits(self, digits: list[int], loc: list[str | int]) -> None:
+        """422 for digits the model has no label for (only a model with fewer than ten labels: schemas allow 0-9)."""
+        unknown = sorted({d for d in digits if d >= self.model.num_classes})
+        if unknown:
+            raise ServiceError(
+                422,
+                f"this model knows digits 0-{self.model.num_classes - 1}, not {unknown}",
+                kind="validation-error",
+                title="Invalid request",
+                errors=[field_error(loc, f"digits must be below {self.model.num_classes}", "label")],
+            )
+
     @torch.inference_mode()
     def latents(self, spec: GenerateSpec) -> DecodeJob:
-        """-> z (N, D), labels (N,) for a spec, digit-major. Sampled as evaluation samples (sample_latents): the
-        styles eps ~ N(0, I) of shape (n, D) come from the seed and are shared by every digit, one per column."""
+        """-> z (N, D), labels (N,) of a spec's tiles, digit-major: what draw_batch decodes for it, bit for bit."""
         if spec.latent is not None:
             labels = torch.tensor(spec.digits, dtype=torch.long).repeat_interleave(spec.n)  # (N,)
             return DecodeJob(spec.latent.repeat(len(spec.digits), 1), labels)
@@ -186,7 +276,7 @@ class DigitService:
 
     def decode(self, z: Tensor, labels: Tensor) -> Tensor:
         """(N, D), (N,) -> (N, 1, H, W), zero-padded to whole chunks, run in passes of at most pass_rows rows."""
-        b = self.decode_chunk
+        b = self.options.decode_chunk
         count = z.shape[0]
         padded = -(-count // b) * b
         if padded > count:
@@ -197,116 +287,75 @@ class DigitService:
         return (images[0] if len(images) == 1 else torch.cat(images))[:count]
 
     @torch.inference_mode()
-    def enable_large_passes(self, max_rows: int, rounds: int = 2) -> bool:
-        """Decode batches in passes of up to max_rows rows (at most MAX_PASS_ROWS; rounded down to whole chunks)
-        if, for every pass size that allows (each whole number of chunks), the decoder gives every row bit for bit
-        what it gives that row in a pass of one chunk; checked `rounds` times (TorchScript settles after its first
-        runs). -> whether allowed. Otherwise passes stay one chunk long."""
-        b = self.decode_chunk
-        max_rows = min(max_rows, max(MAX_PASS_ROWS, b)) // b * b
-        self.pass_rows = b
-        if max_rows <= b:
-            return False
-        g = torch.Generator().manual_seed(0)
-        z = torch.randn(max_rows, self.latent_dim, generator=g)
-        labels = torch.randint(0, self.model.num_classes, (max_rows,), generator=g)
-        reference = self.decode(z, labels)
-        decoder = self.model.decoder
-        for _ in range(rounds):
-            for rows in range(2 * b, max_rows + 1, b):
-                if not torch.equal(decoder(z[:rows], labels[:rows]), reference[:rows]):
-                    log.info(
-                        "decoder passes stay %d rows: a pass of %d rows does not give the same rows bit for bit",
-                        b, rows,
-                    )  # fmt: skip
-                    return False
-        self.pass_rows = max_rows
-        log.info("decoder passes of up to %d rows (each row checked bit-identical to a %d-row pass)", max_rows, b)
-        return True
-
-    @torch.inference_mode()
-    def decode_batch(self, jobs: list[DecodeJob]) -> list[Tensor]:
-        """Several requests' latents in shared forward passes -> each one's tiles, uint8 (N_i, 1, H, W).
-
-        The whole batch is converted to uint8 at once; what comes back are views of it."""
+    def draw_batch(self, specs: list[GenerateSpec]) -> list[bytes]:
+        """Several requests decoded in shared forward passes -> the PNG of each, in order. A request's latents, when
+        its answer shows them, are recomputed by latents(spec), which is cheap and gives the same numbers."""
+        jobs = self._latents_many(specs)
         if len(jobs) == 1:
             z, labels = jobs[0]
         else:
             z = torch.cat([j.z for j in jobs])
             labels = torch.cat([j.labels for j in jobs])
-        pixels = to_uint8(self.decode(z, labels))
-        return list(pixels.split([j.z.shape[0] for j in jobs]))
+        tiles = to_uint8(self.decode(z, labels)).split([j.z.shape[0] for j in jobs])  # one conversion, then views
+        level = self.options.png_compress_level
+        return [
+            encode_png(tile_grid(t, s.columns, s.padding, s.scale), level) for s, t in zip(specs, tiles, strict=True)
+        ]
 
-    def render(self, spec: GenerateSpec, tiles: Tensor) -> bytes:
-        """A request's tiles (grey levels, or uint8 from decode_batch) -> its PNG grid."""
-        grid = tile_grid(tiles, spec.columns, spec.padding, spec.scale)
-        level = 0 if grid.numel() <= self.png_store_max_pixels else self.png_compress_level
-        return encode_png(grid, level)
-
-    def draw_batch(self, specs: list[GenerateSpec]) -> list[bytes]:
-        """Several requests decoded in shared forward passes -> the PNG of each, in order. What the service's
-        batches run (in the inference process or thread); a request's latents, if wanted, are recomputed by
-        latents(spec), which is cheap and deterministic."""
-        return [png for png, _ in self._draw(specs)]
-
-    def generate_batch(self, specs: list[GenerateSpec]) -> list[GenerateResult]:
-        """draw_batch, with each request's latents and labels."""
-        return [GenerateResult(png, job.z, job.labels) for png, job in self._draw(specs)]
-
-    @torch.inference_mode()
     def _latents_many(self, specs: list[GenerateSpec]) -> list[DecodeJob]:
         """latents(spec) for each spec, bit for bit; the sampled ones drawn together (sample_latents_many)."""
-        sampled = [s for s in specs if s.latent is None]
-        drawn = iter(
-            sample_latents_many(self.model.prior, [(s.digits, s.n, s.seed, s.temperature) for s in sampled])
-            if sampled
-            else []
-        )
-        return [self.latents(s) if s.latent is not None else DecodeJob(*next(drawn)) for s in specs]
+        sampled = [(s.digits, s.n, s.seed, s.temperature) for s in specs if s.seed is not None]
+        drawn = iter(sample_latents_many(self.model.prior, sampled) if sampled else [])
+        return [self.latents(s) if s.seed is None else DecodeJob(*next(drawn)) for s in specs]
 
-    def _draw(self, specs: list[GenerateSpec]) -> list[tuple[bytes, DecodeJob]]:
-        jobs = self._latents_many(specs)
-        tiles = self.decode_batch(jobs)
-        return [(self.render(s, t), j) for s, j, t in zip(specs, jobs, tiles, strict=True)]
-
-    def warm_up_generate(self, runs: int = 3) -> None:
-        """Decode a few batches at the shape the decoder always runs at (TorchScript settles after its first runs)."""
-        spec = self.make_spec(list(range(min(10, self.model.num_classes))), 2, None, 0, 1.0, None, 2, 1)
-        for _ in range(runs):
-            self.draw_batch([spec])
-
-    # --- /encode ---------------------------------------------------------------------------------------------
+    # --- /encode -------------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def preprocess(self, data: bytes) -> Tensor:
+    def encode_batch(self, uploads: list[Upload]) -> list[EncodeResult | ServiceError]:
+        """Several uploads -> each one's result, or the error that one upload gets (the others are unaffected)."""
+        outcomes: dict[int, EncodeResult | ServiceError] = {}
+        to_score: list[tuple[int, Tensor]] = []
+        for i, upload in enumerate(uploads):
+            try:
+                x = self._preprocess(upload.data)
+            except ServiceError as e:
+                outcomes[i] = e
+                continue
+            except Exception:  # a surprise in one upload fails that request only
+                log.exception("preprocessing an upload failed")
+                outcomes[i] = ServiceError(500, "an unexpected error occurred; it has been logged", kind="internal")
+                continue
+            if upload.digit is None:
+                to_score.append((i, x))
+            else:
+                mean, log_var = self.model.encoder(x, torch.tensor([upload.digit]))
+                outcomes[i] = EncodeResult(upload.digit, False, None, mean[0].tolist(), log_var[0].tolist())
+        step = self.score_uploads
+        for start in range(0, len(to_score), step):
+            part = to_score[start : start + step]
+            log_probs, means, log_vars = self._score(torch.cat([x for _, x in part]))
+            for row, (i, _) in enumerate(part):
+                best = int(log_probs[row].argmax())
+                outcomes[i] = EncodeResult(
+                    digit=best,
+                    inferred=True,
+                    probabilities=log_probs[row].exp().tolist(),
+                    mean=means[row, best].tolist(),
+                    log_var=log_vars[row, best].tolist(),
+                )
+        return [outcomes[i] for i in range(len(uploads))]
+
+    def _preprocess(self, data: bytes) -> Tensor:
         """Upload bytes (any format Pillow reads) -> the MNIST-style digit (1, 1, H, W) the model reads."""
         try:
-            return to_mnist(decode_image(data, self.max_image_pixels))[None]
+            return to_mnist(decode_image(data, self.options.max_image_pixels))[None]
         except ImageError as e:
             raise _image_error(e) from e
 
-    @torch.inference_mode()
-    def encode(self, x: Tensor, digit: int | None) -> EncodeResult:
-        """A preprocessed digit (1, 1, H, W) -> the posterior of z for the given or inferred digit."""
+    def _score(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(N, 1, H, W) -> log p(y | x) (N, C), and the posterior's mean and log_var (N, C, D) under each label."""
         m = self.model
-        if digit is None:
-            log_probs, means, log_vars = label_log_probs(m.encoder, m.decoder, m.prior, x)
-            best = int(log_probs[0].argmax())
-            return EncodeResult(
-                digit=best,
-                inferred=True,
-                probabilities=log_probs[0].exp().tolist(),
-                mean=means[0, best].tolist(),
-                log_var=log_vars[0, best].tolist(),
-            )
-        mean, log_var = m.encoder(x, torch.tensor([digit]))
-        return EncodeResult(digit, False, None, mean[0].tolist(), log_var[0].tolist())
-
-    @torch.inference_mode()
-    def warm_up_encoder(self) -> None:
-        x = torch.zeros(1, 1, self.tile_h, self.tile_w)
-        x[0, 0, self.tile_h // 4 : -self.tile_h // 4, self.tile_w // 2] = 1.0
-        label_log_probs(self.model.encoder, self.model.decoder, self.model.prior, x)
+        return label_log_probs(m.encoder, m.decoder, m.prior, x)
 
 
 def _image_error(e: ImageError) -> ServiceError:

@@ -27,32 +27,33 @@ class Settings(BaseSettings):
     access_log: bool = Field(True, description="log one line per request (uvicorn's access log)")
     torch_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads for inference")
     inference_process: bool = Field(
-        True, description="decode /generate batches in a child process (its own core and GIL); false: in a thread"
-    )
-    max_batch: int = Field(
-        256,
-        ge=1,
-        le=65536,
-        description="most samples decoded in one batch (and, up to 256, in one decoder pass: see decode_chunk)",
-    )
+        True, description="run the model (/generate and /encode batches) in a child process with its own core and "
+        "interpreter; false: in a thread of the server's process",
+    )  # fmt: skip
+    max_batch: int = Field(256, ge=1, le=65536, description="most tiles (samples) drawn in one /generate batch")
+    max_encode_batch: int = Field(
+        16, ge=1, le=64,
+        description="most uploads in one /encode batch; they are scored in one pass where start-up checks that every "
+        "such pass gives each upload bit for bit what scoring it alone does (the check's cost grows with the square)",
+    )  # fmt: skip
     max_wait_ms: float = Field(
         0.0, ge=0, le=1000,
         description="longest a request waits for others to batch with; 0: a batch starts as soon as the model is "
         "free, with what arrived while the last one ran (on CPU, waiting only adds latency)",
     )  # fmt: skip
-    max_pending: int = Field(1024, ge=1, description="requests queued for the batcher before 503 (overloaded)")
+    max_pending: int = Field(1024, ge=1, description="requests queued per endpoint before 503 (overloaded)")
     decode_chunk: int = Field(
         8, ge=1, le=4096,
-        description="batches are zero-padded to whole chunks of this many rows; a decoder pass is one chunk, or up "
-        "to max_batch rows (at most 256) where start-up checks that every such pass gives each row bit for bit what "
-        "one chunk does (reproducible either way); small: a lone request waits less",
+        description="decoder passes are zero-padded to whole chunks of this many rows; small: a lone request waits "
+        "less",
+    )  # fmt: skip
+    max_pass_rows: int = Field(
+        256, ge=1, le=1024,
+        description="most rows in one decoder pass, used only where start-up checks that every pass size up to it "
+        "gives each row bit for bit what one chunk does (reproducible either way; the check's cost grows with the "
+        "square)",
     )  # fmt: skip
     png_compress_level: int = Field(1, ge=0, le=9, description="zlib level of PNG responses")
-    png_store_max_pixels: int = Field(
-        0, ge=0, le=16_777_216,
-        description="PNGs of at most this many pixels are stored (zlib level 0): less CPU in the inference process, "
-        "but more bytes for the server to send (measured: compressing every PNG is the faster trade on 2 cores)",
-    )  # fmt: skip
     max_upload_bytes: int = Field(4 * 1024 * 1024, ge=1, description="largest request body accepted (413 above)")
     max_image_pixels: int = Field(25_000_000, ge=1, description="largest upload in pixels, checked before decoding")
     graceful_shutdown_s: int = Field(10, ge=0, description="how long in-flight requests may finish at shutdown")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -93,7 +93,7 @@ class GaussianPrior:
         cov = within + centred.T @ centred / self.num_classes
         return GaussianPrior(mean[None].float(), torch.linalg.cholesky(cov)[None].float(), self.kind)
 
-    def sample(self, y: Tensor, eps: Tensor, temperature: float = 1.0, u: Tensor | None = None) -> Tensor:
+    def sample(self, y: Tensor, eps: Tensor, temperature: float | Tensor = 1.0, u: Tensor | None = None) -> Tensor:
         """z = mean[y] + temperature * scale_tril[y] @ eps, with eps ~ N(0, I). (N,), (N, D) -> (N, D)
 
         eps is the standardised 'style'; the same eps under two labels is the same hand in both classes.
@@ -201,7 +201,7 @@ class AggregatePosteriorPrior:
         c, m, d = self.means.shape
         return AggregatePosteriorPrior(self.means.reshape(1, c * m, d), self.log_vars.reshape(1, c * m, d))
 
-    def sample(self, y: Tensor, eps: Tensor, temperature: float = 1.0, u: Tensor | None = None) -> Tensor:
+    def sample(self, y: Tensor, eps: Tensor, temperature: float | Tensor = 1.0, u: Tensor | None = None) -> Tensor:
         """z = centre[y] + temperature * (means[y, k] + std[y, k] * eps - centre[y]), k = floor(u * M).
 
         (N,), (N, D), u (N,) in [0, 1) -> (N, D). Temperature 1 samples the mixture; 0 gives each class's mean.
@@ -253,6 +253,23 @@ def sample_latents(
     return sample_latents_many(prior, [(digits, n, seed, temperature)])[0]
 
 
+class _Draw(NamedTuple):
+    """One request's n latents to sample: from `source`, in class y of it, with its noise."""
+
+    source: Prior  # the digit's own prior, or the prior every digit shares
+    y: Tensor  # (n,)
+    eps: Tensor  # (n, D)
+    u: Tensor  # (n,)
+    temperature: float
+
+
+def _draw(prior: Prior, digits: Sequence[int], n: int, seed: int, temperature: float) -> _Draw:
+    eps, u = style_noise(n, prior.latent_dim, seed)
+    if len(digits) == 1:
+        return _Draw(prior, torch.full((n,), digits[0], dtype=torch.int64), eps, u, temperature)
+    return _Draw(prior.shared, torch.zeros(n, dtype=torch.int64), eps, u, temperature)
+
+
 def sample_latents_many(
     prior: Prior, requests: Sequence[tuple[Sequence[int], int, int, float]]
 ) -> list[tuple[Tensor, Tensor]]:
@@ -260,28 +277,20 @@ def sample_latents_many(
     comes from its own seed; a mixture prior then samples the rows of every request that shares a source (the
     digits' own priors, or the shared one) in one call (elementwise only, so no row depends on the others), a
     Gaussian one request at a time (its matrix product might)."""
-    # (source prior, the class each row samples in it, eps, u, temperature) per request: n rows each.
-    draws = []
-    for digits, n, seed, temperature in requests:
-        eps, u = style_noise(n, prior.latent_dim, seed)
-        if len(digits) == 1:
-            draws.append((prior, torch.full((n,), digits[0], dtype=torch.int64), eps, u, temperature))
-        else:
-            draws.append((prior.shared, torch.zeros(n, dtype=torch.int64), eps, u, temperature))
-    columns: list[Tensor | None] = [None] * len(draws)
+    draws = [_draw(prior, digits, n, seed, temperature) for digits, n, seed, temperature in requests]
+    columns: list[Tensor] = []
     if isinstance(prior, GaussianPrior):
-        for i, (source, y, eps, u, t) in enumerate(draws):
-            columns[i] = source.sample(y, eps, t, u)
+        columns = [d.source.sample(d.y, d.eps, d.temperature, d.u) for d in draws]
     else:
-        for source in {id(d[0]): d[0] for d in draws}.values():
-            index = [i for i, d in enumerate(draws) if d[0] is source]
-            y, eps, u = (torch.cat([draws[i][k] for i in index]) for k in (1, 2, 3))
-            t = torch.cat([torch.full((len(draws[i][1]), 1), float(draws[i][4])) for i in index])
-            for i, z in zip(index, source.sample(y, eps, t, u).split([len(draws[i][1]) for i in index]), strict=True):
+        columns = [d.eps for d in draws]  # placeholders of the right count, each replaced below
+        for source in {id(d.source): d.source for d in draws}.values():
+            index = [i for i, d in enumerate(draws) if d.source is source]
+            y, eps, u = (torch.cat([getattr(draws[i], k) for i in index]) for k in ("y", "eps", "u"))
+            t = torch.cat([torch.full((len(draws[i].y), 1), float(draws[i].temperature)) for i in index])
+            for i, z in zip(index, source.sample(y, eps, t, u).split([len(draws[i].y) for i in index]), strict=True):
                 columns[i] = z
     out = []
     for (digits, n, _, _), z in zip(requests, columns, strict=True):
-        assert z is not None
         labels = torch.tensor(list(digits), dtype=torch.int64).repeat_interleave(n)
         out.append((z if len(digits) == 1 else z.repeat(len(digits), 1), labels))
     return out

@@ -1,17 +1,32 @@
-"""Shared fixtures: a tiny random-weight model exported into a temporary model directory."""
+"""Shared fixtures and helpers: a tiny random-weight model exported into a temporary model directory, the one
+service client the app tests share, and the helpers they use to build requests and read answers."""
 
 from __future__ import annotations
 
+import io
+import socket
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
+from PIL import Image
 
+from app.factory import create_app
+from app.settings import Settings
 from model.network import CVAE, CVAEConfig
 from model.prior import GaussianPrior
 from training.export import export_model_dir
 
 TINY = CVAEConfig(latent_dim=4, hidden=(32,), channels=(4, 8), encoder="conv")
+D = TINY.latent_dim
+TILE = 28  # the side of a tile, in pixels
+MAX_UPLOAD_BYTES = 100_000  # the shared client's limits: small enough for tests to cross cheaply
+MAX_IMAGE_PIXELS = 1_000_000
 
 
 def make_model_dir(out: Path, cfg: CVAEConfig = TINY, seed: int = 0, temperature: float = 1.0) -> Path:
@@ -30,7 +45,25 @@ def make_model_dir(out: Path, cfg: CVAEConfig = TINY, seed: int = 0, temperature
     return out
 
 
-def problem(r, status: int) -> dict:
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model directory (random weights, latent_dim 4) shared by the whole session; do not modify it."""
+    return make_model_dir(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def client(tiny_model_dir: Path) -> Iterator[TestClient]:
+    """The service (default settings but the limits above) serving the tiny model, shared by every app test.
+    A test that changes its state puts it back; one that needs other settings starts its own app."""
+    settings = Settings(model_dir=tiny_model_dir, max_upload_bytes=MAX_UPLOAD_BYTES, max_image_pixels=MAX_IMAGE_PIXELS)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+# --- reading answers ------------------------------------------------------------------------------------------
+
+
+def problem(r: Any, status: int) -> dict[str, Any]:
     """The RFC 9457 problem body of response r, checked: its status, media type and members."""
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/problem+json"
@@ -40,7 +73,62 @@ def problem(r, status: int) -> dict:
     return body
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model directory (random weights, latent_dim 4) shared by the whole session; do not modify it."""
-    return make_model_dir(tmp_path_factory.mktemp("models") / "tiny")
+def pixels(png: bytes) -> np.ndarray:
+    """An 8-bit greyscale PNG's pixels, checked to be one."""
+    img = Image.open(io.BytesIO(png))
+    assert img.format == "PNG" and img.mode == "L"
+    return np.asarray(img)
+
+
+def grid_size(rows: int, columns: int, padding: int = 2, scale: int = 1) -> tuple[int, int]:
+    """-> (width, height) of a /generate grid."""
+    return (columns * (TILE + padding) + padding) * scale, (rows * (TILE + padding) + padding) * scale
+
+
+def metric(c: TestClient, series: str) -> float:
+    """The value of one series in /metrics, e.g. 'cvae_batch_size_requests_count{operation="encode"}'."""
+    for line in c.get("/metrics").text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == series:
+            return float(value)
+    raise AssertionError(f"{series} not exposed")
+
+
+# --- making uploads -------------------------------------------------------------------------------------------
+
+
+def drawing(size: tuple[int, int] = (60, 90), mode: str = "L") -> Image.Image:
+    """A dark stroke (a '1' with a foot) on white paper, like a photo or scan of a handwritten digit."""
+    img = Image.new("L", size, 255)
+    w, h = size
+    img.paste(20, (w // 2 - 3, h // 6, w // 2 + 3, h - h // 6))
+    img.paste(20, (w // 3, h - h // 6, 2 * w // 3, h - h // 6 + 1))
+    return img.convert(mode)
+
+
+def encoded(img: Image.Image, fmt: str = "PNG", **kw: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def upload(c: TestClient, data: bytes, digit: str | None = None, name: str = "digit.png") -> Any:
+    """POST /encode with `data` as the file field (and `digit` as a form field, when given)."""
+    return c.post("/encode", files={"file": (name, data, "application/octet-stream")},
+                  data={} if digit is None else {"digit": digit})  # fmt: skip
+
+
+# --- processes ------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,42 +15,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.factory import create_app
+from app.schemas import EncodeResponse
 from app.settings import Settings
 from model.artifacts import load_model_dir
 from model.imaging import decode_image, to_mnist, to_uint8
 from model.inference import label_log_probs
-from tests.conftest import problem
-
-D = 4
-
-
-@pytest.fixture(scope="module")
-def client(tiny_model_dir: Path):
-    with TestClient(create_app(Settings(model_dir=tiny_model_dir, max_image_pixels=1_000_000))) as c:
-        yield c
-
-
-def drawing(size: tuple[int, int] = (60, 90), mode: str = "L") -> Image.Image:
-    """A dark stroke (a '1' with a foot) on white paper, like a photo or scan of a handwritten digit."""
-    img = Image.new("L", size, 255)
-    w, h = size
-    for y in range(h // 6, h - h // 6):
-        for x in range(w // 2 - 3, w // 2 + 3):
-            img.putpixel((x, y), 20)
-    for x in range(w // 3, 2 * w // 3):
-        img.putpixel((x, h - h // 6), 20)
-    return img.convert(mode)
-
-
-def encoded(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def upload(client, data: bytes, digit: str | None = None, name: str = "digit.png"):
-    return client.post("/encode", files={"file": (name, data, "application/octet-stream")},
-                       data={} if digit is None else {"digit": digit})  # fmt: skip
+from model.network import CVAEConfig
+from tests.conftest import D, drawing, encoded, make_model_dir, metric, problem, upload
 
 
 @pytest.mark.parametrize(
@@ -69,7 +41,8 @@ def upload(client, data: bytes, digit: str | None = None, name: str = "digit.png
 def test_encode_accepts_any_format_and_mode_pillow_reads(client, fmt, mode, kw):
     r = upload(client, encoded(drawing(mode=mode), fmt, **kw))
     assert r.status_code == 200, r.text
-    body = r.json()
+    body = EncodeResponse.model_validate_json(r.content).model_dump()  # the documented shape, no more
+    assert body == r.json()
     assert len(body["mean"]) == D and len(body["log_var"]) == D
     assert body["model_id"].startswith("cvae-")
 
@@ -162,7 +135,7 @@ def test_encode_refuses_huge_pixel_dimensions_before_decoding_with_413(client):
 
 
 def test_encode_limit_on_pixels_is_the_setting(client):
-    problem(upload(client, encoded(drawing((1001, 1000)), "PNG")), 413)  # max_image_pixels = 1,000,000
+    problem(upload(client, encoded(drawing((1001, 1000)), "PNG")), 413)  # MAX_IMAGE_PIXELS = 1,000,000
     assert upload(client, encoded(drawing((1000, 1000)), "PNG")).status_code == 200
 
 
@@ -179,3 +152,78 @@ def test_encode_with_a_json_body_is_422(client):
 def test_encode_rejects_a_bad_digit_with_422_naming_it(client, digit):
     r = upload(client, encoded(drawing(), "PNG"), digit=digit)
     assert ["body", "digit"] in [e["loc"] for e in problem(r, 422)["errors"]]
+
+
+# --- batching -------------------------------------------------------------------------------------------------
+
+
+def _uploads() -> list[tuple[bytes, str | None]]:
+    """Uploads of several sizes and formats, with and without a digit, and two that fail differently."""
+    good = [(encoded(drawing((40 + 7 * i, 60 + 5 * i)), "PNG"), None if i % 3 else str(i % 10)) for i in range(10)]
+    bad = [(b"not an image", None), (encoded(Image.new("L", (30, 30), 255), "PNG"), None)]
+    return good[:4] + bad[:1] + good[4:8] + bad[1:] + good[8:]
+
+
+@pytest.mark.parametrize("inference_process", [True, False])
+def test_concurrent_uploads_share_batches_and_each_gets_what_it_gets_alone(tiny_model_dir, inference_process):
+    """Batched with others or not, an upload's answer is byte for byte the same; a bad upload fails only itself."""
+    uploads = _uploads()
+    settings = Settings(model_dir=tiny_model_dir, max_wait_ms=50, inference_process=inference_process)
+    with TestClient(create_app(settings)) as c:
+        alone = [upload(c, data, digit) for data, digit in uploads]
+        batches_before = metric(c, 'cvae_batch_size_requests_count{operation="encode"}')
+        with ThreadPoolExecutor(len(uploads)) as pool:
+            together = list(pool.map(lambda u: upload(c, *u), uploads))
+        batches = metric(c, 'cvae_batch_size_requests_count{operation="encode"}') - batches_before
+    assert [r.status_code for r in alone] == [200] * 4 + [415] + [200] * 4 + [422] + [200] * 2
+    assert [(r.status_code, r.content) for r in together] == [(r.status_code, r.content) for r in alone]
+    assert batches < len(uploads)  # some uploads did share a batch
+
+
+class RowwiseEncoder:
+    """A stand-in encoder: each row's numbers a function of that row alone, plus `shape_error` times the rows in
+    the pass (a kernel whose rounding depends on the shape)."""
+
+    def __init__(self, shape_error: float) -> None:
+        self.shape_error = shape_error
+
+    def __call__(self, x, y):
+        mean = x.flatten(1)[:, 300 : 300 + D] + y[:, None] + self.shape_error * len(x)
+        return mean, torch.full_like(mean, -1.0)
+
+
+class RowwiseDecoder:
+    def logits(self, z, y):
+        return (z[:, 0] - y)[:, None, None, None].expand(-1, 1, 28, 28)
+
+
+@pytest.mark.parametrize(("shape_error", "allowed"), [(0.0, 6), (1e-3, 1)])
+def test_uploads_are_scored_together_only_where_that_changes_no_bit(tiny_model_dir, shape_error, allowed):
+    import dataclasses
+
+    from app.service import DigitService, ServiceOptions, Upload
+
+    model = load_model_dir(tiny_model_dir)
+    model = dataclasses.replace(model, encoder=RowwiseEncoder(shape_error), decoder=RowwiseDecoder())
+    options = ServiceOptions(
+        decode_chunk=8, max_pass_rows=8, max_encode_batch=6, png_compress_level=1, max_image_pixels=10**6
+    )
+    service = DigitService(model, options)
+    assert service.score_uploads == 1  # until checked
+    assert service.check_scoring_passes() == allowed
+    service.score_uploads = allowed
+    uploads = [Upload(data=encoded(drawing((40 + 3 * i, 60))), digit=None) for i in range(6)]
+    assert service.encode_batch(uploads) == [service.encode_batch([u])[0] for u in uploads]
+
+
+def test_a_digit_the_model_has_no_label_for_is_a_422_on_both_endpoints(tmp_path: Path):
+    model_dir = make_model_dir(
+        tmp_path / "three", CVAEConfig(num_classes=3, latent_dim=4, hidden=(16,), channels=(4, 8))
+    )
+    with TestClient(create_app(Settings(model_dir=model_dir, inference_process=False))) as c:
+        assert upload(c, encoded(drawing()), digit="2").status_code == 200
+        assert ["body", "digit"] in [e["loc"] for e in problem(upload(c, encoded(drawing()), digit="3"), 422)["errors"]]
+        assert c.post("/generate", json={"digit": [0, 2], "n": 2}).status_code == 200
+        p = problem(c.post("/generate", json={"digit": [0, 5], "n": 2}), 422)
+        assert "0-2" in p["detail"] and p["errors"][0]["loc"] == ["body", "digit"]
+        assert upload(c, encoded(drawing())).json()["digit"] in (0, 1, 2)

@@ -1,39 +1,56 @@
-"""app/fastpath.py: POST /generate answered without FastAPI's per-request machinery when the body is plain valid
-JSON, and by the FastAPI route otherwise. Both must answer every request byte for byte alike."""
+"""app/fastpath.py: POST /generate and POST /encode answered without FastAPI's per-request machinery when the body
+is in its plainest form and valid, and by the FastAPI routes otherwise. Both must answer every request byte for
+byte alike."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from fastapi.testclient import TestClient
 
+import app.routes.encode as encode_route
 import app.routes.generate as generate_route
-from app.factory import create_app
-from app.settings import Settings
+from app.fastpath import parse_upload
+from app.service import Upload
+from tests.conftest import drawing, encoded
 
 FAST = {"Content-Type": "application/json"}
 ROUTE = {"Content-Type": "application/json; charset=utf-8"}  # also JSON to FastAPI, but not taken by the fast path
+B = "Bound4ry-x"
+FAST_FORM = {"Content-Type": f"multipart/form-data; boundary={B}"}
+ROUTE_FORM = {"Content-Type": f'multipart/form-data; boundary="{B}"'}  # quoted: the same to FastAPI, not fast
+PNG = encoded(drawing())
 
 
-@pytest.fixture(scope="module")
-def client(tiny_model_dir: Path):
-    with TestClient(create_app(Settings(model_dir=tiny_model_dir))) as c:
-        yield c
+def counting(monkeypatch, module) -> list[int]:
+    """Counts the requests a FastAPI route answers (the fast path never calls the route module's runtime_of)."""
+    calls: list[int] = []
+    original = module.runtime_of
+
+    def runtime_of(app):
+        calls.append(1)
+        return original(app)
+
+    monkeypatch.setattr(module, "runtime_of", runtime_of)
+    return calls
 
 
 @pytest.fixture
 def route_calls(monkeypatch) -> list[int]:
-    """Counts the requests the FastAPI route answers (the fast path never calls its runtime_of)."""
-    calls: list[int] = []
-    original = generate_route.runtime_of
+    return counting(monkeypatch, generate_route)
 
-    def counting(request):
-        calls.append(1)
-        return original(request)
 
-    monkeypatch.setattr(generate_route, "runtime_of", counting)
-    return calls
+@pytest.fixture
+def encode_route_calls(monkeypatch) -> list[int]:
+    return counting(monkeypatch, encode_route)
+
+
+def form(*parts: tuple[str, bytes], end: bytes = b"--\r\n") -> bytes:
+    """A multipart body from (headers, content) parts, CRLF line ends, closed with `end`."""
+    body = b"".join(f"--{B}\r\n{headers}\r\n\r\n".encode() + content + b"\r\n" for headers, content in parts)
+    return body + f"--{B}".encode() + end
+
+
+FILE = 'Content-Disposition: form-data; name="file"; filename="d.png"\r\nContent-Type: image/png'
+DIGIT = 'Content-Disposition: form-data; name="digit"'
 
 
 def test_plain_json_takes_the_fast_path_and_anything_else_the_route(client, route_calls):
@@ -75,15 +92,21 @@ def test_the_fast_path_answers_exactly_as_the_route(client, body, accept):
         assert fast.headers.get(name) == route.headers.get(name), name
 
 
-def test_fast_path_requests_are_counted_under_the_route(client):
+@pytest.mark.parametrize(
+    ("path", "body", "headers"),
+    [("/generate", b'{"digit": 1, "n": 1}', FAST), ("/encode", form((FILE, PNG)), FAST_FORM)],
+)
+def test_fast_path_requests_are_counted_under_their_route(client, path, body, headers):
+    series = f'cvae_http_requests_total{{method="POST",route="{path}",status="200"}}'
+
     def count() -> float:
         for line in client.get("/metrics").text.splitlines():
-            if line.startswith('cvae_http_requests_total{method="POST",route="/generate",status="200"}'):
+            if line.startswith(series):
                 return float(line.split()[-1])
         return 0.0
 
     before = count()
-    client.post("/generate", content=b'{"digit": 1, "n": 1}', headers=FAST)
+    assert client.post(path, content=body, headers=headers).status_code == 200
     assert count() == before + 1
 
 
@@ -91,3 +114,59 @@ def test_other_methods_and_paths_pass_through(client):
     assert client.get("/generate").status_code == 405
     slash = client.post("/generate/", content=b'{"digit": 1}', headers=FAST, follow_redirects=False)
     assert slash.status_code == 307  # FastAPI's redirect, as before
+
+
+# --- /encode --------------------------------------------------------------------------------------------------
+
+
+def test_plain_multipart_takes_the_fast_path_and_anything_else_the_route(client, encode_route_calls):
+    body = form((FILE, PNG), (DIGIT, b"1"))
+    assert client.post("/encode", content=body, headers=FAST_FORM).status_code == 200
+    assert encode_route_calls == []
+    assert client.post("/encode", content=body, headers=ROUTE_FORM).status_code == 200
+    assert encode_route_calls == [1]
+    invalid = client.post("/encode", content=form((FILE, PNG), (DIGIT, b"12")), headers=FAST_FORM)
+    assert invalid.status_code == 422 and invalid.json()["errors"][0]["loc"] == ["body", "digit"]  # FastAPI's words
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        form((FILE, PNG)),
+        form((FILE, PNG), (DIGIT, b"7")),
+        form((DIGIT, b"0"), (FILE, PNG)),
+        form((FILE, PNG), end=b"--"),  # no line end after the close delimiter
+        form((FILE.split("\r\n")[0], PNG)),  # no Content-Type in the part
+        form((FILE, b"not an image")),  # 415 from the service
+        form((FILE, encoded(drawing().point(lambda v: 255)))),  # 422: no ink
+        form((FILE, PNG[: len(PNG) // 2])),  # 400: truncated
+        form((FILE, b"")),
+        form((FILE, PNG), (DIGIT, b"12")),  # 422 from FastAPI
+        form((FILE, PNG), (DIGIT, b" 3")),
+        form((FILE, PNG), (DIGIT, b"")),
+        form((FILE, PNG), (DIGIT, b"three")),
+        form((DIGIT, b"3")),  # no file
+        form(('Content-Disposition: form-data; name="file"', PNG)),  # a field, not a file
+        form((FILE, PNG), ('Content-Disposition: form-data; name="other"', b"x")),
+        form((FILE, PNG), (FILE, PNG)),
+        form((FILE + "\r\nContent-Transfer-Encoding: binary", PNG)),
+        form(('Content-Disposition: form-data; filename="d.png"; name="file"', PNG)),
+        b"preamble\r\n" + form((FILE, PNG)),
+        form((FILE, PNG), end=b"--\r\nepilogue"),
+        form((FILE, PNG), end=b"\r\n"),  # not closed
+        form((FILE, PNG)).replace(b"\r\n", b"\n"),
+        b"",
+    ],
+)
+def test_the_encode_fast_path_answers_exactly_as_the_route(client, body):
+    fast = client.post("/encode", content=body, headers=FAST_FORM)
+    route = client.post("/encode", content=body, headers=ROUTE_FORM)
+    assert fast.status_code == route.status_code
+    assert fast.content == route.content
+    assert fast.headers.get("content-type") == route.headers.get("content-type")
+
+
+def test_the_encode_fast_path_reads_only_the_plainest_form():
+    assert parse_upload(form((FILE, PNG), (DIGIT, b"4")), B.encode()) == Upload(data=PNG, digit=4)
+    assert parse_upload(form((FILE, b"a\r\n--" + B.encode() + b"x")), B.encode()) is None  # the boundary inside
+    assert parse_upload(form((FILE, PNG)), b"other") is None

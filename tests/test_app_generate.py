@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import math
 from concurrent.futures import ThreadPoolExecutor
@@ -12,35 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from app.factory import create_app
 from app.routes.generate import wants_json
-from app.service import DigitService
+from app.service import DigitService, ServiceOptions
 from app.settings import Settings
 from model.artifacts import load_model_dir
 from model.network import CVAEConfig
-from tests.conftest import make_model_dir, problem
-
-D = 4  # tiny_model_dir's latent_dim
-TILE = 28
-
-
-@pytest.fixture(scope="module")
-def client(tiny_model_dir: Path):
-    with TestClient(create_app(Settings(model_dir=tiny_model_dir))) as c:
-        yield c
-
-
-def pixels(png: bytes) -> np.ndarray:
-    img = Image.open(io.BytesIO(png))
-    assert img.format == "PNG" and img.mode == "L"
-    return np.asarray(img)
-
-
-def grid_size(rows: int, columns: int, padding: int = 2, scale: int = 1) -> tuple[int, int]:
-    """-> (width, height) of a grid."""
-    return (columns * (TILE + padding) + padding) * scale, (rows * (TILE + padding) + padding) * scale
+from tests.conftest import TILE, D, grid_size, make_model_dir, metric, pixels, problem
 
 
 def tile(a: np.ndarray, row: int, col: int, padding: int = 2) -> np.ndarray:
@@ -329,19 +307,12 @@ def test_generate_is_byte_identical_alone_and_batched_with_concurrent_requests(t
     settings = Settings(model_dir=tiny_model_dir, max_wait_ms=50, decode_chunk=16)
     with TestClient(create_app(settings)) as c:
         alone = [c.post("/generate", json=b).content for b in bodies]
-        batches_before = _metric(c, "cvae_batch_size_requests_count")
+        batches_before = metric(c, 'cvae_batch_size_requests_count{operation="generate"}')
         with ThreadPoolExecutor(len(bodies)) as pool:
             together = list(pool.map(lambda b: c.post("/generate", json=b).content, bodies))
-        batches = _metric(c, "cvae_batch_size_requests_count") - batches_before
+        batches = metric(c, 'cvae_batch_size_requests_count{operation="generate"}') - batches_before
     assert together == alone
     assert batches < len(bodies)  # some requests did share a batch
-
-
-def _metric(c: TestClient, name: str) -> float:
-    for line in c.get("/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not exposed")
 
 
 @pytest.fixture(scope="module")
@@ -351,29 +322,36 @@ def wide_model(tmp_path_factory):
     return load_model_dir(make_model_dir(tmp_path_factory.mktemp("wide") / "m", cfg))
 
 
+def options(**overrides: int) -> ServiceOptions:
+    defaults = {"decode_chunk": 32, "max_pass_rows": 256, "max_encode_batch": 1, "png_compress_level": 1}
+    return ServiceOptions(**(defaults | overrides), max_image_pixels=10**6)
+
+
+def spec_of(service: DigitService, digits: list[int], n: int, seed: int):
+    return service.make_spec(digits=digits, n=n, latent=None, seed=seed, temperature=1.0, columns=None, padding=2,
+                             scale=1)  # fmt: skip
+
+
 @pytest.mark.parametrize("large_passes", [False, True])
 def test_service_rows_do_not_depend_on_what_shares_their_batch(wide_model, large_passes):
-    service = DigitService(wide_model, decode_chunk=32, png_compress_level=1, max_image_pixels=10**6)
+    service = DigitService(wide_model, options())
     if large_passes:
-        service.enable_large_passes(256)  # if this machine's kernels allow it
-
-    def spec(digits, n, seed):
-        return service.make_spec(digits, n, None, seed, 1.0, None, 2, 1)
-
-    target = spec([3], 5, 42)
-    alone = service.generate_batch([target])[0].png
-    for companions in ([spec([1], 1, 1)], [spec([0, 9], 17, 2), spec([4], 30, 3)], [spec([7], 61, 4)]):
-        pngs = [r.png for r in service.generate_batch([*companions, target, spec([2], 3, 5)])]
-        assert pngs[len(companions)] == alone
+        service.pass_rows = service.check_decoder_passes()  # larger than a chunk if this machine's kernels allow
+    target = spec_of(service, [3], 5, 42)
+    alone = service.draw_batch([target])[0]
+    for companions in ([[1], 1, 1],), ([[0, 9], 17, 2], [[4], 30, 3]), ([[7], 61, 4],):
+        specs = [spec_of(service, *c) for c in companions]
+        pngs = service.draw_batch([*specs, target, spec_of(service, [2], 3, 5)])
+        assert pngs[len(specs)] == alone
 
 
 @pytest.mark.parametrize("large_passes", [False, True])
 def test_service_decoder_output_is_bit_identical_whatever_shares_the_forward_pass(wide_model, large_passes):
     import torch
 
-    service = DigitService(wide_model, decode_chunk=32, png_compress_level=1, max_image_pixels=10**6)
+    service = DigitService(wide_model, options())
     if large_passes:
-        service.enable_large_passes(256)
+        service.pass_rows = service.check_decoder_passes()
     g = torch.Generator().manual_seed(0)
     z = torch.randn(70, 8, generator=g)
     y = torch.randint(0, 10, (70,), generator=g)
@@ -407,50 +385,27 @@ def test_large_decoder_passes_only_when_every_row_comes_out_the_same(wide_model,
     import torch
 
     decoder = CountingDecoder(shape_error)
-    service = DigitService(
-        dataclasses.replace(wide_model, decoder=decoder), decode_chunk=8, png_compress_level=1, max_image_pixels=1
-    )
+    service = DigitService(dataclasses.replace(wide_model, decoder=decoder), options(decode_chunk=8, max_pass_rows=100))
     assert service.pass_rows == 8  # until checked
-    assert service.enable_large_passes(100) is allowed
-    assert service.pass_rows == (96 if allowed else 8)  # whole chunks
+    service.pass_rows = service.check_decoder_passes()
+    assert service.pass_rows == (96 if allowed else 8)  # whole chunks, at most max_pass_rows
+    assert max(decoder.passes) == (96 if allowed else 16)  # checked up to the setting, or until a size failed
     decoder.passes.clear()
     with torch.inference_mode():
         service.decode(torch.zeros(200, 8), torch.zeros(200, dtype=torch.long))
     assert decoder.passes == ([96, 96, 8] if allowed else [8] * 25)
 
 
-def test_large_decoder_passes_are_checked_up_to_a_bound(wide_model):
-    import dataclasses
-
-    from app.service import MAX_PASS_ROWS
-
-    decoder = CountingDecoder(0.0)
-    service = DigitService(
-        dataclasses.replace(wide_model, decoder=decoder), decode_chunk=8, png_compress_level=1, max_image_pixels=1
-    )
-    assert service.enable_large_passes(65_536)  # CVAE_MAX_BATCH's largest: start-up must not check 8,192 sizes
-    assert service.pass_rows == MAX_PASS_ROWS and max(decoder.passes) == MAX_PASS_ROWS
+def test_the_largest_decoder_pass_is_its_own_setting_not_the_batch_size():
+    assert Settings(max_batch=8).max_pass_rows == 256
+    with pytest.raises(ValueError, match="max_pass_rows"):
+        Settings(max_pass_rows=1025)  # the start-up check's cost grows with the square
 
 
-def test_the_inference_process_reports_its_decoder_passes(tiny_model_dir, caplog):
+def test_the_inference_process_reports_what_prepare_allowed(tiny_model_dir, caplog):
     import logging
 
     caplog.set_level(logging.INFO, logger="app.worker")
-    with TestClient(create_app(Settings(model_dir=tiny_model_dir, max_batch=64))):
+    with TestClient(create_app(Settings(model_dir=tiny_model_dir, max_pass_rows=64))):
         pass
     assert any("decoder passes of up to" in r.getMessage() for r in caplog.records)
-
-
-def test_small_pngs_are_stored_uncompressed_with_the_same_pixels(tiny_model_dir):
-    body = {"digit": 3, "n": 8, "seed": 5}  # 32 x 242 = 7,744 pixels
-    big = {"digit": [1, 2, 3], "n": 8, "seed": 5, "scale": 2}  # 184 x 484
-    assert Settings().png_store_max_pixels == 0  # by default every PNG is compressed
-    settings = Settings(model_dir=tiny_model_dir, inference_process=False)
-    with TestClient(create_app(settings)) as c:
-        compressed = [c.post("/generate", json=b).content for b in (body, big)]
-    settings = Settings(model_dir=tiny_model_dir, inference_process=False, png_store_max_pixels=16_384)
-    with TestClient(create_app(settings)) as c:
-        stored = [c.post("/generate", json=b).content for b in (body, big)]
-    assert np.array_equal(pixels(stored[0]), pixels(compressed[0]))
-    assert len(stored[0]) > 32 * 243 > len(compressed[0])  # every byte of every scanline, as it is
-    assert stored[1] == compressed[1]  # above the limit: compressed as before

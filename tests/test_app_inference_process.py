@@ -1,89 +1,171 @@
-"""/generate's batches in the inference process (app/worker.py): the same bytes as in a thread, and what happens
-when the process dies, cannot start, or the service stops."""
+"""The engine in the inference process (app/worker.py) against the engine in a thread: the same bytes for both
+endpoints; its typed messages; and what happens when the process dies, cannot start, runs other code, or the
+service stops."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
+import app.worker
+from app.errors import ServiceError
 from app.factory import create_app
+from app.messages import (
+    MESSAGES,
+    BatchFailed,
+    DrawBatch,
+    Drawn,
+    EncodeBatch,
+    Encoded,
+    Ready,
+    StartFailed,
+    Stop,
+    WireError,
+    frame,
+    parse,
+    wire_version,
+)
+from app.service import EncodeResult, GenerateSpec, Upload
 from app.settings import Settings
-from app.worker import InferenceProcess
+from app.worker import ProcessEngine
+from tests.conftest import drawing, encoded, upload, wait_for
 
 BODIES = [{"digit": d % 10, "n": 1 + d % 5, "seed": 200 + d, "padding": d % 3, "scale": 1 + d % 2} for d in range(12)]
+UPLOADS = [(encoded(drawing((50 + 9 * i, 70))), None if i % 2 else str(i)) for i in range(6)] + [(b"junk", None)]
 
 
-def _pngs(c: TestClient) -> list[bytes]:
-    return [c.post("/generate", json=b).content for b in BODIES]
+def _answers(c: TestClient) -> tuple[list[bytes], list[bytes]]:
+    return [c.post("/generate", json=b).content for b in BODIES], [upload(c, *u).content for u in UPLOADS]
 
 
 def test_inference_process_is_the_default():
     assert Settings().inference_process is True
 
 
-def test_process_and_thread_give_byte_identical_pngs_and_latents(tiny_model_dir: Path):
+def test_process_and_thread_give_byte_identical_answers(tiny_model_dir: Path):
     with TestClient(create_app(Settings(model_dir=tiny_model_dir, inference_process=False))) as c:
-        in_thread = _pngs(c)
+        in_thread = _answers(c)
         json_thread = c.post("/generate", json=BODIES[3], headers={"Accept": "application/json"}).json()
     with TestClient(create_app(Settings(model_dir=tiny_model_dir, inference_process=True))) as c:
-        assert c.app.state.runtime.process is not None
-        in_process = _pngs(c)
+        assert isinstance(c.app.state.runtime.engine, ProcessEngine)
+        in_process = _answers(c)
         with ThreadPoolExecutor(len(BODIES)) as pool:  # concurrent: they share batches
             together = list(pool.map(lambda b: c.post("/generate", json=b).content, BODIES))
         json_process = c.post("/generate", json=BODIES[3], headers={"Accept": "application/json"}).json()
     assert in_process == in_thread
-    assert together == in_thread
+    assert together == in_thread[0]
     assert json_process == json_thread  # latents are recomputed in the server, and agree with the batch's
 
 
-def _wait_for(condition, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+# --- messages -------------------------------------------------------------------------------------------------
+
+
+def test_every_message_crosses_the_wire_unchanged():
+    spec = GenerateSpec(digits=(1, 2), n=2, latent=None, seed=5, temperature=0.8, columns=2, padding=2, scale=1,
+                        width=62, height=62)  # fmt: skip
+    latent_spec = spec._replace(latent=torch.ones(2, 4), seed=None)
+    result = EncodeResult(digit=3, inferred=True, probabilities=[0.5, 0.5], mean=[0.1], log_var=[-1.0])
+    messages = [
+        Ready(version=wire_version(), model_id="m", pass_rows=8, score_uploads=4),
+        StartFailed(reason="no model"),
+        DrawBatch(batch_id=1, specs=[spec]),
+        EncodeBatch(batch_id=2, uploads=[Upload(data=b"\x89PNG", digit=None), Upload(data=b"", digit=7)]),
+        Drawn(batch_id=1, pngs=[b"png"]),
+        BatchFailed(batch_id=3, reason="boom"),
+        Stop(),
+    ]
+    assert {type(m).__name__ for m in messages} | {"Encoded"} == set(MESSAGES)
+    for message in messages:
+        assert parse(frame(message)[8:]) == message
+    back = parse(frame(DrawBatch(batch_id=4, specs=[latent_spec]))[8:])
+    assert isinstance(back, DrawBatch) and torch.equal(back.specs[0].latent, latent_spec.latent)
+    refused = ServiceError(415, "not an image", kind="unsupported-image", title="Not an image")
+    back = parse(frame(Encoded(batch_id=5, outcomes=[result, refused]))[8:])
+    assert isinstance(back, Encoded) and back.outcomes[0] == result
+    error = back.outcomes[1]
+    assert isinstance(error, ServiceError) and error.body() == refused.body()
+
+
+def test_a_frame_that_is_no_message_is_a_wire_error():
+    for body in (b"", b"not a pickle", frame(Stop())[8:].replace(b"Stop", b"Nope")):
+        with pytest.raises(WireError):
+            parse(body)
+
+
+def test_the_wire_version_follows_the_messages_fields(monkeypatch):
+    before = wire_version()
+    wire_version.cache_clear()
+    monkeypatch.setattr(Upload, "_fields", ("digit", "data"))  # as if two fields had swapped places
+    try:
+        assert wire_version() != before
+    finally:
+        monkeypatch.undo()
+        wire_version.cache_clear()
+    assert wire_version() == before
+
+
+def test_a_child_running_other_code_is_refused(tiny_model_dir: Path, monkeypatch):
+    monkeypatch.setattr(app.worker, "wire_version", lambda: "another layout")  # the server's side only
+
+    async def main() -> str:
+        engine = ProcessEngine.spawn(Settings(model_dir=tiny_model_dir))
+        try:
+            await engine.prepare()
+        except RuntimeError as e:
+            return str(e)
+        finally:
+            await engine.close()
+        return "started"
+
+    assert "runs other code" in asyncio.run(main())
+
+
+# --- the process's life ---------------------------------------------------------------------------------------
 
 
 def test_a_dead_inference_process_fails_its_batch_with_503_and_is_replaced(tiny_model_dir: Path):
     with TestClient(create_app(Settings(model_dir=tiny_model_dir))) as c:
-        process = c.app.state.runtime.process
+        engine = c.app.state.runtime.engine
         before = c.post("/generate", json=BODIES[0]).content
-        first = process.pid
+        first = engine.pid
         os.kill(first, signal.SIGSTOP)  # the next batch waits in the child...
-        with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(c.post, "/generate", json=BODIES[0])
-            time.sleep(0.5)
+        with ThreadPoolExecutor(2) as pool:
+            pending = [pool.submit(c.post, "/generate", json=BODIES[0]), pool.submit(upload, c, *UPLOADS[0])]
+            wait_for(lambda: len(engine._pending) == 2, 10)
             os.kill(first, signal.SIGKILL)  # ...which dies with it
-            r = pending.result(30)
-        assert r.status_code == 503 and r.headers["retry-after"]
-        assert r.headers["content-type"] == "application/problem+json"
-        _wait_for(lambda: c.get("/readyz").status_code == 200)
-        assert process.pid != first and process.restarts == 1
+            answers = [p.result(30) for p in pending]
+        for r in answers:
+            assert r.status_code == 503 and r.headers["retry-after"]
+            assert r.headers["content-type"] == "application/problem+json"
+        wait_for(lambda: c.get("/readyz").status_code == 200)
+        assert engine.pid != first and engine.restarts == 1
         assert c.post("/generate", json=BODIES[0]).content == before
+        assert upload(c, *UPLOADS[0]).status_code == 200
 
 
 def test_the_inference_process_ends_with_the_service(tiny_model_dir: Path):
     with TestClient(create_app(Settings(model_dir=tiny_model_dir))) as c:
-        child = c.app.state.runtime.process.process
+        child = c.app.state.runtime.engine.process
         assert child.poll() is None
     assert child.poll() is not None
 
 
 def test_an_inference_process_that_cannot_load_the_model_fails_start_up(tmp_path: Path):
     async def main() -> str:
-        process = InferenceProcess(Settings(model_dir=tmp_path / "missing"))
+        engine = ProcessEngine.spawn(Settings(model_dir=tmp_path / "missing"))
         try:
-            await process.start()
+            await engine.prepare()
         except RuntimeError as e:
             return str(e)
         finally:
-            await process.stop()
+            await engine.close()
         return "started"
 
     message = asyncio.run(main())
@@ -92,29 +174,33 @@ def test_an_inference_process_that_cannot_load_the_model_fails_start_up(tmp_path
 
 def test_the_inference_process_ignores_ctrl_c_and_exits_when_the_server_goes(tiny_model_dir: Path):
     async def main() -> None:
-        process = InferenceProcess(Settings(model_dir=tiny_model_dir))
-        await process.start()
+        engine = ProcessEngine.spawn(Settings(model_dir=tiny_model_dir))
+        await engine.prepare()
         try:
-            child = process.process
+            child = engine.process
             os.kill(child.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
             await asyncio.sleep(0.3)
             assert child.poll() is None
-            process._stopping = True  # (no replacement)
-            process._writer.close()  # the server's end of the socket goes away, as if it had died
+            engine._closing = True  # (no replacement)
+            engine._writer.close()  # the server's end of the socket goes away, as if it had died
             for _ in range(200):
                 if child.poll() is not None:
                     break
                 await asyncio.sleep(0.05)
             assert child.poll() == 0
         finally:
-            await process.stop()
+            await engine.close()
 
     asyncio.run(main())
 
 
 @pytest.mark.parametrize("inference_process", [True, False])
-def test_metrics_count_batches_in_either_mode(tiny_model_dir: Path, inference_process: bool):
+def test_metrics_count_batches_of_both_operations_in_either_mode(tiny_model_dir: Path, inference_process: bool):
     with TestClient(create_app(Settings(model_dir=tiny_model_dir, inference_process=inference_process))) as c:
         c.post("/generate", json={"digit": 1, "n": 3})
+        upload(c, *UPLOADS[0])
         text = c.get("/metrics").text
-    assert "cvae_batch_size_requests_count" in text and "cvae_batch_queue_wait_seconds_bucket" in text
+    for operation in ("generate", "encode"):
+        assert f'cvae_batch_size_requests_count{{operation="{operation}"}} 1.0' in text
+        assert f'cvae_batch_queue_wait_seconds_bucket{{le="0.0005",operation="{operation}"}}' in text
+        assert f'cvae_inference_duration_seconds_count{{operation="{operation}"}} 1.0' in text

@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
-from app.factory import create_app
-from app.settings import Settings
-
-LIMIT = 10_000
-
-
-@pytest.fixture(scope="module")
-def client(tiny_model_dir: Path):
-    with TestClient(create_app(Settings(model_dir=tiny_model_dir, max_upload_bytes=LIMIT))) as c:
-        yield c
+from tests.conftest import MAX_UPLOAD_BYTES as LIMIT
 
 
 def assert_413(status: int, headers: dict[str, str], body: bytes) -> None:
@@ -33,14 +22,14 @@ def test_upload_over_the_limit_is_413(client):
 
 
 def test_json_body_over_the_limit_is_413(client):
-    r = client.post("/generate", json={"digit": 1, "latent": [0.0] * 5000})
+    r = client.post("/generate", json={"digit": 1, "latent": [0.0] * (LIMIT // 4)})
     assert_413(r.status_code, r.headers, r.content)
 
 
 def test_chunked_body_without_content_length_over_the_limit_is_413(client):
     def chunks():
         for _ in range(20):
-            yield b"x" * 1000
+            yield b"x" * (LIMIT // 10)
 
     r = client.post("/encode", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=b"})
     assert "content-length" not in r.request.headers  # sent chunked
@@ -50,7 +39,7 @@ def test_chunked_body_without_content_length_over_the_limit_is_413(client):
 def test_chunked_json_body_over_the_limit_is_413(client):
     def chunks():
         yield b'{"digit": 1, "latent": ['
-        for _ in range(3000):
+        for _ in range(LIMIT // 5 + 1):
             yield b"0.0, "
         yield b"0.0]}"
 
@@ -64,9 +53,9 @@ def test_body_larger_than_its_content_length_claims_is_413(client, path):
     app = client.app
     if path == "/encode":  # a well-formed multipart body, so the parser keeps reading
         head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'
-        chunks = [head] + [b"\0" * 4000] * 5 + [b"\r\n--b--\r\n"]
+        chunks = [head] + [b"\0" * (LIMIT // 4)] * 5 + [b"\r\n--b--\r\n"]
     else:
-        chunks = [b'{"digit": 1, "latent": ['] + [b"0.0, " * 800] * 5 + [b"0.0]}"]
+        chunks = [b'{"digit": 1, "latent": ['] + [b"0.0, " * (LIMIT // 20)] * 5 + [b"0.0]}"]
 
     content_type = b"multipart/form-data; boundary=b" if path == "/encode" else b"application/json"
 

@@ -18,17 +18,12 @@ from fastapi.testclient import TestClient
 
 from app.factory import create_app
 from app.settings import Settings, default_model_dir, get_settings
+from app.worker import ProcessEngine
 from model.artifacts import ModelDirError
-from tests.conftest import problem
+from tests.conftest import drawing, encoded, problem, upload
 
 ENDPOINTS = {("post", "/generate"), ("post", "/encode"), ("get", "/livez"), ("get", "/readyz"), ("get", "/model"),
              ("get", "/metrics")}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def client(tiny_model_dir: Path):
-    with TestClient(create_app(Settings(model_dir=tiny_model_dir))) as c:
-        yield c
 
 
 # --- probes ---------------------------------------------------------------------------------------------------
@@ -61,30 +56,33 @@ def test_readiness_ends_with_the_lifespan(tiny_model_dir):
     assert app.state.ready is False
 
 
-def test_probes_answer_while_inference_is_busy(client):
-    runtime = client.app.state.runtime
-    if runtime.process is not None:  # /generate batches run in the inference process: pause it
-        pid = runtime.process.pid
-        os.kill(pid, signal.SIGSTOP)
+@pytest.mark.parametrize("inference_process", [True, False])
+def test_probes_answer_while_inference_is_busy(tiny_model_dir, inference_process):
+    with TestClient(create_app(Settings(model_dir=tiny_model_dir, inference_process=inference_process))) as c:
+        engine = c.app.state.runtime.engine
+        if isinstance(engine, ProcessEngine):  # pause the inference process
+            pid = engine.pid
+            os.kill(pid, signal.SIGSTOP)
 
-        def release() -> None:
-            os.kill(pid, signal.SIGCONT)
-    else:
-        gate = threading.Event()
-        runtime.executor.submit(gate.wait, 10)  # occupy the one inference thread
-        release = gate.set
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(client.post, "/generate", json={"digit": 1, "seed": 1})
-        try:
-            started = time.perf_counter()
-            assert client.get("/livez").status_code == 200
-            assert client.get("/readyz").status_code == 200
-            assert client.get("/metrics").status_code == 200
-            assert time.perf_counter() - started < 2
-            assert not pending.done()
-        finally:
-            release()
-        assert pending.result(timeout=10).status_code == 200
+            def release() -> None:
+                os.kill(pid, signal.SIGCONT)
+        else:
+            gate = threading.Event()
+            engine._executor.submit(gate.wait, 10)  # occupy the one inference thread
+            release = gate.set
+        with ThreadPoolExecutor(2) as pool:
+            pending = [pool.submit(c.post, "/generate", json={"digit": 1, "seed": 1}),
+                       pool.submit(upload, c, encoded(drawing()))]  # fmt: skip
+            try:
+                started = time.perf_counter()
+                assert c.get("/livez").status_code == 200
+                assert c.get("/readyz").status_code == 200
+                assert c.get("/metrics").status_code == 200
+                assert time.perf_counter() - started < 2
+                assert not any(p.done() for p in pending)
+            finally:
+                release()
+            assert [p.result(timeout=10).status_code for p in pending] == [200, 200]
 
 
 # --- information ----------------------------------------------------------------------------------------------
@@ -159,16 +157,19 @@ def test_wrong_method_is_a_405_problem_with_allow(client):
     assert r.headers["allow"] == "POST"
 
 
-def test_unexpected_failure_is_a_500_problem_without_internals(tiny_model_dir):
-    app = create_app(Settings(model_dir=tiny_model_dir))
+def test_unexpected_failure_is_a_500_problem_without_internals(tiny_model_dir, monkeypatch):
+    app = create_app(Settings(model_dir=tiny_model_dir, inference_process=False))
     with TestClient(app, raise_server_exceptions=False) as c:
-        runtime = app.state.runtime
+        service = app.state.runtime.engine.service
 
-        def broken(specs):
+        def broken(*args):
             raise RuntimeError("secret internals")
 
-        runtime.batcher._run = broken
+        monkeypatch.setattr(service, "draw_batch", broken)
+        monkeypatch.setattr(service, "_score", broken)
         p = problem(c.post("/generate", json={"digit": 1}), 500)
+        assert "secret" not in json.dumps(p)
+        p = problem(upload(c, encoded(drawing())), 500)
         assert "secret" not in json.dumps(p)
         assert c.get("/readyz").status_code == 200  # one failed batch does not take the service down
 
@@ -205,8 +206,8 @@ def test_settings_dependency_override_reaches_the_lifespan(tiny_model_dir):
 def test_importing_app_main_reads_no_settings_and_loads_no_model():
     import app.main
 
-    assert not hasattr(app.main.app.state, "settings")
-    assert not hasattr(app.main.app.state, "runtime")
+    assert app.main.app.state.settings is None
+    assert app.main.app.state.runtime is None
 
 
 # --- start-up failures ----------------------------------------------------------------------------------------

@@ -184,8 +184,8 @@ def train_one_epoch(
     model.train()
     objective = _ddp(Objective(model), launch, device)
     adversary = _ddp(state.adversary, launch, device) if state.adversary is not None else None
-    params = list(model.parameters())
-    ema_params = list(state.ema.parameters()) if state.ema is not None else []
+    params: list[Tensor] = list(model.parameters())
+    ema_params: list[Tensor] = list(state.ema.parameters()) if state.ema is not None else []
     g = epoch_generator(cfg.seed, epoch, device)
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
@@ -351,7 +351,7 @@ def _main(cfg: TrainConfig, argv: list[str] | None, launch: Launch, device: torc
 
     state = new_state(cfg, device)
     model = state.model
-    start_epoch, history = 0, []
+    start_epoch, history = 0, list[dict[str, Any]]()
     ckpt_path = run_dir / CHECKPOINT
     if cfg.resume:
         start_epoch, history = resume(state, ckpt_path, launch, device)

@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse
 
 from app.dependencies import runtime_of
+from app.runtime import Runtime
 from app.schemas import EncodeResponse, Problem, ValidationProblem
+from app.service import Upload
 
 router = APIRouter(tags=["encode"])
 
@@ -26,22 +29,18 @@ router = APIRouter(tags=["encode"])
               "CVAE_MAX_IMAGE_PIXELS pixels (refused before decoding)"},
         415: {"model": Problem, "description": "The file is not an image format Pillow reads"},
         422: {"model": ValidationProblem, "description": "No `file`, a bad `digit`, or an image without ink"},
-        503: {"model": Problem, "description": "Starting or shutting down: retry"},
+        503: {"model": Problem, "description": "Overloaded, starting or shutting down: retry"},
     },
 )  # fmt: skip
 async def encode(
     file: Annotated[UploadFile, File(description="the picture (multipart form field `file`)")],
     request: Request,
     digit: Annotated[int | None, Form(ge=0, le=9, description="the digit it shows; inferred when absent")] = None,
-) -> EncodeResponse:
-    runtime = runtime_of(request)
-    data = await file.read()
-    result = await runtime.encode(data, digit)
-    return EncodeResponse(
-        model_id=runtime.service.model_id,
-        digit=result.digit,
-        inferred=result.inferred,
-        probabilities=result.probabilities,
-        mean=result.mean,
-        log_var=result.log_var,
-    )
+) -> JSONResponse:
+    return await respond(runtime_of(request.app), Upload(data=await file.read(), digit=digit))
+
+
+async def respond(runtime: Runtime, upload: Upload) -> JSONResponse:
+    """The answer to a parsed /encode request, as EncodeResponse describes it."""
+    result = await runtime.encode(upload)
+    return JSONResponse({"model_id": runtime.service.model_id, **result._asdict()})

@@ -23,10 +23,8 @@ GENERATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "A greyscale PNG grid, white digits on black like MNIST; with `Accept: application/json`, "
         "the PNG as base64 plus the latents and labels of its tiles.",
-        "content": {
-            PNG: {"schema": {"type": "string", "format": "binary"}},
-            JSON: {"schema": {"$ref": "#/components/schemas/GenerateJSON"}},
-        },
+        "model": GenerateJSON,  # the application/json body
+        "content": {PNG: {"schema": {"type": "string", "format": "binary"}}},
         "headers": {
             "X-Seed": {
                 "description": "the seed used (absent when the request gave latent): send it back to get the same PNG",
@@ -84,14 +82,21 @@ def wants_json(accept: str | None) -> bool:
 async def generate(
     body: Annotated[GenerateRequest, Body(openapi_examples=GENERATE_EXAMPLES)], request: Request
 ) -> Response:
-    return await respond(runtime_of(request), body, request.headers.get("accept"))
+    return await respond(runtime_of(request.app), body, request.headers.get("accept"))
 
 
 async def respond(runtime: Runtime, body: GenerateRequest, accept: str | None) -> Response:
     """The answer to a validated /generate request: the route's, and the fast path's (app/fastpath.py)."""
     as_json = wants_json(accept)
     spec = runtime.service.make_spec(
-        body.digits, body.n, body.latent, body.seed, body.temperature, body.columns, body.padding, body.scale
+        digits=body.digits,
+        n=body.n,
+        latent=body.latent,
+        seed=body.seed,
+        temperature=body.temperature,
+        columns=body.columns,
+        padding=body.padding,
+        scale=body.scale,
     )
     png = await runtime.generate(spec)
     headers = {"X-Model-Id": runtime.service.model_id}

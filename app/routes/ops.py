@@ -8,8 +8,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.dependencies import RuntimeDep
+from app.dependencies import runtime_of
 from app.errors import ServiceError
+from app.runtime import Runtime
 from app.schemas import Liveness, Problem, Readiness
 
 router = APIRouter(tags=["operations"])
@@ -23,19 +24,19 @@ async def livez() -> dict[str, str]:
 @router.get(
     "/readyz",
     summary="Readiness: the model is loaded and warmed up",
-    description="200 once the model is loaded and a warm-up generation passed; 503 before that and from the "
+    description="200 once the model is loaded, warmed up and checked reproducible; 503 before that and from the "
     "moment shutdown starts.",
     response_model=Readiness,
     responses={503: {"model": Problem, "description": "Not ready (starting or shutting down)"}},
 )
 async def readyz(request: Request) -> dict[str, str]:
     state = request.app.state
-    runtime = getattr(state, "runtime", None)
+    runtime: Runtime | None = state.runtime
     restarting = runtime is not None and not runtime.available
-    if not getattr(state, "ready", False) or getattr(state, "draining", False) or restarting:
-        reason = "shutting down" if getattr(state, "draining", False) else "restarting" if restarting else "starting"
+    if runtime is None or not state.ready or state.draining or restarting:
+        reason = "shutting down" if state.draining else "restarting" if restarting else "starting"
         raise ServiceError(503, f"not ready: {reason}", kind="not-ready", headers={"Retry-After": "1"})
-    return {"status": "ready", "model_id": state.runtime.service.model_id}
+    return {"status": "ready", "model_id": runtime.service.model_id}
 
 
 @router.get(
@@ -45,8 +46,8 @@ async def readyz(request: Request) -> dict[str, str]:
     "metrics, artifact checksums and how to reproduce it.",
     responses={200: {"content": {"application/json": {"example": {"id": "cvae-ae80abbd7489", "latent_dim": 16}}}}},
 )
-async def model(runtime: RuntimeDep) -> dict[str, Any]:
-    return runtime.service.model.manifest
+async def model(request: Request) -> dict[str, Any]:
+    return runtime_of(request.app).service.model.manifest
 
 
 @router.get(

@@ -1,17 +1,18 @@
-"""The service's two reference points for tests/bench/serve.py, each a FastAPI app run like the service.
+"""The service's reference points for tests/bench/serve.py, each a FastAPI app run like the service.
 
 * floor: the cheapest FastAPI endpoint doing the service's HTTP part: it validates the same JSON body
   (app.schemas.GenerateRequest) or multipart upload, then answers a constant PNG (or constant JSON). No model.
-* floor-asgi: the floor with POST /generate taken by the service's own fast path (app/fastpath.py, a pure ASGI
-  middleware validating plain JSON bodies as FastAPI would), answering the constant PNG without FastAPI's
-  per-request machinery. The floor of the service's own design, for an honest second ratio.
+* floor-asgi: the floor with POST /generate and POST /encode taken by the service's own fast path (app/fastpath.py,
+  a pure ASGI middleware reading plain JSON bodies and plain multipart uploads as FastAPI would), answering the
+  constant PNG or JSON without FastAPI's per-request machinery. The floor of the service's own design, for an honest
+  second ratio.
 * straightforward: the design the service is measured against: per request, in a plain `def` endpoint (FastAPI's
   thread pool, torch's default threads), sample z from the prior, run the TorchScript decoder on the request's
   rows alone and write the grid with Pillow; /encode decodes the upload and scores the ten labels, also alone.
 
     python -m tests.bench.apps {floor,floor-asgi,straightforward} --port P [--model-dir DIR]
 
-Both run under uvicorn with the service's own configuration (app.__main__.uvicorn_config), access log off.
+All run under uvicorn with the service's own configuration (app.__main__.uvicorn_config), access log off.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from fastapi.responses import Response
 from PIL import Image
 from starlette.types import Scope
 
-from app.fastpath import GenerateFastPath
+from app.fastpath import FastPath
 from app.schemas import GenerateRequest
+from app.service import Upload
 from model.artifacts import load_model_dir
 from model.imaging import decode_image, to_mnist
 from model.inference import label_log_probs
@@ -97,11 +99,14 @@ def create_floor_app() -> FastAPI:
     return app
 
 
-class AsgiFloor(GenerateFastPath):
-    """The service's /generate fast path (app/fastpath.py), answering the constant PNG instead of drawing."""
+class AsgiFloor(FastPath):
+    """The service's fast path (app/fastpath.py), answering the constant PNG or JSON instead of using the model."""
 
-    async def answer(self, scope: Scope, request: GenerateRequest, accept: str | None) -> Response:
+    async def answer_generate(self, scope: Scope, request: GenerateRequest, accept: str | None) -> Response:
         return Response(floor_png(), media_type="image/png")
+
+    async def answer_encode(self, scope: Scope, upload: Upload) -> Response:
+        return Response(ENCODE_ANSWER, media_type="application/json")
 
 
 def create_asgi_floor_app() -> FastAPI:

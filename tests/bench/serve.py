@@ -3,9 +3,11 @@
     python -m tests.bench.serve [--model-dir DIR] [--duration S] [--connections 1,16] [--rounds N]
         [--env CVAE_X=V ...] [--variant NAME[@CHECKOUT]:CVAE_X=V,... ...]
 
-Starts three uvicorn processes on 127.0.0.1, all run alike (app.__main__.uvicorn_config, one worker, access log
-off): the service (`python -m app`), the floor (tests/bench/apps.py: the same request validation, a constant
-answer, no model) and the straightforward design (per request: sample, decode alone, Pillow PNG; no batching).
+Starts uvicorn processes on 127.0.0.1, all run alike (app.__main__.uvicorn_config, one worker, access log off): the
+service (`python -m app`), the floor and floor-asgi (tests/bench/apps.py: the same request parsing and validation,
+through FastAPI's routes or through the service's fast path, then a constant answer, no model) and the
+straightforward design (per request: sample, decode alone, Pillow PNG; decode and score an upload alone; no
+batching).
 Each is driven in turn with the same closed-loop HTTP load, the order rotating every round, so that a noisy
 machine slows all of them alike; prints requests/s, p50 and p99 of every run, then the medians over rounds and
 each contender's throughput as a fraction of the floor's in the same round. /generate gets {"digit": 3, "n": 8};
@@ -315,19 +317,23 @@ class PythonClient:
 BATCH_SERIES = {
     "cvae_batch_size_requests": "requests",
     "cvae_batch_queue_wait_seconds": "wait",
-    'cvae_inference_duration_seconds{operation="generate"}': "run",
+    "cvae_inference_duration_seconds": "run",
 }
 
 
-def batch_metrics(port: int) -> dict[str, float]:
-    """The _sum and _count of the service's batch histograms, as {"requests_sum": ..., "wait_count": ...}."""
+def batch_metrics(port: int, operation: str) -> dict[str, float]:
+    """The _sum and _count of the service's batch histograms for one operation (generate, encode), as
+    {"requests_sum": ..., "wait_count": ...}."""
     values: dict[str, float] = {}
+    label = f'{{operation="{operation}"}}'
     for line in get(port, "/metrics")[1].decode().splitlines():
         name, _, value = line.rpartition(" ")
+        if not name.endswith(label):
+            continue
         for suffix in ("_sum", "_count"):
-            series = name.replace(suffix + "{", "{") if "{" in name else name.removesuffix(suffix)
-            if (name.endswith(suffix) or suffix + "{" in name) and series in BATCH_SERIES:
-                values[BATCH_SERIES[series] + suffix] = float(value)
+            series = name.removesuffix(label)
+            if series.endswith(suffix) and series.removesuffix(suffix) in BATCH_SERIES:
+                values[BATCH_SERIES[series.removesuffix(suffix)] + suffix] = float(value)
     return values
 
 
@@ -447,13 +453,13 @@ def main() -> None:
                         for name in order:
                             port = running[name].port
                             is_service = name not in REFERENCES
-                            before = batch_metrics(port) if is_service else {}
+                            before = batch_metrics(port, endpoint) if is_service else {}
                             cpu0 = cpu_seconds(running[name].proc.pid)
                             results[name] = res = client.run(port, w, c, args.duration)
                             cpu1 = cpu_seconds(running[name].proc.pid)
                             own, total = (1e6 * (b - a) / max(1, res.requests) for a, b in zip(cpu0, cpu1, strict=True))
                             cpu = f"{own:5.0f}" + (f" (+children {total - own:.0f})" if total > own else "")
-                            extra = batch_summary(before, batch_metrics(port)) if is_service else ""
+                            extra = batch_summary(before, batch_metrics(port, endpoint)) if is_service else ""
                             table.rows.setdefault((endpoint, c, name), []).append(res)
                             print(f"  round {r + 1} {w.path:9s} c={c:<3d} {name:15s} {res.rps:8.0f} rps  "
                                   f"p50 {res.p50_ms:6.2f} ms  p99 {res.p99_ms:6.2f} ms  errors {res.errors}  "
@@ -475,7 +481,7 @@ def print_table(
 ) -> None:
     print()
     print("medians over rounds; ratio = rps / the floor's rps in the same round (median of the rounds' ratios);")
-    print("/asgi = the same against floor-asgi, the floor built like the service's /generate fast path")
+    print("/asgi = the same against floor-asgi, the floor built like the service's fast path")
     header = f"{'endpoint':10s} {'contender':15s} {'conn':>4s} {'rps':>8s} {'p50 ms':>8s} {'p99 ms':>8s} " \
              f"{'errors':>6s} {'ratio':>6s} {'/asgi':>6s}"  # fmt: skip
     print(header)
