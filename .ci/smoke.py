@@ -6,6 +6,7 @@ python3 .ci/smoke.py http://127.0.0.1:8000
 from __future__ import annotations
 
 import json
+import re
 import struct
 import sys
 import urllib.error
@@ -101,6 +102,13 @@ def main(base: str) -> None:
         isinstance(payload.get("mean"), list) and all(isinstance(v, (int, float)) for v in payload["mean"]),
         {k: payload[k] for k in list(payload)[:4]},
     )
+
+    for page in ("/", "/docs"):  # the page and the docs, with every file they load (package data of the image)
+        status, ctype, body = request("GET", f"{base}{page}")
+        check(f"GET {page} -> 200 text/html", status == 200 and ctype.startswith("text/html"), f"{status} {ctype}")
+        for ref in re.findall(r'(?:src|href)="(static/[^"]+)"', body.decode()):
+            status, ctype, _ = request("GET", f"{base}/{ref}")
+            check(f"GET /{ref} -> 200", status == 200, f"{status} {ctype}")
 
     status, _, body = request("GET", f"{base}/model")
     check("GET /model -> 200", status == 200, status)

@@ -19,7 +19,7 @@ from app.errors import PROBLEM_MEDIA_TYPE
 from app.fastpath import FastPath
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware
-from app.routes import encode, generate, ops
+from app.routes import encode, generate, ops, page
 from app.runtime import Runtime
 from app.service import DigitService
 from app.settings import Settings, get_settings
@@ -34,6 +34,7 @@ A conditional VAE trained on MNIST, served over HTTP.
 * **POST /generate** draws digits (a PNG grid, or JSON with `Accept: application/json`), reproducibly by seed.
 * **POST /encode** turns a picture of a digit into its digit and latent posterior.
 * **GET /livez**, **/readyz**, **/model**, **/metrics** for operations.
+* **GET /** is a page to try the model in a browser.
 
 Every error is `application/problem+json` (RFC 9457).
 """
@@ -131,6 +132,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=_version(),
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served by app.routes.page from files shipped here (FastAPI's loads a CDN)
+        redoc_url=None,
     )
     app.state.given_settings = settings
     app.state.settings = None  # until the lifespan resolves them
@@ -145,4 +148,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(generate.router)
     app.include_router(encode.router)
     app.include_router(ops.router)
+    app.include_router(page.router)
+    app.mount(page.StaticAssets.path, page.StaticAssets(), name="static")
     return app

@@ -1,0 +1,406 @@
+// The page at GET /: plain JavaScript, no build step, no other origin. It only calls this service's API
+// (relative URLs, so it also works behind a path prefix).
+
+const DIGITS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
+const STYLE_AXES = 4; // sliders in "Move through style"
+const STYLE_RANGE = 2.5; // +-2.5 standard deviations of the N(0, I) prior: further, digits lose their shape
+const TILE = 28; // pixels of one digit in a /generate grid, before `scale`
+const GRID_PADDING = 2; // /generate's default padding, which the page does not change
+const INK = 20; // stroke width on the 280 px pad: about MNIST's stroke-to-digit proportion
+const PEN_STEP = 14; // canvas pixels per arrow key press
+
+const $ = (id) => document.getElementById(id);
+
+/** A failed call to the API, with a message for the person (the problem detail's words when there is one). */
+class ApiError extends Error {}
+
+async function call(path, init) {
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (error) {
+    throw new ApiError(`The service could not be reached (${error.message}).`);
+  }
+  if (response.ok) return response;
+  let message = `The service answered ${response.status} ${response.statusText}.`;
+  if ((response.headers.get("content-type") || "").includes("json")) {
+    try {
+      const problem = await response.json(); // RFC 9457: title, detail (and errors[])
+      if (problem.detail) message = `${problem.title || "Error"}: ${problem.detail}`;
+    } catch {
+      // not JSON after all: keep the status line
+    }
+  }
+  throw new ApiError(message);
+}
+
+function postJSON(path, body, accept) {
+  return call(path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Accept: accept },
+    body: JSON.stringify(body),
+  });
+}
+
+function showError(id, error) {
+  const element = $(id);
+  element.textContent = error instanceof ApiError ? error.message : `Something went wrong in the page: ${error}`;
+  element.hidden = false;
+  if (!(error instanceof ApiError)) console.error(error);
+}
+
+function clearError(id) {
+  $(id).hidden = true;
+  $(id).textContent = "";
+}
+
+/** Wraps an async job so that at most one runs at a time; calls made meanwhile collapse into one more run,
+ * which reads the controls as they are then: the latest value wins and dragging never floods the server. */
+function latestOnly(job) {
+  let running = false;
+  let again = false;
+  return async function schedule() {
+    if (running) {
+      again = true;
+      return;
+    }
+    running = true;
+    try {
+      do {
+        again = false;
+        await job();
+      } while (again);
+    } finally {
+      running = false;
+    }
+  };
+}
+
+function showPng(img, blob) {
+  const old = img.dataset.url;
+  img.dataset.url = URL.createObjectURL(blob);
+  img.src = img.dataset.url;
+  img.hidden = false;
+  if (old) URL.revokeObjectURL(old);
+  return img.dataset.url;
+}
+
+function pngBlob(base64) {
+  return new Blob([Uint8Array.from(atob(base64), (c) => c.charCodeAt(0))], { type: "image/png" });
+}
+
+// ---- Generate ---------------------------------------------------------------------------------------------
+
+const grid = { latents: [], labels: [], columns: 0, scale: 1 };
+
+function chosenDigits() {
+  return [...document.querySelectorAll("#digits input:checked")].map((box) => Number(box.value));
+}
+
+const generate = latestOnly(async () => {
+  clearError("generate-error");
+  const digits = chosenDigits();
+  const seed = $("seed").valueAsNumber;
+  if (digits.length === 0) return showError("generate-error", new ApiError("Choose at least one digit."));
+  if (Number.isNaN(seed)) return showError("generate-error", new ApiError("Enter a seed: a whole number from 0."));
+  const body = {
+    digit: digits,
+    n: Number($("n").value),
+    seed,
+    temperature: Number($("temperature").value),
+    scale: Number($("scale").value),
+  };
+  try {
+    const answer = await (await postJSON("generate", body, "application/json")).json();
+    Object.assign(grid, { latents: answer.latents, labels: answer.labels, columns: answer.columns, scale: body.scale });
+    const url = showPng($("grid"), pngBlob(answer.png_base64));
+    const save = $("save");
+    save.href = url;
+    save.download = `cvae-digits-seed${answer.seed}.png`;
+    save.hidden = false;
+    $("grid-caption").textContent =
+      `Seed ${answer.seed}, temperature ${body.temperature.toFixed(2)}: ` +
+      `${digits.length} digit${digits.length > 1 ? "s" : ""}, ${body.n} sample${body.n > 1 ? "s" : ""} each.`;
+    $("column").max = String(answer.columns);
+    if (!hand.base) await takeTile(0);
+  } catch (error) {
+    showError("generate-error", error);
+  }
+});
+
+function setUpGenerate() {
+  const boxes = $("digits");
+  for (const digit of DIGITS) {
+    const label = document.createElement("label");
+    const box = Object.assign(document.createElement("input"), { type: "checkbox", value: digit, checked: true });
+    label.append(box, ` ${digit}`);
+    boxes.append(label);
+  }
+  boxes.addEventListener("change", generate);
+  for (const [id, digits] of [["n", 0], ["temperature", 2]]) {
+    $(id).addEventListener("input", () => {
+      $(`${id}-value`).textContent = Number($(id).value).toFixed(digits);
+      generate();
+    });
+  }
+  $("seed").addEventListener("input", generate);
+  $("scale").addEventListener("change", generate);
+  $("new-seed").addEventListener("click", () => {
+    $("seed").value = String(Math.floor(Math.random() * 2 ** 31));
+    generate();
+  });
+  $("generate-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    generate();
+  });
+  // A click on a tile takes its latent as the hand to explore.
+  $("grid").addEventListener("click", (event) => {
+    const img = event.currentTarget;
+    const pixels = img.naturalWidth / img.clientWidth / grid.scale; // grid pixels per CSS pixel
+    const column = Math.floor((event.offsetX * pixels - GRID_PADDING) / (TILE + GRID_PADDING));
+    const row = Math.floor((event.offsetY * pixels - GRID_PADDING) / (TILE + GRID_PADDING));
+    const index = row * grid.columns + Math.min(Math.max(column, 0), grid.columns - 1);
+    if (index >= 0 && index < grid.latents.length) takeTile(index);
+  });
+}
+
+// ---- Draw, upload, read --------------------------------------------------------------------------------------
+
+const pad = $("pad");
+const ink = pad.getContext("2d");
+let stroke = null; // [x, y] while a pointer draws
+let pen = [pad.width / 2, pad.height / 2]; // the keyboard's pen
+
+function clearPad() {
+  // An opaque white ground: the service reads black ink on it (a transparent canvas would be white on white).
+  ink.fillStyle = "#fff";
+  ink.fillRect(0, 0, pad.width, pad.height);
+  Object.assign(ink, { fillStyle: "#000", strokeStyle: "#000", lineWidth: INK, lineCap: "round", lineJoin: "round" });
+}
+
+function dot([x, y]) {
+  ink.beginPath();
+  ink.arc(x, y, INK / 2, 0, 2 * Math.PI);
+  ink.fill();
+}
+
+function line(from, to) {
+  ink.beginPath();
+  ink.moveTo(...from);
+  ink.lineTo(...to);
+  ink.stroke();
+}
+
+function padPoint(event) {
+  const box = pad.getBoundingClientRect();
+  return [((event.clientX - box.left) * pad.width) / box.width, ((event.clientY - box.top) * pad.height) / box.height];
+}
+
+function showPen() {
+  const marker = $("pen");
+  marker.style.left = `${(pen[0] / pad.width) * pad.clientWidth}px`;
+  marker.style.top = `${(pen[1] / pad.height) * pad.clientHeight}px`;
+  marker.hidden = false;
+}
+
+function setUpPad() {
+  clearPad();
+  pad.addEventListener("pointerdown", (event) => {
+    if (event.button !== 0) return;
+    event.preventDefault();
+    pad.setPointerCapture(event.pointerId);
+    stroke = padPoint(event);
+    dot(stroke);
+  });
+  pad.addEventListener("pointermove", (event) => {
+    if (!stroke) return;
+    const events = event.getCoalescedEvents?.() ?? [];
+    for (const each of events.length ? events : [event]) {
+      const next = padPoint(each);
+      line(stroke, next);
+      stroke = next;
+    }
+  });
+  for (const end of ["pointerup", "pointercancel"]) pad.addEventListener(end, () => (stroke = null));
+
+  const arrows = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
+  pad.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") {
+      event.preventDefault();
+      readDrawing();
+      return;
+    }
+    const step = arrows[event.key];
+    if (!step) return;
+    event.preventDefault();
+    const clamp = (v, max) => Math.min(Math.max(v, INK / 2), max - INK / 2);
+    const next = [clamp(pen[0] + step[0] * PEN_STEP, pad.width), clamp(pen[1] + step[1] * PEN_STEP, pad.height)];
+    if (!event.shiftKey) line(pen, next);
+    pen = next;
+    showPen();
+  });
+  pad.addEventListener("focus", showPen);
+  pad.addEventListener("blur", () => ($("pen").hidden = true));
+
+  $("clear").addEventListener("click", clearPad);
+  $("encode").addEventListener("click", readDrawing);
+  $("upload").addEventListener("change", () => {
+    const file = $("upload").files[0];
+    if (file) read(file, file.name, "your picture");
+  });
+}
+
+function readDrawing() {
+  pad.toBlob((blob) => read(blob, "drawing.png", "your drawing"), "image/png");
+}
+
+async function read(blob, filename, what) {
+  clearError("encode-error");
+  $("inferred").textContent = `Reading ${what}…`;
+  const form = new FormData();
+  form.append("file", blob, filename);
+  try {
+    const answer = await (await call("encode", { method: "POST", body: form })).json();
+    showReading(answer);
+    setHand(answer.mean, answer.log_var, `${what[0].toUpperCase()}${what.slice(1)}, read as ${answer.digit}`, what);
+  } catch (error) {
+    $("inferred").textContent = "";
+    showError("encode-error", error);
+  }
+}
+
+function showReading({ digit, probabilities }) {
+  const percent = (p) => `${(100 * p).toFixed(p > 0.995 || p < 0.005 ? 0 : 1)}%`;
+  $("inferred").textContent = `The model reads a ${digit} (${percent(probabilities[digit])}).`;
+  const list = $("probabilities");
+  list.replaceChildren(
+    ...probabilities.map((p, d) => {
+      const item = document.createElement("li");
+      const meter = Object.assign(document.createElement("meter"), { min: 0, max: 1, value: p });
+      meter.setAttribute("aria-label", `probability of ${d}`);
+      item.append(Object.assign(document.createElement("span"), { textContent: d }), meter, percent(p));
+      item.classList.toggle("top", d === digit);
+      return item;
+    }),
+  );
+  list.hidden = false;
+}
+
+// ---- Handwriting: one latent written as all ten digits, moved along latent axes ------------------------------
+
+const hand = { base: null, axes: [], what: "" };
+
+function setHand(base, logVar, description, what) {
+  // The axes the encoder is surest about (smallest posterior variance) are the ones the decoder uses: in a
+  // trained VAE, axes it ignores keep the prior's variance (log_var near 0) and move nothing.
+  hand.axes = logVar
+    .map((value, axis) => [value, axis])
+    .sort((a, b) => a[0] - b[0])
+    .slice(0, STYLE_AXES)
+    .map(([, axis]) => axis);
+  Object.assign(hand, { base, what });
+  $("hand-source").textContent = `${description}, written as all ten digits.`;
+  $("restyled").alt = `${description}, written as the digits 0 to 9`;
+  hand.axes.forEach((axis, i) => {
+    $(`axis-${i}`).value = "0";
+    $(`axis-${i}-label`).textContent = `Latent axis z${axis + 1}`;
+    $(`axis-${i}-value`).textContent = "+0.0";
+  });
+  restyle();
+}
+
+const restyle = latestOnly(async () => {
+  if (!hand.base) return;
+  clearError("style-error");
+  const latent = [...hand.base];
+  hand.axes.forEach((axis, i) => (latent[axis] += Number($(`axis-${i}`).value)));
+  try {
+    const response = await postJSON("generate", { digit: DIGITS, n: 1, latent, columns: 5, scale: 3 }, "image/png");
+    const img = $("restyled");
+    showPng(img, await response.blob());
+    img.dataset.source = hand.what; // which hand is shown, once its image has arrived (tests wait on it)
+  } catch (error) {
+    showError("style-error", error);
+  }
+});
+
+async function takeTile(index) {
+  const row = Math.floor(index / grid.columns) + 1;
+  const column = (index % grid.columns) + 1;
+  const latent = grid.latents[index];
+  const digit = grid.labels[index];
+  try {
+    // The tile's posterior variances pick the axes: draw it alone and read it back as the digit it is.
+    const tile = await (await postJSON("generate", { digit, n: 1, latent, padding: 0 }, "image/png")).blob();
+    const form = new FormData();
+    form.append("file", tile, "tile.png");
+    form.append("digit", String(digit));
+    const answer = await (await call("encode", { method: "POST", body: form })).json();
+    setHand(latent, answer.log_var, `The hand of the grid's row ${row}, column ${column}`, "grid");
+  } catch (error) {
+    showError("style-error", error);
+  }
+}
+
+function setUpStyle() {
+  const sliders = $("sliders");
+  for (let i = 0; i < STYLE_AXES; i++) {
+    const control = document.createElement("div");
+    control.className = "control";
+    const label = Object.assign(document.createElement("label"), { htmlFor: `axis-${i}`, id: `axis-${i}-label` });
+    label.textContent = `Latent axis ${i + 1}`;
+    const slider = Object.assign(document.createElement("input"), {
+      type: "range",
+      id: `axis-${i}`,
+      min: -STYLE_RANGE,
+      max: STYLE_RANGE,
+      step: 0.1,
+      value: 0,
+    });
+    slider.setAttribute("aria-describedby", `axis-${i}-value`);
+    const output = Object.assign(document.createElement("output"), { id: `axis-${i}-value`, textContent: "+0.0" });
+    output.htmlFor = slider.id;
+    slider.addEventListener("input", () => {
+      const value = Number(slider.value);
+      output.textContent = `${value >= 0 ? "+" : "\u2212"}${Math.abs(value).toFixed(1)}`;
+      restyle();
+    });
+    control.append(label, slider, output);
+    sliders.append(control);
+  }
+  $("reset-style").addEventListener("click", () => {
+    for (let i = 0; i < STYLE_AXES; i++) {
+      $(`axis-${i}`).value = "0";
+      $(`axis-${i}-value`).textContent = "+0.0";
+    }
+    restyle();
+  });
+  $("use-column").addEventListener("click", () => {
+    const column = $("column").valueAsNumber;
+    if (!(column >= 1 && column <= grid.columns)) {
+      showError("style-error", new ApiError(`Choose a column from 1 to ${grid.columns}.`));
+      return;
+    }
+    takeTile(column - 1);
+  });
+}
+
+// ---- Start: the model's own temperature, then a grid without any click -------------------------------------
+
+async function start() {
+  setUpGenerate();
+  setUpPad();
+  setUpStyle();
+  $("seed").value = String(Math.floor(Math.random() * 2 ** 31));
+  try {
+    const manifest = await (await call("model")).json();
+    const temperature = manifest.prior?.temperature ?? 1;
+    $("temperature").value = String(temperature);
+    $("temperature-value").textContent = Number(temperature).toFixed(2);
+  } catch (error) {
+    showError("generate-error", error);
+  }
+  await generate();
+}
+
+start();
