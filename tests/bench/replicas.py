@@ -7,8 +7,8 @@ scale` runs it: tests/nginx_lb.py) on 127.0.0.1: one in front of replica A alone
 A directly, nginx with one replica and nginx with two in turn with the same closed-loop load (wrk when installed,
 else tests/bench/serve.py's Python client), the order rotating every round, and prints requests/s, p50 and p99 of
 POST /generate {"digit": 3, "n": 8} for each, with their medians over rounds; also each replica's cold start (process
-start to /readyz 200) and resident memory (with its inference process) before and after the load. A replica that is
-not addressed sits idle, so it costs the others nothing. Only 127.0.0.1 is ever contacted; every loop is bounded.
+start to /readyz 200). A replica that is not addressed sits idle, so it costs the others nothing. Only 127.0.0.1 is
+ever contacted; every loop is bounded.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from tests.bench.serve import (
     Server,
     Workload,
     Wrk,
-    _children,
     check,
     free_port,
     load_avg,
@@ -39,16 +38,6 @@ from tests.bench.serve import (
 from tests.nginx_lb import nginx_binary, nginx_in_front
 
 CONTENDERS = ("direct, 1 replica", "nginx, 1 replica", "nginx, 2 replicas")
-
-
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process and its descendants (the inference process), MiB (Linux)."""
-    total_kib = 0
-    for p in [pid, *_children(pid)]:
-        with contextlib.suppress(OSError):
-            status = Path(f"/proc/{p}/status").read_text()
-            total_kib += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
-    return total_kib / 1024
 
 
 def main() -> None:
@@ -79,8 +68,6 @@ def main() -> None:
             replicas.append(start(f"replica-{name}", ["-m", "app", "--port", str(port)], env, port, workdir))
         a, b = replicas
         print("cold start (process start to /readyz 200): " + ", ".join(f"{r.cold_start_s:.2f} s" for r in replicas))
-        print("resident memory, idle (with the inference process): "
-              + ", ".join(f"{rss_mib(r.proc.pid):.0f} MiB" for r in replicas))  # fmt: skip
         ports = {CONTENDERS[0]: a.port}
         for name, upstreams in ((CONTENDERS[1], [a]), (CONTENDERS[2], [a, b])):
             ports[name] = port = free_port()
@@ -101,7 +88,6 @@ def main() -> None:
                     print(f"  round {r + 1} c={c:<3d} {name:18s} {res.rps:8.0f} rps  p50 {res.p50_ms:6.2f} ms  "
                           f"p99 {res.p99_ms:6.2f} ms  errors {res.errors}", flush=True)  # fmt: skip
             print(f"  (load average {load_avg()})", flush=True)
-        print("resident memory, after the load: " + ", ".join(f"{rss_mib(r.proc.pid):.0f} MiB" for r in replicas))
 
         print()
         print('medians over rounds, POST /generate {"digit": 3, "n": 8}')
