@@ -21,14 +21,19 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_FIND_LINKS=/wheels
 
+# binutils for `strip` in the slimming step below (this stage is thrown away: the image never carries it). Not pinned:
+# any version strips, and the base image's Debian release decides which exists.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends binutils \
+    && rm -rf /var/lib/apt/lists/*
+
 RUN python -m venv /opt/venv
 
 # torch first, in its own layer: it is most of the image and changes least often.
 COPY .ci/wheels/ /wheels/
-# torch/test holds C++ test binaries (~80 MB) that nothing imports.
 RUN if [ -n "$TORCH_INDEX_URL" ]; then set -- --index-url "$TORCH_INDEX_URL"; else set --; fi \
-    && /opt/venv/bin/pip install --no-cache-dir "$@" "$TORCH_SPEC" \
-    && rm -rf /opt/venv/lib/python3*/site-packages/torch/test
+    && /opt/venv/bin/pip install --no-cache-dir "$@" "$TORCH_SPEC"
 
 # The project, non-editable, with the trainer's extra (tqdm) but without the dev extra (pytest, ruff, httpx).
 WORKDIR /src
@@ -38,6 +43,29 @@ COPY training/ training/
 COPY app/ app/
 RUN /opt/venv/bin/pip install --no-cache-dir ".[train]" \
     && /opt/venv/bin/python -c "import torch, model, app, training; print('torch', torch.__version__)"
+
+# Slimming: what the torch wheel (and the venv) ship that neither `python -m app` nor `python -m training` loads.
+# Each removal's measured size is in the README ("Docker image"); .ci/compose serves, encodes, generates and trains
+# in the slimmed image, and fails when the image exceeds 900 MB.
+#   torch/test: C++ test binaries
+#   torch/include, torch/share, torch/lib/libshm*/: C++ headers and CMake files (for building extensions)
+#   torch/bin except torch_shm_manager: C++ test binaries and protoc (torch_shm_manager serves torch.multiprocessing)
+#   torch/lib/*test*.so, libbackend_with_compiler.so, libaoti_custom_ops.so: loaded only by torch's own tests
+#   strip --strip-unneeded torch/lib/*.so: the static symbol tables (the dynamic ones stay: nothing links
+#     differently; C++ backtraces lose the names of internal functions)
+#   every `tests` folder (sympy's, numpy's, ...): the packages' own test suites, which no package imports
+#   networkx: imported only by torch.compile's graph partitioner; nothing here compiles
+#   pip, setuptools: installing is done; the image never installs anything
+RUN set -eu; \
+    sp="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"; \
+    find "$sp/torch/bin" -mindepth 1 -maxdepth 1 ! -name torch_shm_manager -exec rm -rf {} +; \
+    rm -rf "$sp/torch/test" "$sp/torch/include" "$sp/torch/share" "$sp/torch/lib/libshm" \
+        "$sp/torch/lib/libshm_windows" "$sp"/torch/lib/*test*.so "$sp/torch/lib/libbackend_with_compiler.so" \
+        "$sp/torch/lib/libaoti_custom_ops.so"; \
+    find "$sp" -type d -name tests -prune -exec rm -rf {} +; \
+    strip --strip-unneeded "$sp"/torch/lib/libtorch*.so "$sp"/torch/lib/libc10.so "$sp"/torch/lib/libshm.so; \
+    /opt/venv/bin/python -m pip uninstall --quiet --yes networkx setuptools pip; \
+    /opt/venv/bin/python -c "import torch, model, app, training; print('slimmed: torch', torch.__version__)"
 
 # ---- runtime ----------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}

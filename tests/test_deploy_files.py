@@ -103,8 +103,13 @@ def dockerignore_allows(path: str) -> bool:
     return allowed
 
 
+LB_DOCKERFILE = (ROOT / "deploy" / "nginx" / "Dockerfile").read_text()  # the compose `lb` (same build context)
+
+
 @pytest.mark.parametrize(
-    "src", re.findall(r"^COPY (?!--from)(.+) \S+$", DOCKERFILE, flags=re.M), ids=lambda s: s.replace(" ", "+")
+    "src",
+    re.findall(r"^COPY (?!--from)(.+) \S+$", DOCKERFILE + LB_DOCKERFILE, flags=re.M),
+    ids=lambda s: s.replace(" ", "+"),
 )
 def test_dockerignore_keeps_what_the_dockerfile_copies(src: str) -> None:
     for path in src.split():
