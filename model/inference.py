@@ -55,11 +55,14 @@ def label_log_probs(
     n, c = x.shape[0], prior.num_classes
     xs = x.repeat_interleave(c, dim=0)  # (N*C, 1, H, W)
     ys = torch.arange(c, device=x.device).repeat(n)  # (N*C,)
-    recon, kl, mean, log_var = elbo_terms(
-        encoder, decoder, prior, xs, ys, eps=torch.zeros(n * c, prior.latent_dim, device=x.device)
-    )
-    log_probs = (-(recon + kl)).view(n, c).log_softmax(dim=1)
-    return log_probs, mean.view(n, c, -1), log_var.view(n, c, -1)
+    all_labels = getattr(encoder, "all_labels", None)  # the image's features once (model dirs from 2026-11 on)
+    mean, log_var = all_labels(x) if all_labels is not None else encoder(xs, ys)
+    mean, log_var = mean.float(), log_var.float()
+    # The ELBO at z = the posterior mean: the KL estimated there (in closed form where the prior has one).
+    recon = reconstruction_nll(decoder.logits(mean, ys).float(), xs).view(n, c)
+    mean, log_var = mean.view(n, c, -1), log_var.view(n, c, -1)
+    log_probs = (-(recon + prior.kl_each_label(mean, log_var))).log_softmax(dim=1)
+    return log_probs, mean, log_var
 
 
 def importance_weighted_nll(

@@ -69,6 +69,8 @@ class Encoder(nn.Module):
     """q(z | x, y) = N(mean, diag(exp(log_var))).
 
     forward(x: float32[N, 1, H, W] in [0, 1], y: int64[N]) -> (mean: float32[N, D], log_var: float32[N, D])
+    all_labels(x) gives the same for every label, image-major: (mean, log_var) float32[N * C, D], row i * C + c
+    under label c; the image's features are computed once, not once per label.
     """
 
     def __init__(self, cfg: CVAEConfig) -> None:
@@ -94,7 +96,16 @@ class Encoder(nn.Module):
         self.head = nn.Linear(hidden[-1], 2 * cfg.latent_dim)
 
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.features(x)  # (N, F)
+        return self._posterior(self.features(x), y)
+
+    @torch.jit.export
+    def all_labels(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        n = x.shape[0]
+        h = self.features(x).repeat_interleave(self.num_classes, dim=0)  # (N*C, F)
+        y = torch.arange(self.num_classes, device=x.device).repeat(n)  # (N*C,)
+        return self._posterior(h, y)
+
+    def _posterior(self, h: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         onehot = F.one_hot(y, self.num_classes).to(h.dtype)  # (N, C)
         h = self.body(torch.cat([h, onehot], dim=1))  # (N, hidden[-1])
         mean, log_var = self.head(h).chunk(2, dim=1)  # (N, D) each

@@ -105,6 +105,11 @@ class GaussianPrior:
         """KL(q || p(z | y)) per item; closed form here (z, the sample from q, is not needed). -> (N,)"""
         return self.kl(mean, log_var, y)
 
+    def kl_each_label(self, mean: Tensor, log_var: Tensor) -> Tensor:
+        """kl_estimate of posteriors (N, C, D) under label c for row [:, c], at their means. -> (N, C)"""
+        n, c, d = mean.shape
+        return self.kl(mean.reshape(n * c, d), log_var.reshape(n * c, d), torch.arange(c).repeat(n)).view(n, c)
+
     def log_prob(self, z: Tensor, y: Tensor) -> Tensor:
         """log p(z | y). (N, D), (N,) -> (N,)"""
         tril = self.scale_tril[y]  # (N, D, D)
@@ -226,6 +231,31 @@ class AggregatePosteriorPrior:
         """log q(z | x, y) - log p(z | y) at z: the one-sample estimate of the KL (no closed form). -> (N,)"""
         log_q = -0.5 * ((z - mean).pow(2) / log_var.exp() + log_var + math.log(2 * math.pi)).sum(dim=-1)
         return log_q - self.log_prob(z, y)
+
+    def kl_each_label(self, mean: Tensor, log_var: Tensor) -> Tensor:
+        """kl_estimate of posteriors (N, C, D) under label c for row [:, c], at their means (z = mean). -> (N, C)
+
+        What /encode scores every upload by. One matrix product of every row against every component (of every
+        class: ten times the arithmetic an elementwise gather of each row's own class does, but a product's rows
+        do not depend on one another, so an upload's figures are the same bits however many are scored together;
+        the service checks that at start-up)."""
+        n, c, d = mean.shape
+        w, b = self._product_terms
+        rows = mean.reshape(n * c, d)
+        exponent = torch.cat([rows.pow(2), rows], dim=1) @ w + b  # (N*C, C*M): -2 log N(z; component)
+        own = exponent.view(n, c, c, -1).diagonal(dim1=1, dim2=2).transpose(1, 2)  # (N, C, M): row c, class c
+        log_p = torch.logsumexp(-0.5 * own, dim=2) - math.log(self.components)
+        log_q = -0.5 * (log_var + math.log(2 * math.pi)).sum(dim=-1)
+        return log_q - log_p
+
+    @functools.cached_property
+    def _product_terms(self) -> tuple[Tensor, Tensor]:
+        """-2 log N(z; means[k], diag exp(log_vars[k])) = [z^2, z] @ w[:, k] + b[k] for every component k."""
+        c, m, d = self.means.shape
+        precision = torch.exp(-self.log_vars)
+        w = torch.cat([precision, -2 * self.means * precision], dim=2).reshape(c * m, 2 * d).T.contiguous()
+        b = (self.means.pow(2) * precision + self.log_vars).sum(dim=2).reshape(c * m) + d * math.log(2 * math.pi)
+        return w, b
 
     def to_tensors(self) -> dict[str, Any]:
         return {"kind": self.kind, "means": self.means.cpu(), "log_vars": self.log_vars.cpu()}

@@ -19,7 +19,7 @@ from PIL import Image
 from app.factory import create_app
 from app.settings import Settings
 from model.network import CVAE, CVAEConfig
-from model.prior import GaussianPrior
+from model.prior import GaussianPrior, Prior
 from training.export import export_model_dir
 
 TINY = CVAEConfig(latent_dim=4, hidden=(32,), channels=(4, 8), encoder="conv")
@@ -29,12 +29,15 @@ MAX_UPLOAD_BYTES = 100_000  # the shared client's limits: small enough for tests
 MAX_IMAGE_PIXELS = 1_000_000
 
 
-def make_model_dir(out: Path, cfg: CVAEConfig = TINY, seed: int = 0, temperature: float = 1.0) -> Path:
+def make_model_dir(
+    out: Path, cfg: CVAEConfig = TINY, seed: int = 0, temperature: float = 1.0, prior: Prior | None = None
+) -> Path:
+    """A model directory of random weights; its prior N(0, I) for every digit unless `prior` is given."""
     torch.manual_seed(seed)
     model = CVAE(cfg).eval()
     export_model_dir(
         model,
-        GaussianPrior.standard(cfg.num_classes, cfg.latent_dim),
+        prior if prior is not None else GaussianPrior.standard(cfg.num_classes, cfg.latent_dim),
         out,
         data={"name": "none (random weights)", "count": 0, "files": {}},
         config={"model": cfg.to_dict()},

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from app.factory import create_app
@@ -18,6 +19,7 @@ from app.service import DigitService, ServiceOptions
 from app.settings import Settings
 from model.artifacts import load_model_dir
 from model.network import CVAEConfig
+from model.prior import AggregatePosteriorPrior
 from tests.conftest import TILE, D, grid_size, make_model_dir, metric, pixels, problem
 
 
@@ -104,11 +106,24 @@ def test_generate_digit_list_shares_latent_points_down_each_column(client):
     assert not np.array_equal(z[0, 0], z[0, 1])
 
 
-def test_generate_digit_row_is_the_same_alone_or_among_other_digits(client):
-    alone = pixels(client.post("/generate", json={"digit": 5, "n": 4, "seed": 11}).content)
-    among = pixels(client.post("/generate", json={"digit": [1, 5, 3], "n": 4, "seed": 11}).content)
-    row = TILE + 2
-    assert np.array_equal(among[row : 2 * row + 2], alone)
+def test_a_grid_decodes_one_latent_per_column_and_one_digit_samples_its_own_prior(tmp_path: Path):
+    # Each digit's prior a mixture of its own components, far from the others': a grid's columns must still be one
+    # latent each (drawn from every digit's components pooled), and a single digit must sample its own.
+    g = torch.Generator().manual_seed(0)
+    means = torch.randn(10, 5, D, generator=g) * 0.1 + 10 * torch.arange(10.0).view(10, 1, 1)
+    model_dir = make_model_dir(tmp_path / "m", prior=AggregatePosteriorPrior(means, torch.full((10, 5, D), -4.0)))
+    with TestClient(create_app(Settings(model_dir=model_dir))) as c:
+
+        def latents(digit: int | list[int]) -> np.ndarray:
+            body = {"digit": digit, "n": 6, "seed": 3, "temperature": 1.0}
+            return np.array(c.post("/generate", json=body, headers={"Accept": "application/json"}).json()["latents"])
+
+        grid = latents([0, 4, 9]).reshape(3, 6, D)
+        threes, nines = latents(3), latents(9)
+    assert np.array_equal(grid[0], grid[1]) and np.array_equal(grid[0], grid[2])  # one hand per column
+    assert len({round(float(v), 3) for v in grid[0, :, 0]}) > 1  # columns differ from each other
+    assert np.all(np.abs(threes[:, 0] - 30) < 1) and np.all(np.abs(nines[:, 0] - 90) < 1)  # each its own prior
+    assert not np.all(np.abs(grid[0, :, 0] - 90) < 1)  # a column is drawn from every digit's components
 
 
 def test_generate_temperature_scales_the_prior_sample(client):

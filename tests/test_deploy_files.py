@@ -64,6 +64,16 @@ def test_stop_grace_period_outlasts_the_apps_shutdown() -> None:
     assert grace > float(env["CVAE_SHUTDOWN_DELAY_S"]) + float(env["CVAE_GRACEFUL_SHUTDOWN_S"])
 
 
+def test_gpu_training_launches_one_process_per_gpu_through_torchrun() -> None:
+    import yaml
+
+    train = yaml.safe_load(COMPOSE)["services"]["train"]
+    launcher = train["entrypoint"][: train["entrypoint"].index("-m")]
+    assert launcher == ["torchrun", "--standalone", "--nproc_per_node", "${CVAE_TRAIN_PROCESSES:-gpu}"]
+    assert train["entrypoint"][len(launcher) :][:2] == ["-m", "training"]
+    assert train["deploy"]["resources"]["reservations"]["devices"][0]["count"] == "all"
+
+
 def test_image_torch_default_matches_the_pin() -> None:
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     pin = next(d for d in deps if d.startswith("torch"))

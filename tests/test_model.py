@@ -35,6 +35,16 @@ def test_shapes_for_every_architecture(encoder: str) -> None:
     assert probs.shape == (3, 1, 28, 28) and probs.min() >= 0 and probs.max() <= 1
 
 
+def test_encoding_under_every_label_at_once_equals_encoding_under_each() -> None:
+    model = CVAE(CVAEConfig(latent_dim=3, hidden=(16,), channels=(4, 8))).eval()
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        mean, log_var = model.encoder.all_labels(x)
+        each_mean, each_log_var = model.encoder(x.repeat_interleave(10, 0), torch.arange(10).repeat(4))
+    torch.testing.assert_close(mean, each_mean)
+    torch.testing.assert_close(log_var, each_log_var)
+
+
 def test_decoder_output_depends_on_the_label() -> None:
     model = CVAE(CVAEConfig(latent_dim=3, hidden=(16,), channels=(4, 8)))
     z = torch.randn(1, 3)

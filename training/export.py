@@ -57,6 +57,7 @@ def check_scripted(model: CVAE, encoder: Any, decoder: Any, n: int = 64, seed: i
     _check_equal("decoder", decoder(z, y), model.decoder(z, y))
     _check_equal("decoder.logits", decoder.logits(z, y), model.decoder.logits(z, y))
     _check_equal("encoder", encoder(x, y), model.encoder(x, y))
+    _check_equal("encoder.all_labels", encoder.all_labels(x[:8]), model.encoder.all_labels(x[:8]))
 
 
 def export_model_dir(
