@@ -139,10 +139,10 @@ class Decoder(nn.Module):
 
 
 class LabelAdversary(nn.Module):
-    """Predicts the digit from a latent z. Training fits it to find what z gives away about the label, and the
-    encoder to leave it nothing (a censoring adversary: Edwards & Storkey 2016; Lample et al. 2017's Fader
-    networks): then every digit's posteriors fill the same region of latent space, and a z from one digit's
-    hand is a z every digit's decoder knows. Not exported: the served model never uses it.
+    """Predicts the digit from a latent (the posterior mean). Training fits it to find what the latent gives away
+    about the label, and the encoder to leave it nothing (a censoring adversary: Edwards & Storkey 2016; Lample
+    et al. 2017's Fader networks): then every digit's posteriors fill the same region of latent space, and a z
+    from one digit's hand is a z every digit's decoder knows. Not exported: the served model never uses it.
 
     forward(z: float32[N, D]) -> logits float32[N, C]
     """

@@ -113,7 +113,8 @@ class Objective(nn.Module):
     parameter of the CVAE is used in one forward.
 
     forward(x (n, 1, H, W), y (n,), eps (n, D), label_rows) -> (reconstruction (n,), KL to N(0, I) (n,),
-    -log p(y | x) summed over the first label_rows images (the label-discrimination term), z (n, D)).
+    -log p(y | x) summed over the first label_rows images (the label-discrimination term), the posterior means
+    (n, D), which the label adversary reads).
     """
 
     def __init__(self, model: CVAE) -> None:
@@ -132,7 +133,7 @@ class Objective(nn.Module):
             # the N(0, I) the network trains against.
             log_probs, _, _ = label_log_probs(self.model.encoder, self.model.decoder, self.standard, x[:label_rows])
             label_nll = F.nll_loss(log_probs, y[:label_rows], reduction="sum")
-        return recon, kl, label_nll, out.z.float()
+        return recon, kl, label_nll, out.mean.float()
 
 
 @dataclass
@@ -203,20 +204,22 @@ def train_one_epoch(
         mine = launch.share(rows)
         x, y = data.x[mine], data.y[mine]
         with autocast(device):
-            recon, kl, label_nll, z = objective(x, y, launch.share(eps), launch.share_count(label_rows))
+            recon, kl, label_nll, mean = objective(x, y, launch.share(eps), launch.share_count(label_rows))
         # Sums over this process's images scaled by w / (global count): DistributedDataParallel averages the
         # gradients over the w processes, which makes them the gradients of the whole batch's means.
         loss = (recon.sum() + beta * kl.sum()) * (w / batch)
         if label_rows > 0:
             loss = loss + cfg.label_weight * label_nll * (w / label_rows)
         if adversary is not None and state.adversary is not None and state.adversary_optimizer is not None:
-            # The adversary learns to read the label from z; then, frozen, it scores what z still gives away.
-            adversary_loss = F.cross_entropy(adversary(z.detach()), y, reduction="sum") * (w / batch)
+            # The adversary learns to read the label from the posterior mean; then, frozen, it scores what the mean
+            # still gives away. The mean, not the sampled z: from z the encoder could hide the label behind noise
+            # (wider posteriors) instead of moving every digit's posteriors into one region (README: the model).
+            adversary_loss = F.cross_entropy(adversary(mean.detach()), y, reduction="sum") * (w / batch)
             state.adversary_optimizer.zero_grad(set_to_none=True)
             adversary_loss.backward()
             state.adversary_optimizer.step()
             state.adversary.requires_grad_(False)
-            penalty = label_invariance_penalty(state.adversary(z)).sum() * (w / batch)
+            penalty = label_invariance_penalty(state.adversary(mean)).sum() * (w / batch)
             state.adversary.requires_grad_(True)
             loss = loss + cfg.adversary_weight * penalty
         optimizer.zero_grad(set_to_none=True)
