@@ -11,9 +11,12 @@ from model.artifacts import LoadedModel, load_model_dir
 from model.inference import label_log_probs
 from model.prior import sample_latents
 from training.data import load_pair
+from training.evaluate import judged_figures, likelihood_metrics
+from training.judge import shipped_judge
 
 DEFAULT = Path(__file__).parent.parent / "artifacts" / "default"
 FIXTURE = Path(__file__).parent / "fixtures" / "mnist-1000"
+HELD_OUT = Path(__file__).parent / "fixtures" / "mnist-8500-heldout"
 
 
 @pytest.fixture(scope="module")
@@ -33,23 +36,52 @@ def test_manifest_describes_the_model_and_how_to_reproduce_it(model: LoadedModel
     assert m["prior"]["kind"] == "aggregate_posterior" and m["prior"]["file"] == "prior.pt"
     assert m["data"]["count"] == 8500 and m["data"]["val_source"] == "split"
     assert m["reproduce"].startswith("python -m training ") and "--out artifacts/default" in m["reproduce"]
-    for key in ("heldout_nelbo", "heldout_iw_nll", "sample_accuracy", "frechet_ratio", "encode_accuracy_real"):
+    for key in ("heldout_nelbo", "heldout_iw_nll", "sample_accuracy", "frechet_ratio", "grid_accuracy",
+                "transfer_accuracy", "transfer_slant_correlation", "encode_accuracy_real"):  # fmt: skip
         assert key in m["metrics"]
+    assert m["config"]["distributed"]["world_size"] == 1
 
 
-def test_recorded_quality_holds_the_product_goals(model: LoadedModel) -> None:
-    """Issue 5's goals, as `python -m training.evaluate` measured them at export, samples drawn at the
-    temperature the service samples at by default."""
-    q = model.manifest["metrics"]
-    assert q["sample_temperature"] == model.temperature == 0.8
+@pytest.fixture(scope="module")
+def remeasured(model: LoadedModel) -> dict[str, float]:
+    """The shipped model's figures measured again, by evaluation's own functions, on the held-out digits it was
+    evaluated on at export (a committed copy of them) with the shipped judge, which never saw them either."""
+    held = load_pair(HELD_OUT / "t10k-images-idx3-ubyte.gz", HELD_OUT / "t10k-labels-idx1-ubyte.gz")
+    torch.manual_seed(0)
+    figures = likelihood_metrics(model.encoder, model.decoder, model.prior, held, k=4, seed=0)
+    figures |= judged_figures(
+        model.encoder, model.decoder, model.prior, held, shipped_judge(), seed=0, temperature=model.temperature
+    )
+    return figures
+
+
+@pytest.mark.slow
+def test_the_default_model_meets_the_quality_goals_measured_again(model: LoadedModel, remeasured) -> None:
+    """The product's goals (issues 5 and 10), at the service's defaults (the model's temperature)."""
+    q = remeasured
+    assert model.temperature == model.manifest["metrics"]["sample_temperature"]
     assert q["sample_accuracy"] >= 0.99
-    assert q["frechet_generated_vs_real"] <= 3 * q["frechet_real_vs_real"]
+    assert q["frechet_generated_vs_real"] <= 1.5 * q["frechet_real_vs_real"]
     assert q["sample_spread_ratio"] >= 0.5  # variety has not collapsed
-    assert q["sample_train_distance"] >= 0.8 * q["heldout_reconstruction_train_distance"]  # not replaying training
+    assert q["grid_accuracy"] >= 0.97  # a grid's column is one hand writing every digit
+    assert q["transfer_accuracy"] >= 0.97  # a held-out digit's hand re-drawn as every digit
+    assert q["transfer_slant_correlation"] >= 0.9
     assert q["heldout_nelbo"] <= 100.0
-    assert q["heldout_iw_nll"] <= q["heldout_nelbo"]
     assert q["encode_accuracy_real"] >= 0.98 and q["encode_accuracy_redrawn"] >= 0.95
     assert q["reconstruction_accuracy"] >= 0.97
+
+
+@pytest.mark.slow
+def test_the_default_models_recorded_figures_are_what_it_measures(model: LoadedModel, remeasured) -> None:
+    recorded = model.manifest["metrics"]
+    for key in ("sample_accuracy", "grid_accuracy", "transfer_accuracy", "encode_accuracy_real",
+                "encode_accuracy_redrawn", "reconstruction_accuracy", "judge_heldout_accuracy"):  # fmt: skip
+        assert remeasured[key] == pytest.approx(recorded[key], abs=0.003), key  # at most 3 of 1,000 digits
+    for key in ("frechet_ratio", "transfer_slant_correlation", "sample_spread_ratio"):
+        assert remeasured[key] == pytest.approx(recorded[key], rel=0.02), key
+    assert remeasured["heldout_nelbo"] == pytest.approx(recorded["heldout_nelbo"], abs=0.5)  # other noise draws
+    # Not replaying the training digits (measured at export: this needs the training digits themselves).
+    assert recorded["sample_train_distance"] >= 0.8 * recorded["heldout_reconstruction_train_distance"]
 
 
 def test_decoder_and_encoder_honour_the_contract(model: LoadedModel) -> None:

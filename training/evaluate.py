@@ -29,7 +29,7 @@ from model.imaging import decode_image, encode_png, to_mnist
 from model.inference import DecoderLike, EncoderLike, elbo_terms, importance_weighted_nll, label_log_probs
 from model.prior import MAX_TEMPERATURE, GaussianPrior, Prior, is_temperature, sample_latents
 from training.data import DataError, DataSplits, Digits, load_data_dir
-from training.judge import cached_judge, default_cache_dir, predict
+from training.judge import Judge, cached_judge, default_cache_dir, predict
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def inferred_labels(encoder: EncoderLike, decoder: DecoderLike, prior: Prior, x:
 
 @torch.no_grad()
 def likelihood_metrics(
-    encoder: EncoderLike, decoder: DecoderLike, prior: Prior, held_out: Digits, k: int, seed: int
+    encoder: EncoderLike, decoder: DecoderLike, prior: Prior, held_out: Digits, *, k: int, seed: int
 ) -> dict[str, float]:
     x = held_out.images.unsqueeze(1).float() / 255
     y = held_out.labels
@@ -144,6 +144,7 @@ def evaluate_model(
     decoder: DecoderLike,
     prior: Prior,
     data: DataSplits,
+    *,
     k: int = 100,
     seed: int = 0,
     full: bool = True,
@@ -154,15 +155,38 @@ def evaluate_model(
     model's, LoadedModel.temperature). full=False: likelihoods only (no judge)."""
     held = data.val
     out: dict[str, Any] = {"heldout_source": data.info.get("val_source")}
-    out.update(likelihood_metrics(encoder, decoder, prior, held, k, seed))
+    out.update(likelihood_metrics(encoder, decoder, prior, held, k=k, seed=seed))
     if not full:
         return out
 
-    judge, judge_acc = cached_judge(data, cache_dir or default_cache_dir(), seed=seed)
-    out["judge_heldout_accuracy"] = judge_acc
+    judge, _ = cached_judge(data, cache_dir or default_cache_dir(), seed=seed)
+    out.update(
+        judged_figures(
+            encoder, decoder, prior, held, judge, seed=seed, temperature=temperature, train_images=data.train.images
+        )
+    )
+    return out
+
+
+@torch.no_grad()
+def judged_figures(
+    encoder: EncoderLike,
+    decoder: DecoderLike,
+    prior: Prior,
+    held: Digits,
+    judge: Judge,
+    *,
+    seed: int,
+    temperature: float,
+    train_images: Tensor | None = None,
+) -> dict[str, Any]:
+    """Everything the judge measures on the held-out digits `held`; the copying figures too when the training
+    digits are given."""
+    out: dict[str, Any] = {}
     real = held.images.unsqueeze(1).float() / 255
     c = prior.num_classes
-
+    real_pred, real_feats = predict(judge, real)
+    out["judge_heldout_accuracy"] = (real_pred == held.labels).float().mean().item()
     # Generated samples, exactly as the service draws them for one digit at a time (seeded, the model's temperature).
     drawn = [sample_latents(prior, [d], SAMPLES_PER_DIGIT, seed=seed, temperature=temperature) for d in range(c)]
     z, y = torch.cat([d[0] for d in drawn]), torch.cat([d[1] for d in drawn])
@@ -187,17 +211,17 @@ def evaluate_model(
     out["transfer_accuracy_by_digit"] = [(transfer_pred[labels == d] == d).float().mean().item() for d in range(c)]
     out["transfer_slant_correlation"] = correlation(slant(real), slant(redrawings).view(len(real), c).mean(dim=1))
 
-    _, real_feats = predict(judge, real)
     # Variety, beside the Frechet distance: the spread of the judge's features within each digit, generated over
     # real (1: as varied as real digits; a temperature turned down until variety collapses drives it to 0) ...
     out["sample_spread_ratio"] = within_class_spread(gen_feats, y) / within_class_spread(real_feats, held.labels)
     # ... and copying: the median pixel distance to the nearest training digit, of samples and of the held-out
     # digits' reconstructions (as blurry as samples, but of digits the model never saw). Samples much nearer the
     # training set than those reconstructions would be replaying training digits.
-    train_pixels = data.train.images.flatten(1).float() / 255
-    out["sample_train_distance"] = nearest_distance(generated.flatten(1), train_pixels)
-    reconstructions = decoder(mean, held.labels)
-    out["heldout_reconstruction_train_distance"] = nearest_distance(reconstructions.flatten(1), train_pixels)
+    if train_images is not None:
+        train_pixels = train_images.flatten(1).float() / 255
+        out["sample_train_distance"] = nearest_distance(generated.flatten(1), train_pixels)
+        reconstructions = decoder(mean, held.labels)
+        out["heldout_reconstruction_train_distance"] = nearest_distance(reconstructions.flatten(1), train_pixels)
     perm = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))
     half = len(real) // 2
     ref, other = real_feats[perm[:half]], real_feats[perm[half : 2 * half]]

@@ -127,6 +127,12 @@ def shipped_judge_applies(data: DataSplits, seed: int = 0) -> bool:
     return same_split or _heldout_is_mnist_test_set(data.info)
 
 
+def shipped_judge() -> Judge:
+    judge = Judge()
+    judge.load_state_dict(torch.load(SHIPPED, weights_only=True)["state_dict"])
+    return judge.eval()
+
+
 def _cache_path(data: DataSplits, cache_dir: Path, seed: int) -> Path:
     return cache_dir / f"judge-{_key(data, seed)}.pt"
 
@@ -145,10 +151,9 @@ def cached_judge(data: DataSplits, cache_dir: Path, seed: int = 0) -> tuple[Judg
     """The shipped judge where it applies, else train_judge, cached on disk under a key of the data files, the
     split and JUDGE_VERSION. -> (judge, its accuracy on data.val)."""
     if shipped_judge_applies(data, seed):
-        judge = Judge()
-        judge.load_state_dict(torch.load(SHIPPED, weights_only=True)["state_dict"])
+        judge = shipped_judge()
         pred, _ = predict(judge, data.val.images.unsqueeze(1).float() / 255)
-        return judge.eval(), (pred == data.val.labels).float().mean().item()
+        return judge, (pred == data.val.labels).float().mean().item()
     path = _cache_path(data, cache_dir, seed)
     if path.is_file():
         payload = torch.load(path, weights_only=True)

@@ -72,10 +72,11 @@ def wants_json(accept: str | None) -> bool:
 @router.post(
     "/generate",
     summary="Draw digits",
-    description="Samples latents from the model's prior for each digit (or decodes the latent given) and lays the "
-    "images out in a grid, digit-major then sample, row-major in `columns` columns: with the default columns = n, "
-    "one row per digit and the same latent point down each column. The same seed, request and model always give "
-    "a byte-identical PNG; the seed used comes back in `X-Seed`.",
+    description="Samples `n` latents (for one digit, from that digit's prior; for several, from the prior every digit "
+    "shares, each latent decoded under every digit) or decodes the latent given, and lays the images out in a grid, "
+    "digit-major then sample, row-major in `columns` columns: with the default columns = n, one row per digit and "
+    "one latent point, one hand, down each column. The same seed, request and model always give a byte-identical "
+    "PNG; the seed used comes back in `X-Seed`.",
     response_class=Response,
     responses=GENERATE_RESPONSES,
 )
