@@ -14,6 +14,7 @@ from model.artifacts import load_model_dir
 from model.checkpoint import load_checkpoint
 from training import train as train_module
 from training.config import TrainConfig, parse_config
+from training.data import load_data_dir
 from training.train import CHECKPOINT, main
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mnist-1000"
@@ -169,3 +170,41 @@ def test_evaluate_reports_a_missing_model_dir(tmp_path: Path) -> None:
     args = [sys.executable, "-m", "training.evaluate", "--model", str(tmp_path / "none"), "--data-dir", str(FIXTURE)]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_training_runs_without_tqdm_with_a_word_instead_of_bars(tmp_path: Path, monkeypatch, caplog) -> None:
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as after a plain `pip install -e .`: import tqdm fails
+    assert train_module._progress(10, "epoch 1/1", enabled=True) is None
+    main(small_config(tmp_path, epochs=1, progress=True), argv=[])
+    assert (tmp_path / "model" / "manifest.json").is_file()
+
+
+def test_the_shipped_judge_serves_only_data_whose_held_out_digits_it_never_saw() -> None:
+    from training.data import MNIST_SHA256, DataSplits
+    from training.judge import SHIPPED, shipped_judge_applies
+
+    trained_on = torch.load(SHIPPED, weights_only=True)["data"]
+    assert trained_on["files"]["train-images-idx3-ubyte.gz"].startswith("b425bfa7")  # mnist-8500
+    empty = torch.zeros(1, 28, 28, dtype=torch.uint8)
+    digits = train_module.Digits(empty, torch.zeros(1, dtype=torch.int64))
+
+    def splits(**info: object) -> DataSplits:
+        return DataSplits(train=digits, val=digits, info={**trained_on, **info})
+
+    assert shipped_judge_applies(splits(name="renamed-folder"))  # the same files and split
+    assert not shipped_judge_applies(splits(seed=1))  # another split: it may have seen these held-out digits
+    assert not shipped_judge_applies(splits(val_size=500))
+    official_test = {f"{k}.gz": MNIST_SHA256[f"{k}.gz"] for k in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+    full_mnist = {"files": {**official_test, "train-images-idx3-ubyte.gz": "x"}, "val_source": "t10k", "seed": 5}
+    assert shipped_judge_applies(splits(**full_mnist))  # held out: the official test set, which it never saw
+    assert not shipped_judge_applies(splits(**{**full_mnist, "files": {"t10k-images-idx3-ubyte.gz": "other"}}))
+
+
+def test_training_says_before_it_starts_when_evaluation_must_train_a_judge(tmp_path: Path, caplog) -> None:
+    from training.judge import announce_judge
+
+    data = load_data_dir(FIXTURE, val_size=200, seed=0)
+    with caplog.at_level("INFO"):
+        announce_judge(data, tmp_path / "cache")
+    assert "first train its judge classifier on the 800 training digits" in caplog.text
+    assert "--no-evaluate" in caplog.text
