@@ -36,7 +36,7 @@ class TrainConfig:
         default=None,
         metadata=doc("where checkpoints, sample grids and the run record go (default: runs/<name of --out>)"),
     )
-    epochs: int = field(default=60, metadata=doc("passes over the training set"))
+    epochs: int = field(default=100, metadata=doc("passes over the training set"))
     batch_size: int = field(
         default=128,
         metadata=doc(
@@ -67,7 +67,7 @@ class TrainConfig:
         metadata=doc("images of each global batch that the label-discrimination term scores under every label"),
     )
     adversary_weight: float = field(
-        default=3.0,
+        default=1.0,
         metadata=doc(
             "weight of the label-invariance term: the encoder is trained so that an adversary cannot tell the digit "
             "from z, so that one latent writes every digit in one hand (a grid column, a re-drawn upload; 0 disables)"
@@ -117,9 +117,9 @@ class TrainConfig:
         ),
     )
     encoder_hidden: tuple[int, ...] | None = field(
-        default=(256,), metadata=doc("the encoder's hidden MLP widths (none: --hidden)")
+        default=(512,), metadata=doc("the encoder's hidden MLP widths (none: --hidden)")
     )
-    channels: tuple[int, int] = field(default=(16, 32), metadata=doc("the conv encoder's channels at 14x14 and 7x7"))
+    channels: tuple[int, int] = field(default=(32, 64), metadata=doc("the conv encoder's channels at 14x14 and 7x7"))
     progress: bool = field(default=True, metadata=doc("show a progress bar (needs tqdm, the [train] extra)"))
     evaluate: bool = field(
         default=True,
