@@ -97,7 +97,7 @@ def _two_epochs(tmp: Path, launch: Launch) -> tuple[list[float], dict[str, torch
     losses = [train_one_epoch(state, train, cfg, epoch, device, launch)["train_nelbo"] for epoch in range(2)]
     params = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
     assert state.adversary is not None
-    params.update({f"adversary.{k}": v.detach().clone() for k, v in state.adversary.state_dict().items()})
+    params.update({f"adversary.{k}": v.detach().clone() for k, v in state.adversary.net.state_dict().items()})
     return losses, params
 
 

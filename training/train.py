@@ -137,14 +137,21 @@ class Objective(nn.Module):
 
 
 @dataclass
+class Adversary:
+    """The label adversary and its own optimiser (it maximises what the encoder minimises)."""
+
+    net: LabelAdversary
+    optimizer: torch.optim.Optimizer
+
+
+@dataclass
 class TrainState:
     """What a training step changes, and an epoch checkpoint keeps."""
 
     model: CVAE
     optimizer: torch.optim.Optimizer
     ema: CVAE | None  # the moving average of the weights, which validation and export use
-    adversary: LabelAdversary | None
-    adversary_optimizer: torch.optim.Optimizer | None
+    adversary: Adversary | None
 
     @property
     def final(self) -> CVAE:
@@ -155,13 +162,15 @@ def new_state(cfg: TrainConfig, device: torch.device) -> TrainState:
     """A fresh model (initialised from cfg.seed), its optimiser, moving average and label adversary."""
     torch.manual_seed(cfg.seed)
     model = CVAE(cfg.model_config()).to(device)
-    adversary = LabelAdversary(model.cfg).to(device) if cfg.adversary_weight > 0 else None
+    adversary = None
+    if cfg.adversary_weight > 0:
+        net = LabelAdversary(model.cfg).to(device)
+        adversary = Adversary(net, torch.optim.Adam(net.parameters(), lr=ADVERSARY_LR))
     return TrainState(
         model=model,
         optimizer=torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
         ema=copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else None,
         adversary=adversary,
-        adversary_optimizer=torch.optim.Adam(adversary.parameters(), lr=ADVERSARY_LR) if adversary else None,
     )
 
 
@@ -184,7 +193,7 @@ def train_one_epoch(
     model, optimizer = state.model, state.optimizer
     model.train()
     objective = _ddp(Objective(model), launch, device)
-    adversary = _ddp(state.adversary, launch, device) if state.adversary is not None else None
+    adversary = _ddp(state.adversary.net, launch, device) if state.adversary is not None else None
     params: list[Tensor] = list(model.parameters())
     ema_params: list[Tensor] = list(state.ema.parameters()) if state.ema is not None else []
     g = epoch_generator(cfg.seed, epoch, device)
@@ -210,17 +219,17 @@ def train_one_epoch(
         loss = (recon.sum() + beta * kl.sum()) * (w / batch)
         if label_rows > 0:
             loss = loss + cfg.label_weight * label_nll * (w / label_rows)
-        if adversary is not None and state.adversary is not None and state.adversary_optimizer is not None:
+        if state.adversary is not None and adversary is not None:
             # The adversary learns to read the label from the posterior mean; then, frozen, it scores what the mean
             # still gives away. The mean, not the sampled z: from z the encoder could hide the label behind noise
             # (wider posteriors) instead of moving every digit's posteriors into one region (README: the model).
             adversary_loss = F.cross_entropy(adversary(mean.detach()), y, reduction="sum") * (w / batch)
-            state.adversary_optimizer.zero_grad(set_to_none=True)
+            state.adversary.optimizer.zero_grad(set_to_none=True)
             adversary_loss.backward()
-            state.adversary_optimizer.step()
-            state.adversary.requires_grad_(False)
-            penalty = label_invariance_penalty(state.adversary(mean)).sum() * (w / batch)
-            state.adversary.requires_grad_(True)
+            state.adversary.optimizer.step()
+            net = state.adversary.net.requires_grad_(False)
+            penalty = label_invariance_penalty(net(mean)).sum() * (w / batch)
+            net.requires_grad_(True)
             loss = loss + cfg.adversary_weight * penalty
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -385,10 +394,10 @@ def _main(cfg: TrainConfig, argv: list[str] | None, launch: Launch, device: torc
     def checkpoint(epochs_done: int) -> None:
         meta = {"epochs_done": epochs_done, "history": history, "train_config": cfg.to_dict(), **launch.to_dict()}
         adversary_state = None
-        if state.adversary is not None and state.adversary_optimizer is not None:
+        if state.adversary is not None:
             adversary_state = {
-                "state_dict": state.adversary.state_dict(),
-                "optimizer": state.adversary_optimizer.state_dict(),
+                "state_dict": state.adversary.net.state_dict(),
+                "optimizer": state.adversary.optimizer.state_dict(),
             }
         save_checkpoint(
             ckpt_path,
@@ -456,9 +465,9 @@ def resume(state: TrainState, path: Any, launch: Launch, device: torch.device) -
         state.optimizer.load_state_dict(payload["optimizer"])
     if state.ema is not None and payload["ema_state_dict"] is not None:
         state.ema.load_state_dict(payload["ema_state_dict"])
-    if state.adversary is not None and state.adversary_optimizer is not None:
-        state.adversary.load_state_dict(payload["adversary"]["state_dict"])
-        state.adversary_optimizer.load_state_dict(payload["adversary"]["optimizer"])
+    if state.adversary is not None:
+        state.adversary.net.load_state_dict(payload["adversary"]["state_dict"])
+        state.adversary.optimizer.load_state_dict(payload["adversary"]["optimizer"])
     epochs_done = payload["meta"]["epochs_done"]
     if launch.is_main:
         log.info("resumed from %s after epoch %d", path, epochs_done)
