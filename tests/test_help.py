@@ -12,11 +12,14 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = [
     "training",  # python -m training
     "training.evaluate",
+    "training.judge",
     "app",
     "app.worker",  # started by the service, not by hand, but a command all the same
     "tests.bench.serve",
     "tests.bench.apps",
     "tests.bench.train_speed",
+    "tests.bench.train_ddp",
+    "tests.bench.replicas",
 ]
 
 
