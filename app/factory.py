@@ -16,11 +16,13 @@ from fastapi.openapi.utils import get_openapi
 from app.engine import Engine, ThreadEngine, service_options
 from app.error_handlers import install_error_handlers
 from app.errors import PROBLEM_MEDIA_TYPE
+from app.fastpath import GENERATE as GENERATE_PATH
 from app.fastpath import FastPath
 from app.metrics import Metrics
-from app.middleware import BodyLimitMiddleware, MetricsMiddleware
+from app.middleware import BodyLimitMiddleware, BodyLimits, MetricsMiddleware
 from app.routes import encode, generate, ops, page
 from app.runtime import Runtime
+from app.schemas import max_generate_body_bytes
 from app.service import DigitService
 from app.settings import Settings, get_settings
 from app.worker import ProcessEngine
@@ -75,6 +77,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     threads_before = torch.get_num_threads()  # process-wide: put back at shutdown (tests run many apps)
     torch.set_num_threads(settings.torch_threads)
     runtime = Runtime(service, engine, settings, metrics)
+    state.body_limits = BodyLimits(
+        default=settings.max_upload_bytes,
+        by_path={GENERATE_PATH: min(settings.max_upload_bytes, max_generate_body_bytes(model.latent_dim))},
+    )
     try:
         await runtime.start()
         state.runtime = runtime
@@ -139,6 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = None  # until the lifespan resolves them
     app.state.runtime = None  # until the model is loaded and prepared
     app.state.ready = False
+    app.state.body_limits = None  # until the lifespan knows the settings and the model
     app.state.draining = False  # set by python -m app when shutdown is asked for
     app.state.metrics = metrics = Metrics()
     install_error_handlers(app)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -51,9 +52,20 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"the request body is larger than the limit of {limit} bytes")
 
 
+@dataclass(frozen=True)
+class BodyLimits:
+    """Largest request body in bytes: `default`, or by_path[path] for the paths that need less."""
+
+    default: int
+    by_path: dict[str, int]
+
+    def of(self, path: str) -> int:
+        return self.by_path.get(path, self.default)
+
+
 class BodyLimitMiddleware:
-    """Refuses request bodies over `limit(scope)` bytes with 413, counting the bytes as they arrive: a
-    Content-Length over the limit is refused at once, but a missing or lying one (chunked) cannot slip by."""
+    """Refuses request bodies over the app's BodyLimits (app.state.body_limits) with 413, counting the bytes as they
+    arrive: a Content-Length over the limit is refused at once, but a missing or lying one (chunked) cannot slip by."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -62,11 +74,11 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        settings = getattr(scope["app"].state, "settings", None)
-        if settings is None:  # lifespan not run: nothing is served anyway
+        limits: BodyLimits | None = getattr(scope["app"].state, "body_limits", None)
+        if limits is None:  # lifespan not run: nothing is served anyway
             await self.app(scope, receive, send)
             return
-        limit: int = settings.max_upload_bytes
+        limit = limits.of(scope["path"])
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:

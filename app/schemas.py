@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from app.errors import MAX_ERRORS, truncate
 from model.prior import MAX_TEMPERATURE
 
 MAX_DIGITS = 32  # most digits (grid rows) in one /generate request; repeats allowed
@@ -17,6 +18,17 @@ MAX_PADDING = 16
 MAX_SCALE = 8
 MAX_LATENT_ABS = 1000.0  # |z_i| above this is nowhere near anything the model was trained on
 MAX_SEED = 2**63 - 1
+
+# The largest /generate body a model needs: its fields, and n latent vectors of latent_dim numbers each written with
+# room to spare (JSON writes a float in at most ~25 characters; indentation adds some). A larger body is refused
+# (413) before it is parsed: parsing megabytes of JSON would hold the event loop for tens of milliseconds or more.
+GENERATE_BODY_BASE_BYTES = 16 * 1024
+BYTES_PER_LATENT_NUMBER = 48
+
+
+def max_generate_body_bytes(latent_dim: int) -> int:
+    return GENERATE_BODY_BASE_BYTES + MAX_N * latent_dim * BYTES_PER_LATENT_NUMBER
+
 
 Digit = Annotated[int, Field(ge=0, le=9)]
 LatentValue = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_LATENT_ABS, le=MAX_LATENT_ABS)]
@@ -30,13 +42,17 @@ def _latent_kind(v: Any) -> str:
     return "vectors" if isinstance(v, list) and v and isinstance(v[0], list) else "vector"
 
 
+# Lists stop at their first bad element (fail_fast), and say so once: a body of a hundred thousand NaNs costs one
+# error, not a hundred thousand (each of which pydantic, FastAPI and the error handler would otherwise build).
 Digits = Annotated[
-    Annotated[Digit, Tag("int")] | Annotated[list[Digit], Tag("list"), Field(min_length=1, max_length=MAX_DIGITS)],
+    Annotated[Digit, Tag("int")]
+    | Annotated[list[Digit], Tag("list"), Field(min_length=1, max_length=MAX_DIGITS, fail_fast=True)],
     Discriminator(_digit_kind),
 ]
+LatentVector = Annotated[list[LatentValue], Field(min_length=1, fail_fast=True)]
 Latent = Annotated[
-    Annotated[list[LatentValue], Tag("vector"), Field(min_length=1)]
-    | Annotated[list[list[LatentValue]], Tag("vectors"), Field(min_length=1, max_length=MAX_N)],
+    Annotated[LatentVector, Tag("vector")]
+    | Annotated[list[LatentVector], Tag("vectors"), Field(min_length=1, max_length=MAX_N, fail_fast=True)],
     Discriminator(_latent_kind),
 ]
 
@@ -87,6 +103,19 @@ class GenerateRequest(BaseModel):
     columns: int | None = Field(None, ge=1, le=MAX_COLUMNS, description="tiles per grid row; default n")
     padding: int = Field(2, ge=0, le=MAX_PADDING, description="black pixels between and around tiles")
     scale: int = Field(1, ge=1, le=MAX_SCALE, description="integer upscaling of the whole grid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_many_unknown_fields(cls, data: Any) -> Any:
+        """Up to MAX_ERRORS unknown fields are named one by one (extra="forbid"); more are refused here at once, as
+        one error, rather than one error built per field."""
+        if isinstance(data, dict) and len(data) > len(cls.model_fields) + MAX_ERRORS:
+            unknown = [key for key in data if key not in cls.model_fields]
+            named = ", ".join(truncate(repr(key), 40) for key in unknown[:3])
+            raise ValueError(
+                f"{len(unknown)} unknown fields ({named}, ...); the fields are {', '.join(cls.model_fields)}"
+            )
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> GenerateRequest:
@@ -164,9 +193,11 @@ class FieldError(BaseModel):
 
 
 class ValidationProblem(Problem):
-    """A request whose fields are wrong: `errors` says which and why."""
+    """A request whose fields are wrong: `errors` says which and why (the first 10; `error_count` then says how many
+    were found)."""
 
     errors: list[FieldError]
+    error_count: int | None = Field(None, description="how many errors were found, when there were more than listed")
 
 
 class Liveness(BaseModel):
