@@ -41,7 +41,15 @@ class Settings(BaseSettings):
         description="longest a request waits for others to batch with; 0: a batch starts as soon as the model is "
         "free, with what arrived while the last one ran (on CPU, waiting only adds latency)",
     )  # fmt: skip
-    max_pending: int = Field(1024, ge=1, description="requests queued per endpoint before 503 (overloaded)")
+    max_queue_wait_s: float = Field(
+        2.0, gt=0, le=600,
+        description="longest a request may wait for the model: one whose estimated wait (the work queued before it) is "
+        "longer is refused at once, and one still queued this long is refused then (503 with Retry-After)",
+    )  # fmt: skip
+    max_queued_bytes: int = Field(
+        64 * 1024 * 1024, ge=1,
+        description="most bytes of request bodies (uploads) waiting for the model at once; more: 503 with Retry-After",
+    )  # fmt: skip
     decode_chunk: int = Field(
         8, ge=1, le=4096,
         description="decoder passes are zero-padded to whole chunks of this many rows; small: a lone request waits "

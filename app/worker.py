@@ -55,6 +55,9 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # what the child needs on sys.path to import app and model
+# A batch takes well under a second (the largest /generate, a 16-megapixel upload); one that takes this long means the
+# child hangs (stopped, swapping, deadlocked): it is killed and replaced, and the batch answered 503.
+BATCH_TIMEOUT_S = 60.0
 
 
 # --- the child ------------------------------------------------------------------------------------------------
@@ -118,9 +121,12 @@ class ProcessEngine:
     """The Engine whose model work runs in the child. Lives in the event loop only (no threads): frames are written
     through and read from an asyncio stream."""
 
-    def __init__(self, settings: Settings, start_timeout_s: float = 120.0) -> None:
+    def __init__(
+        self, settings: Settings, start_timeout_s: float = 120.0, batch_timeout_s: float = BATCH_TIMEOUT_S
+    ) -> None:
         self.settings = settings
         self.start_timeout_s = start_timeout_s
+        self.batch_timeout_s = batch_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self._socket: socket.socket | None = None
@@ -132,9 +138,11 @@ class ProcessEngine:
         self._closing = False
 
     @classmethod
-    def spawn(cls, settings: Settings, start_timeout_s: float = 120.0) -> ProcessEngine:
+    def spawn(
+        cls, settings: Settings, start_timeout_s: float = 120.0, batch_timeout_s: float = BATCH_TIMEOUT_S
+    ) -> ProcessEngine:
         """Start the child, which loads the model at once (while the server loads its own copy); prepare() waits."""
-        engine = cls(settings, start_timeout_s)
+        engine = cls(settings, start_timeout_s, batch_timeout_s)
         engine._spawn()
         return engine
 
@@ -246,7 +254,14 @@ class ProcessEngine:
         self._pending[message.batch_id] = future
         self._writer.write(frame(message))
         try:
-            return await future
+            return await asyncio.wait_for(future, self.batch_timeout_s)
+        except TimeoutError:
+            log.error("the inference process took over %g s on a batch; replacing it", self.batch_timeout_s)
+            self._kill()  # the reader sees the socket close: _lost() fails what the child held and starts a new one
+            raise ServiceError(
+                503, "the inference process stopped answering; try again", kind="not-ready",
+                headers={"Retry-After": "1"},
+            ) from None  # fmt: skip
         finally:
             self._pending.pop(message.batch_id, None)
 
