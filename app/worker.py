@@ -33,6 +33,7 @@ from pathlib import Path
 
 from app.engine import freeze_heap, prepare_here, service_options
 from app.errors import ServiceError
+from app.logs import configure_child
 from app.messages import (
     BatchFailed,
     DrawBatch,
@@ -107,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--torch-threads", type=int, required=True)
     parser.add_argument("--options", type=json.loads, required=True, help="app.service.ServiceOptions as JSON")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text")
     args = parser.parse_args(argv)
-    logging.basicConfig(format="%(levelname)s: [inference process] %(message)s")
+    configure_child(args.log_format)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with socket.socket(fileno=args.fd) as sock:
         return serve(sock, args.model_dir, ServiceOptions(**args.options), args.torch_threads)
@@ -204,7 +206,7 @@ class ProcessEngine:
         path = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
         options = json.dumps(dataclasses.asdict(service_options(s)))
         cmd = [sys.executable, "-m", "app.worker", "--fd", str(child.fileno()), "--model-dir", str(s.model_dir),
-               "--torch-threads", str(s.torch_threads), "--options", options]  # fmt: skip
+               "--torch-threads", str(s.torch_threads), "--options", options, "--log-format", s.log_format]  # fmt: skip
         try:
             self.process = subprocess.Popen(
                 cmd, pass_fds=(child.fileno(),), env={**os.environ, "PYTHONPATH": path}, start_new_session=True
