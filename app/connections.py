@@ -11,7 +11,11 @@ request's work going after its client has gone. GuardedProtocol adds:
 - a connection cap: on a connection opened while `max_connections` others are open, every request is answered 503
   with Retry-After and the connection closed (a balancer retries elsewhere);
 - disconnects: when the client closes the connection before its answer is complete, the request's task is cancelled,
-  so its work stops where it is (a queued job leaves the queue, app/batching.py) instead of running for no one.
+  so its work stops where it is (a queued job leaves the queue, app/batching.py) instead of running for no one;
+- a lingering close (as nginx's lingering_close): a connection closed after answering a request whose body is still
+  arriving (a 413 before reading a body too large, a 408, a 503) first says it is done (FIN) and reads and drops what
+  the client still sends, for up to LINGER_S seconds and LINGER_BYTES bytes. Closed at once, the client's unread bytes
+  would make the kernel reset the connection, and the client would lose the answer it was sent.
 
 The protocol marks each request's scope (LINK: the task and why it was cut short) and RequestGuard, an ASGI middleware
 outside everything that answers, turns the cancellation into the answer: 408 for a body too slow, nothing for a
@@ -36,6 +40,8 @@ from app.errors import PROBLEM_MEDIA_TYPE, ServiceError
 log = logging.getLogger(__name__)
 
 LINK = "cvae.connection"  # scope key: the RequestLink of a request served by GuardedProtocol
+LINGER_S = 2.0
+LINGER_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,41 @@ class RequestLink:
         if self.task is not None and not self.task.done() and self.reason is None:
             self.reason = reason
             self.task.cancel()
+
+
+class LingeringTransport:
+    """The connection's transport as uvicorn sees it: closing it while the request's body is still arriving lingers
+    (see the module's docstring); everything else is the transport's own."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: GuardedProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self.lingering = False
+        self.dropped = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._transport.is_closing()
+
+    def close(self) -> None:
+        if self.lingering:
+            return  # closed by its timer, or as soon as the client closes its side
+        cycle = self._protocol.cycle
+        transport = self._transport
+        if cycle is None or not cycle.more_body or transport.is_closing() or not transport.can_write_eof():
+            transport.close()
+            return
+        self.lingering = True
+        transport.write_eof()  # after what was written: the answer
+        transport.resume_reading()
+        self._protocol.loop.call_later(LINGER_S, transport.close)
+
+    def drop(self, data: bytes) -> None:
+        self.dropped += len(data)
+        if self.dropped > LINGER_BYTES:
+            self._transport.close()
 
 
 class GuardedProtocol(H11Protocol):
@@ -88,11 +129,15 @@ class GuardedProtocol(H11Protocol):
                 self._link = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        self._lingering = LingeringTransport(transport, self)
+        super().connection_made(self._lingering)  # type: ignore[arg-type]
         self._over_capacity = len(self.connections) > self.limits.max_connections
         self._start_header_timer()
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering.lingering:
+            self._lingering.drop(data)
+            return
         if self._header_timer is None and (self.cycle is None or self.cycle.response_complete):
             self._start_header_timer()  # the first bytes of the next request on a kept-alive connection
         cycle = self.cycle
