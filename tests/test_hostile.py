@@ -72,12 +72,13 @@ class Server:
 
 
 @contextlib.contextmanager
-def serving(model_dir: Path, log: Path, **env: str) -> Iterator[Server]:
+def serving(model_dir: Path, log: Path, env: dict[str, str]) -> Iterator[Server]:
+    """`python -m app` serving model_dir with the settings in env, its output in log."""
     port = free_port()
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "app", "--port", str(port)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "CVAE_MODEL_DIR": str(model_dir), **SETTINGS, **env},
+            env={**os.environ, "CVAE_MODEL_DIR": str(model_dir), **env},
         )  # fmt: skip
     server = Server(port, proc, log)
     try:
@@ -98,7 +99,8 @@ def serving(model_dir: Path, log: Path, **env: str) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with serving(tiny_model_dir, tmp_path_factory.mktemp("hostile") / "server.log", CVAE_ACCESS_LOG="false") as s:
+    log = tmp_path_factory.mktemp("hostile") / "server.log"
+    with serving(tiny_model_dir, log, {**SETTINGS, "CVAE_ACCESS_LOG": "false"}) as s:
         yield s
     assert "Traceback" not in s.log.read_text()
 
@@ -413,8 +415,8 @@ def test_sigterm_with_work_in_flight_answers_every_request_200_or_503_and_exits_
     connection closed; none gets a 500; the process exits 0 with no traceback. Its logs are JSON, one object per
     line, every access line with the request ID its response carried."""
     log = tmp_path / "server.log"
-    with serving(tiny_model_dir, log, CVAE_GRACEFUL_SHUTDOWN_S="1", CVAE_MAX_QUEUE_WAIT_S="60",
-                 CVAE_LOG_FORMAT="json") as s:  # fmt: skip
+    env = {**SETTINGS, "CVAE_GRACEFUL_SHUTDOWN_S": "1", "CVAE_MAX_QUEUE_WAIT_S": "60", "CVAE_LOG_FORMAT": "json"}
+    with serving(tiny_model_dir, log, env) as s:
 
         async def main():
             pending = [asyncio.ensure_future(ask(s.port, request_bytes("POST", "/generate", BIG), timeout=20))
@@ -443,3 +445,14 @@ def test_sigterm_with_work_in_flight_answers_every_request_200_or_503_and_exits_
     ids = {a.headers["x-request-id"] for a in answers if a is not None}
     assert {e["request_id"] for e in access} >= ids and all(e["status"] in (200, 503) for e in access)
     print(f"\nSIGTERM with 30 large requests in flight: {dict(statuses)}, exit {code} after {took:.1f} s")
+
+
+def test_by_default_readyz_turns_503_before_the_port_closes(tiny_model_dir, tmp_path):
+    """With the default CVAE_SHUTDOWN_DELAY_S, a balancer polling /readyz sees 503 while the port still answers."""
+    env = {key: value for key, value in SETTINGS.items() if key != "CVAE_SHUTDOWN_DELAY_S"}
+    with serving(tiny_model_dir, tmp_path / "server.log", {**env, "CVAE_ACCESS_LOG": "false"}) as s:
+        s.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        assert httpx.get(f"{s.base}/readyz", timeout=5).status_code == 503
+        assert httpx.get(f"{s.base}/livez", timeout=5).status_code == 200
+        assert s.proc.wait(20) == 0
