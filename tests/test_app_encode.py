@@ -160,12 +160,18 @@ def test_encode_reads_a_phone_photo_upright(client):
     """A photo stored sideways with EXIF orientation 6 (turn 90 degrees clockwise to view), as phones store them:
     encoded as the upright picture, not as stored."""
     upright = drawing((60, 90), "RGB")
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
     exif = Image.Exif()
     exif[0x0112] = 6
-    sideways = encoded(upright.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95, exif=exif)
-    plain = upload(client, encoded(upright, "JPEG", quality=95), digit="1").json()
-    photo = upload(client, sideways, digit="1").json()
-    assert np.allclose(photo["mean"], plain["mean"], atol=0.05)
+
+    def mean(data: bytes) -> np.ndarray:
+        return np.array(upload(client, data, digit="1").json()["mean"])
+
+    plain = mean(encoded(upright, "JPEG", quality=95))
+    photo = mean(encoded(stored, "JPEG", quality=95, exif=exif))
+    as_stored = mean(encoded(stored, "JPEG", quality=95))  # what reading it as stored gives (the tiny model's
+    # encoder moves little: compare the distances, not against a fixed tolerance)
+    assert np.abs(photo - plain).max() < np.abs(as_stored - plain).max() / 10
 
 
 def test_encode_without_a_file_field_is_422_naming_it(client):
