@@ -2,9 +2,10 @@
 
 - The body's media type must be the one the route reads: JSON (application/json, or application/*+json) for
   /generate, multipart/form-data for /encode; anything else, or none, is 415 Unsupported Media Type.
-- JSON: a key given twice in one object (`{"digit": 3, "digit": 4}`) is a 422 naming it, not "the last one wins";
-  nesting too deep for the parser, numbers too long to convert and bytes that are not UTF-8 are a 400 like any
-  other malformed JSON, never a 500.
+- JSON: a key given twice in one object (`{"digit": 3, "digit": 4}`) is a 422 naming it, not "the last one wins",
+  and an object of more than MAX_OBJECT_KEYS keys is one 422 (not one error per unknown field); nesting too deep
+  for the parser, numbers too long to convert and bytes that are not UTF-8 are a 400 like any other malformed JSON,
+  never a 500.
 - Forms: a field given twice, or a field the route does not have, is a 422 naming it; more than MAX_FORM_PARTS parts
   is a 400 from the multipart parser, before it reads further.
 """
@@ -30,9 +31,18 @@ MAX_FORM_PARTS = 8  # an /encode form has two fields; a few more can still be na
 PARSED_JSON = "cvae.parsed_json"  # scope key: a body the fast path parsed and then handed to the route
 
 
+MAX_OBJECT_KEYS = 32  # the API's bodies have at most 8 fields: an object with more is refused as one error
+
+
 class DuplicateKeys(ValueError):
     def __init__(self, keys: list[str]) -> None:
         super().__init__(", ".join(keys))
+        self.keys = keys
+
+
+class TooManyKeys(ValueError):
+    def __init__(self, keys: list[str]) -> None:
+        super().__init__(f"{len(keys)} keys")
         self.keys = keys
 
 
@@ -68,6 +78,8 @@ def require_form(content_type: str | None) -> None:
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len(pairs) > MAX_OBJECT_KEYS:  # refused here, before pydantic would build an error for each unknown one
+        raise TooManyKeys([key for key, _ in pairs])
     obj = dict(pairs)
     if len(obj) != len(pairs):
         counts = Counter(key for key, _ in pairs)
@@ -75,10 +87,15 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+# One decoder, made once: json.loads(body, object_pairs_hook=...) would build a new one on every call.
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
 def parse_json(body: bytes) -> Any:
-    """A JSON body -> its value. 400 (malformed-json) for anything json.loads cannot read, 422 for a repeated key."""
+    """A JSON body -> its value, read as json.loads reads bytes (UTF-8, -16 or -32). 400 (malformed-json) for
+    anything it cannot read, 422 for a repeated key."""
     try:
-        return json.loads(body, object_pairs_hook=_unique_keys)
+        return _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
     except DuplicateKeys as e:
         errors = [field_error(["body", key], f"key {key!r} is given more than once; give it once", "duplicate_key")
                   for key in e.keys]  # fmt: skip
@@ -86,6 +103,13 @@ def parse_json(body: bytes) -> Any:
             422, f"the JSON body repeats a key: {summary(errors)}", kind="validation-error", title="Invalid request",
             errors=errors,
         ) from None  # fmt: skip
+    except TooManyKeys as e:
+        named = ", ".join(truncate(repr(key), 40) for key in e.keys[:3])
+        msg = f"an object with {len(e.keys)} keys ({named}, ...); the API's objects have at most {MAX_OBJECT_KEYS}"
+        errors = [field_error(["body"], msg, "too_many_keys")]
+        raise ServiceError(
+            422, summary(errors), kind="validation-error", title="Invalid request", errors=errors
+        ) from None
     except json.JSONDecodeError as e:
         detail = f"the body is not valid JSON: {e.msg} at character {e.pos}"
     except RecursionError:

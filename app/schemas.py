@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from app.errors import MAX_ERRORS, truncate
 from model.prior import MAX_TEMPERATURE
 
 MAX_DIGITS = 32  # most digits (grid rows) in one /generate request; repeats allowed
@@ -103,19 +102,6 @@ class GenerateRequest(BaseModel):
     columns: int | None = Field(None, ge=1, le=MAX_COLUMNS, description="tiles per grid row; default n")
     padding: int = Field(2, ge=0, le=MAX_PADDING, description="black pixels between and around tiles")
     scale: int = Field(1, ge=1, le=MAX_SCALE, description="integer upscaling of the whole grid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _not_many_unknown_fields(cls, data: Any) -> Any:
-        """Up to MAX_ERRORS unknown fields are named one by one (extra="forbid"); more are refused here at once, as
-        one error, rather than one error built per field."""
-        if isinstance(data, dict) and len(data) > len(cls.model_fields) + MAX_ERRORS:
-            unknown = [key for key in data if key not in cls.model_fields]
-            named = ", ".join(truncate(repr(key), 40) for key in unknown[:3])
-            raise ValueError(
-                f"{len(unknown)} unknown fields ({named}, ...); the fields are {', '.join(cls.model_fields)}"
-            )
-        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> GenerateRequest:
