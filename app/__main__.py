@@ -3,25 +3,28 @@ shipped artifacts/default) with uvicorn. Other settings come from CVAE_* environ
 
 A missing or corrupt model directory stops it before it binds the port: one log line naming the file, exit 1.
 On SIGTERM/SIGINT, /readyz turns 503 at once; after CVAE_SHUTDOWN_DELAY_S the port closes, and in-flight
-requests get CVAE_GRACEFUL_SHUTDOWN_S to finish.
+requests get CVAE_GRACEFUL_SHUTDOWN_S to finish (those still running then are answered 503: app/connections.py);
+then the process exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import contextlib
 import logging
 import logging.config
 import signal
 import sys
 import time
+from collections.abc import Generator
 from types import FrameType
 from typing import Any
 
 import uvicorn
-from uvicorn.config import LOGGING_CONFIG
 
+from app.connections import ConnectionLimits, protocol_class
 from app.factory import create_app
+from app.logs import logging_config
 from app.settings import Settings, get_settings
 from model.artifacts import ModelDirError, verify_model_dir
 
@@ -35,24 +38,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def logging_config(level: str) -> dict[str, Any]:
-    """uvicorn's own logging setup, with the service's loggers (app.*, model.*) printed the same way."""
-    config = copy.deepcopy(LOGGING_CONFIG)
-    for name in ("app", "model"):
-        config["loggers"][name] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
-    return config
-
-
 def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
-    """How the service runs under uvicorn (one worker; the HTTP and event-loop implementations uvicorn picks).
-    tests/bench/serve.py runs its reference apps with this too, so that they share the service's stack."""
+    """How the service runs under uvicorn: one worker, the event loop uvicorn picks, and HTTP/1.1 by uvicorn's h11
+    protocol with the service's connection limits (app/connections.py). tests/bench/serve.py runs its reference
+    apps with this too, so that they share the service's stack."""
+    limits = ConnectionLimits(
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        max_connections=settings.max_connections,
+    )
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=protocol_class(limits),
         log_config=None,  # configured by the caller
         log_level=settings.log_level,
         access_log=settings.access_log,
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]  # uvicorn annotates int, uses it as float
         timeout_graceful_shutdown=settings.graceful_shutdown_s,
         lifespan="on",
     )
@@ -78,6 +81,19 @@ class Server(uvicorn.Server):
                 return
         super().handle_exit(sig, frame)
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """uvicorn's, but a drained shutdown on SIGTERM ends with exit status 0. uvicorn raises the signal it stopped
+        for again once it has shut down, with the handler that was installed before it: with the default one the
+        process would end by SIGTERM (143), as if killed. Here that handler does nothing, so main() returns 0;
+        SIGINT keeps its KeyboardInterrupt."""
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+        try:
+            with super().capture_signals():
+                yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
     async def on_tick(self, counter: int) -> bool:
         if self._exit_at is not None and time.monotonic() >= self._exit_at and not self.should_exit:
             super().handle_exit(self._exit_signal, None)
@@ -94,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = settings.model_copy(update=overrides)
-    logging.config.dictConfig(logging_config(settings.log_level))
+    logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
     try:
         verify_model_dir(settings.model_dir)  # fail before binding the port, without a traceback
     except ModelDirError as e:

@@ -1,21 +1,38 @@
-"""Micro-batching: concurrent requests share one call of an async batch function (an Engine's draw or encode).
+"""Scheduling the model's work: concurrent requests share batches, one batch runs at a time, and the queue is bounded
+by the work it holds, not by how many requests it holds. No HTTP here.
 
-Jobs wait in a queue, each with a cost (the tiles it draws, the uploads it encodes). One worker task takes as many
-as fit in `max_cost` (a job is never split; one costlier than max_cost runs alone), waits at most `max_wait_s`
-after the first one's arrival for more, and awaits the batch function; one batch runs at a time. Under load, the
-jobs that arrive while a batch runs form the next one without waiting at all. A job whose caller has gone
-(cancelled) is dropped before it runs. No HTTP here.
+Each operation (an Engine's draw or encode) is a Lane: its own queue, its batch function and the most cost one
+batch may hold (tiles, uploads). A job carries its cost (what batches are packed by: a job is never split; one
+costlier than max_cost runs alone), its work (an estimate of the engine's time for it in the lane's units: tiles
+and pixels for /generate, decoded pixels for /encode; app/service.py) and its size in bytes. One worker runs one
+batch at a time, for both lanes (they share the inference process), and waits at most `max_wait_s` after a
+batch's first job arrived for more to join it.
+
+- Seconds: each lane turns work into seconds at a rate it learns from the batches it runs (a moving average of
+  seconds per unit of work), starting from a measured guess: on a slower or busier machine the queue holds less.
+- Order: shortest job first (by estimated seconds; equal ones first come, first served). A small request overtakes
+  large ones, so it stays prompt while large ones saturate the service; under overload the largest wait longest and
+  are the ones refused.
+- Admission: a job is refused at once (503 overloaded, Retry-After) when the work that would run before it (the
+  running batch's rest, and every queued job no longer than it) would keep it waiting over `max_queue_s`, or when
+  the queued jobs' bytes would pass `max_queued_bytes` (they hold their uploads until they run).
+- Deadline: a job still queued `max_queue_s` after it arrived (the estimate was wrong, the machine slowed down, or
+  shorter jobs kept overtaking it) is answered 503 then, by a timer, instead of run.
+- A job whose caller has gone (its future cancelled: the client disconnected, app/connections.py) leaves the
+  queue's accounts at once and is dropped before it runs; if its batch is already running, its result is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
+import math
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from app.errors import ServiceError
 
@@ -26,94 +43,233 @@ R = TypeVar("R")
 
 # Called once per batch with (jobs, total cost, each job's wait in the queue, seconds the batch took).
 BatchObserver = Callable[[int, int, Sequence[float], float], None]
+# Called with a refusal's or a drop's reason: "overloaded", "queue_bytes", "deadline" or "abandoned".
+QueueObserver = Callable[[str], None]
+
+RATE_SMOOTHING = 0.2  # weight of the latest batch in a lane's seconds-per-unit average
+RATE_RANGE = 30.0  # the learnt rate stays within this factor of the lane's starting guess either way
+BATCH_SECONDS = 0.1  # a batch takes more jobs only while its estimate stays under this: a long batch holds the queue
 
 
 @dataclass(slots=True)
 class _Item(Generic[J, R]):
-    job: J
+    order: tuple[float, int]  # (estimated seconds, arrival number): the queue's order
+    job: J | None  # None once its caller has gone
     cost: int
+    work: float
+    seconds: float  # estimated when queued
+    size: int
     future: asyncio.Future[R]
+    lane: Lane[J, R]
     enqueued: float = field(default_factory=time.perf_counter)
+    queued: bool = True  # still counted in the queue's totals
+    deadline: asyncio.TimerHandle | None = None
+
+    def __lt__(self, other: _Item[Any, Any]) -> bool:
+        return self.order < other.order
 
 
-class Batcher(Generic[J, R]):
-    """`await submit(job, cost)` -> run([..., job, ...])[its index], with run called on batches of jobs."""
+class Lane(Generic[J, R]):
+    """One operation's queue (create with Scheduler.lane)."""
 
     def __init__(
         self,
+        name: str,
         run: Callable[[list[J]], Awaitable[list[R]]],
         *,
         max_cost: int,
-        max_wait_s: float,
-        max_pending: int,
-        on_batch: BatchObserver | None = None,
+        seconds_per_unit: float,
+        on_batch: BatchObserver | None,
+        on_queue: QueueObserver | None,
     ) -> None:
-        self._run = run
+        self.name = name
+        self.run = run
         self.max_cost = max_cost
+        self.seconds_per_unit = seconds_per_unit
+        self._guess = seconds_per_unit
+        self.on_batch = on_batch
+        self.on_queue = on_queue
+        self.heap: list[_Item[J, R]] = []
+
+    def seconds(self, work: float) -> float:
+        return work * self.seconds_per_unit
+
+    def learn(self, work: float, seconds: float) -> None:
+        if work > 0:
+            observed = min(max(seconds / work, self._guess / RATE_RANGE), self._guess * RATE_RANGE)
+            self.seconds_per_unit += RATE_SMOOTHING * (observed - self.seconds_per_unit)
+
+    def head(self) -> _Item[J, R] | None:
+        """The first live job (dropping those whose callers have gone), not removed."""
+        heap = self.heap
+        while heap and heap[0].job is None:
+            heapq.heappop(heap)
+        return heap[0] if heap else None
+
+
+class Scheduler:
+    """`await submit(lane, job, cost, work)` -> lane.run([..., job, ...])[its index]."""
+
+    def __init__(self, *, max_wait_s: float, max_queue_s: float, max_queued_bytes: int) -> None:
         self.max_wait_s = max_wait_s
-        self.max_pending = max_pending
-        self._on_batch = on_batch
-        self._queue: deque[_Item[J, R]] = deque()
+        self.max_queue_s = max_queue_s
+        self.max_queued_bytes = max_queued_bytes
+        self.lanes: list[Lane[Any, Any]] = []
+        self.queued_jobs = 0  # live queued jobs, and their estimated seconds and bytes
+        self.queued_seconds = 0.0
+        self.queued_bytes = 0
+        self._running_until = 0.0  # when the running batch should end, by its estimate
+        self._arrivals = itertools.count()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
+    def lane(
+        self,
+        name: str,
+        run: Callable[[list[J]], Awaitable[list[R]]],
+        *,
+        max_cost: int,
+        seconds_per_unit: float,
+        on_batch: BatchObserver | None = None,
+        on_queue: QueueObserver | None = None,
+    ) -> Lane[J, R]:
+        lane = Lane(name, run, max_cost=max_cost, seconds_per_unit=seconds_per_unit, on_batch=on_batch,
+                    on_queue=on_queue)  # fmt: skip
+        self.lanes.append(lane)
+        return lane
+
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._worker(), name="batcher")
+        self._task = asyncio.get_running_loop().create_task(self._worker(), name="scheduler")
 
     async def stop(self) -> None:
-        """Refuse new jobs, finish the queued ones, then end the worker."""
+        """Refuse new jobs, finish the queued ones (within their deadline), then end the worker."""
         self._closed = True
         self._wakeup.set()
         if self._task is not None:
             await self._task
 
-    async def submit(self, job: J, cost: int) -> R:
+    async def submit(self, lane: Lane[J, R], job: J, cost: int, work: float, size: int = 0) -> R:
         if self._closed:
             raise ServiceError(503, "the service is shutting down", kind="shutting-down", headers={"Retry-After": "1"})
-        if len(self._queue) >= self.max_pending:
+        seconds = lane.seconds(work)
+        order = (seconds, next(self._arrivals))
+        wait = self.expected_wait(order)
+        if wait > self.max_queue_s:
+            self._note(lane, "overloaded")
             raise ServiceError(
                 503,
-                f"{len(self._queue)} requests are already waiting; try again shortly",
-                kind="overloaded",
-                title="Overloaded",
-                headers={"Retry-After": "1"},
-            )
+                f"overloaded: this request would wait about {wait:.1f} s for the work queued before it (the limit is "
+                f"{self.max_queue_s:g} s); try again shortly",
+                kind="overloaded", title="Overloaded", headers={"Retry-After": _retry_after(wait - self.max_queue_s)},
+            )  # fmt: skip
+        if size and self.queued_bytes + size > self.max_queued_bytes:
+            self._note(lane, "queue_bytes")
+            raise ServiceError(
+                503,
+                f"overloaded: {self.queued_bytes} bytes of requests are already waiting (the limit is "
+                f"{self.max_queued_bytes}); try again shortly",
+                kind="overloaded", title="Overloaded", headers={"Retry-After": _retry_after(self._running_rest())},
+            )  # fmt: skip
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(job, cost, future))
+        item: _Item[J, R] = _Item(order, job, cost, work, seconds, size, future, lane)
+        future.add_done_callback(lambda _: self._settle(item))
+        item.deadline = future.get_loop().call_later(self.max_queue_s, self._expire, item)
+        heapq.heappush(lane.heap, item)
+        self.queued_jobs += 1
+        self.queued_seconds += seconds
+        self.queued_bytes += size
         self._wakeup.set()
         return await future
 
-    def _take(self, batch: list[_Item[J, R]], total: int) -> int:
-        """Move queued items into batch while they fit; -> the new total cost. Drops abandoned jobs."""
-        queue = self._queue
-        while queue:
-            item = queue[0]
-            if item.future.done():  # the caller went away (cancelled)
-                queue.popleft()
-                continue
-            if batch and total + item.cost > self.max_cost:
+    def expected_wait(self, order: tuple[float, int]) -> float:
+        """Estimated seconds until a job of this order would start: the running batch's rest, then every live queued
+        job that comes before it (cheap while the whole queue is short; one pass over it otherwise)."""
+        wait = self._running_rest()
+        if wait + self.queued_seconds <= self.max_queue_s:
+            return wait + self.queued_seconds
+        for lane in self.lanes:
+            wait += sum(item.seconds for item in lane.heap if item.queued and item.order < order)
+        return wait
+
+    def _running_rest(self) -> float:
+        return max(0.0, self._running_until - time.perf_counter())
+
+    def _settle(self, item: _Item[Any, Any]) -> None:
+        """A job's future is done: if it was still queued (its caller went away), take it out of the accounts and
+        let go of its request's bytes; the worker drops it from the heap."""
+        if item.queued:
+            self._unqueue(item)
+            item.job = None
+            self._note(item.lane, "abandoned")
+
+    def _unqueue(self, item: _Item[Any, Any]) -> None:
+        item.queued = False
+        if item.deadline is not None:
+            item.deadline.cancel()
+        self.queued_jobs -= 1
+        # Exactly 0 when empty: float sums of added and removed estimates would drift over a long run.
+        self.queued_seconds = self.queued_seconds - item.seconds if self.queued_jobs else 0.0
+        self.queued_bytes -= item.size
+
+    def _note(self, lane: Lane[Any, Any], reason: str) -> None:
+        if lane.on_queue is not None:
+            lane.on_queue(reason)
+
+    def _next_lane(self) -> Lane[Any, Any] | None:
+        """The lane whose first live job comes first."""
+        best: Lane[Any, Any] | None = None
+        best_head: _Item[Any, Any] | None = None
+        for lane in self.lanes:
+            head = lane.head()
+            if head is not None and (best_head is None or head.order < best_head.order):
+                best, best_head = lane, head
+        return best
+
+    def _expire(self, item: _Item[Any, Any]) -> None:
+        """A job's deadline timer: still queued after max_queue_s, it is answered 503 (the worker drops it)."""
+        if not item.queued:
+            return
+        self._unqueue(item)
+        item.job = None
+        self._note(item.lane, "deadline")
+        retry_after = _retry_after(self._running_rest() + self.queued_seconds)
+        item.future.set_exception(
+            ServiceError(
+                503,
+                f"overloaded: this request waited {self.max_queue_s:g} s without its turn coming; try again shortly",
+                kind="overloaded",
+                title="Overloaded",
+                headers={"Retry-After": retry_after},
+            )
+        )
+
+    def _take(self, lane: Lane[J, R], batch: list[_Item[J, R]], cost: int, seconds: float) -> tuple[int, float]:
+        """Move the lane's live jobs into batch, in order, while they fit; -> the batch's new cost and seconds."""
+        while (head := lane.head()) is not None:
+            if batch and (cost + head.cost > lane.max_cost or seconds + head.seconds > BATCH_SECONDS):
                 break
-            queue.popleft()
-            batch.append(item)
-            total += item.cost
-        return total
+            heapq.heappop(lane.heap)
+            self._unqueue(head)
+            batch.append(head)
+            cost += head.cost
+            seconds += head.seconds
+        return cost, seconds
 
     async def _worker(self) -> None:
         while True:
-            if not self._queue:
+            lane = self._next_lane()
+            if lane is None:
                 if self._closed:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch: list[_Item[J, R]] = []
-            total = self._take(batch, 0)
-            if not batch:
-                continue
+            batch: list[_Item[Any, Any]] = []
+            cost, seconds = self._take(lane, batch, 0, 0.0)
             if self.max_wait_s > 0:
                 deadline = batch[0].enqueued + self.max_wait_s
-                while total < self.max_cost and not self._queue and not self._closed:
+                while cost < lane.max_cost and lane.head() is None and not self._closed:
                     remaining = deadline - time.perf_counter()
                     if remaining <= 0:
                         break
@@ -122,27 +278,37 @@ class Batcher(Generic[J, R]):
                         await asyncio.wait_for(self._wakeup.wait(), remaining)
                     except TimeoutError:
                         break
-                    total = self._take(batch, total)
-                    if self._queue:  # the next one did not fit
-                        break
-            await self._run_batch(batch, total)
+                    cost, seconds = self._take(lane, batch, cost, seconds)
+            await self._run_batch(lane, batch, cost, seconds)
 
-    async def _run_batch(self, batch: list[_Item[J, R]], total: int) -> None:
+    async def _run_batch(self, lane: Lane[Any, Any], batch: list[_Item[Any, Any]], cost: int, seconds: float) -> None:
+        live = [item for item in batch if not item.future.done()]  # a caller may have gone while the batch formed
+        if not live:
+            return
         started = time.perf_counter()
+        self._running_until = started + seconds
         try:
-            results = await self._run([item.job for item in batch])
+            results = await lane.run([item.job for item in live])
         except Exception as e:  # the whole batch failed: every caller gets the error
             if isinstance(e, ServiceError):
-                log.warning("batch of %d requests failed: %s", len(batch), e)
+                log.warning("batch of %d requests failed: %s", len(live), e)
             else:
-                log.exception("batch of %d requests failed", len(batch))
-            for item in batch:
+                log.exception("batch of %d requests failed", len(live))
+            for item in live:
                 if not item.future.done():
                     item.future.set_exception(e)
             return
-        seconds = time.perf_counter() - started
-        for item, result in zip(batch, results, strict=True):
+        finally:
+            self._running_until = 0.0
+        took = time.perf_counter() - started
+        lane.learn(sum(item.work for item in live), took)
+        for item, result in zip(live, results, strict=True):
             if not item.future.done():
                 item.future.set_result(result)
-        if self._on_batch is not None:
-            self._on_batch(len(batch), total, [started - item.enqueued for item in batch], seconds)
+        if lane.on_batch is not None:
+            lane.on_batch(len(live), sum(item.cost for item in live), [started - item.enqueued for item in live], took)
+
+
+def _retry_after(seconds: float) -> str:
+    """A Retry-After value (whole seconds, at least 1) for a queue expected to drain in `seconds`."""
+    return str(max(1, math.ceil(seconds)))

@@ -4,14 +4,13 @@ rendered by the one function below."""
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from app.errors import PROBLEM_MEDIA_TYPE, ServiceError
+from app.errors import PROBLEM_MEDIA_TYPE, ServiceError, field_error, summary
 
 log = logging.getLogger(__name__)
 
@@ -37,29 +36,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's validation errors (bodies are parsed and their media type checked before: app/parsing.py). Only
+    loc, msg and type of each: `input` can echo a large or private body and `ctx` may hold exception objects."""
     assert isinstance(exc, RequestValidationError)
-    raw = exc.errors()
-    if any(e.get("type") == "json_invalid" for e in raw):
-        e = raw[0]
-        reason = (e.get("ctx") or {}).get("error", "invalid")
-        detail = f"the body is not valid JSON: {reason} at character {e['loc'][-1]}"
-        return problem_response(ServiceError(400, detail, kind="malformed-json"))
-    content_type = request.headers.get("content-type", "")
-    if [tuple(e.get("loc", ())) for e in raw] == [("body",)] and content_type and "json" not in content_type:
-        return problem_response(
-            ServiceError(415, f"send the body as JSON (Content-Type: application/json), not {content_type}",
-                         kind="unsupported-media-type")
-        )  # fmt: skip
-    errors = [_field_error(e) for e in raw]
-    summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])
-    if len(errors) > 5:
-        summary += f"; and {len(errors) - 5} more"
-    return problem_response(ServiceError(422, summary, kind="validation-error", title="Invalid request", errors=errors))
-
-
-def _field_error(e: dict[str, Any]) -> dict[str, Any]:
-    # Only loc, msg and type: `input` can echo a large or private body and `ctx` may hold exception objects.
-    return {"loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())], "msg": e["msg"], "type": e["type"]}
+    errors = [field_error(list(e.get("loc", ())), e["msg"], e["type"]) for e in exc.errors()]
+    return problem_response(
+        ServiceError(422, summary(errors), kind="validation-error", title="Invalid request", errors=errors)
+    )
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:

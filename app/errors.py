@@ -8,13 +8,19 @@ from typing import Any
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "tag:cvae-digits,2025:problems/"  # a URI that names, and is not meant to be fetched
+# An error body stays small whatever the request: at most MAX_ERRORS field errors (with `error_count` saying how
+# many there were), and no text from the request longer than MAX_TEXT characters; the detail at most MAX_DETAIL.
+MAX_ERRORS = 10
+MAX_TEXT = 120
+MAX_DETAIL = 1000
 
 
 class ServiceError(Exception):
     """A request the service cannot satisfy; carries everything its problem+json response needs.
 
     `kind` becomes the problem type URI (tag:cvae-digits,2025:problems/<kind>); None means "about:blank",
-    for plain HTTP errors whose status says it all. `errors` lists field errors ({loc, msg, type}).
+    for plain HTTP errors whose status says it all. `errors` lists field errors ({loc, msg, type}); the body shows
+    the first MAX_ERRORS of them and, when there were more, `error_count`.
     """
 
     def __init__(
@@ -40,10 +46,12 @@ class ServiceError(Exception):
             "type": PROBLEM_TYPE_PREFIX + self.kind if self.kind else "about:blank",
             "title": self.title,
             "status": self.status,
-            "detail": self.detail,
+            "detail": truncate(self.detail, MAX_DETAIL),
         }
         if self.errors is not None:
-            problem["errors"] = self.errors
+            problem["errors"] = self.errors[:MAX_ERRORS]
+            if len(self.errors) > MAX_ERRORS:
+                problem["error_count"] = len(self.errors)
         return problem
 
     def body_bytes(self) -> bytes:
@@ -51,7 +59,25 @@ class ServiceError(Exception):
 
 
 def field_error(loc: list[str | int], msg: str, type_: str) -> dict[str, Any]:
-    return {"loc": loc, "msg": msg, "type": type_}
+    """One entry of a problem's `errors`; strings in loc and msg (which may quote the request) are truncated."""
+    return {
+        "loc": [part if isinstance(part, int) else truncate(str(part)) for part in loc],
+        "msg": truncate(msg, MAX_DETAIL // 4),
+        "type": truncate(type_),
+    }
+
+
+def truncate(text: str, limit: int = MAX_TEXT) -> str:
+    """text, cut to `limit` characters (ending in an ellipsis when cut)."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def summary(errors: list[dict[str, Any]], shown: int = 5) -> str:
+    """A problem's detail from its field errors: "loc: msg" of the first few, then how many more."""
+    text = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:shown])
+    if len(errors) > shown:
+        text += f"; and {len(errors) - shown} more"
+    return text
 
 
 def _phrase(status: int) -> str:

@@ -13,16 +13,20 @@ import torch
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from app.access import Access, AccessMiddleware, Keys, RateLimiter, read_keys
+from app.connections import RequestGuard
 from app.engine import Engine, ThreadEngine, service_options
 from app.error_handlers import install_error_handlers
 from app.errors import PROBLEM_MEDIA_TYPE
+from app.fastpath import GENERATE as GENERATE_PATH
 from app.fastpath import FastPath
 from app.metrics import Metrics
-from app.middleware import BodyLimitMiddleware, MetricsMiddleware
+from app.middleware import BodyLimitMiddleware, BodyLimits, MetricsMiddleware, RequestContextMiddleware
 from app.routes import encode, generate, ops, page
 from app.runtime import Runtime
+from app.schemas import max_generate_body_bytes
 from app.service import DigitService
-from app.settings import Settings, get_settings
+from app.settings import Settings, get_settings, origins
 from app.worker import ProcessEngine
 from model.artifacts import load_model_dir
 
@@ -56,6 +60,16 @@ def resolve_settings(app: FastAPI) -> Settings:
     return app.dependency_overrides.get(get_settings, get_settings)()
 
 
+def access_of(settings: Settings) -> Access:
+    """What access control the settings ask for (app/access.py)."""
+    return Access(
+        api_keys=Keys.of(read_keys(settings.api_keys.get_secret_value(), "CVAE_API_KEYS")),
+        metrics_keys=Keys.of(read_keys(settings.metrics_api_keys.get_secret_value(), "CVAE_METRICS_API_KEYS")),
+        limiter=RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None,
+        cors_origins=origins(settings.cors_origins),
+    )
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state = app.state
@@ -75,6 +89,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     threads_before = torch.get_num_threads()  # process-wide: put back at shutdown (tests run many apps)
     torch.set_num_threads(settings.torch_threads)
     runtime = Runtime(service, engine, settings, metrics)
+    state.access = access_of(settings)
+    state.body_limits = BodyLimits(
+        default=settings.max_upload_bytes,
+        by_path={GENERATE_PATH: min(settings.max_upload_bytes, max_generate_body_bytes(model.latent_dim))},
+    )
     try:
         await runtime.start()
         state.runtime = runtime
@@ -139,12 +158,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = None  # until the lifespan resolves them
     app.state.runtime = None  # until the model is loaded and prepared
     app.state.ready = False
+    app.state.body_limits = None  # until the lifespan knows the settings and the model
     app.state.draining = False  # set by python -m app when shutdown is asked for
     app.state.metrics = metrics = Metrics()
+    app.state.access = None  # until the lifespan knows the settings: nothing to check
     install_error_handlers(app)
-    app.add_middleware(FastPath)  # added first: innermost, inside the body limit and the metrics
+    # Added innermost first. Outermost: request IDs and nosniff on every response, metrics counting every answer,
+    # the answers for connections cut short (app/connections.py), then access control and the body limit, which
+    # answer before the body is read, and the fast path, which answers the plainest valid requests.
+    app.add_middleware(FastPath)
     app.add_middleware(BodyLimitMiddleware)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # added last: outermost, so it sees every response
+    app.add_middleware(AccessMiddleware)
+    app.add_middleware(RequestGuard)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware)
     app.include_router(generate.router)
     app.include_router(encode.router)
     app.include_router(ops.router)

@@ -5,19 +5,19 @@ wrappers; for /encode, python-multipart's parser and a spooled temporary file pe
 FastAPI endpoint's CPU (figures: the README's Performance section). This middleware, the innermost, answers a request
 itself when its body is in the plainest form and valid, with the route's own code (routes.*.respond) and errors
 rendered as the handlers render them:
-- /generate: `Content-Type: application/json` exactly, validated as FastAPI validates it (json.loads, then
-  GenerateRequest in Python mode);
+- /generate: `Content-Type: application/json` exactly, parsed as the route parses it (app/parsing.py: strict JSON,
+  whose errors it answers itself, with the same function) and validated as FastAPI validates it (GenerateRequest in
+  Python mode);
 - /encode: `multipart/form-data` with an unquoted boundary, a body of nothing but a `file` part with a filename and
   at most a `digit` part holding one ASCII digit, each with no header but Content-Disposition (name and filename,
   plainly quoted) and Content-Type: what browsers, curl and HTTP libraries send.
-Every other request, including every body that does not parse or validate, goes on to FastAPI with its body
-replayed: the errors users see are FastAPI's own, and the routes (their OpenAPI descriptions included) stay the one
-definition of each endpoint.
+Every other request, including every body that does not validate, goes on to FastAPI with its body replayed (and a
+parsed JSON body handed over, so it is not parsed twice): the validation errors users see are FastAPI's own, and the
+routes (their OpenAPI descriptions included) stay the one definition of each endpoint.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from types import SimpleNamespace
 
@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.dependencies import runtime_of
 from app.error_handlers import problem_response
 from app.errors import ServiceError
+from app.parsing import PARSED_JSON, parse_json
 from app.routes import encode, generate
 from app.schemas import GenerateRequest
 from app.service import Upload
@@ -71,13 +72,21 @@ class FastPath:
             return
         response: Response | None = None
         if boundary is None:
+            if not body:  # to the route, which names the missing field
+                await self.app(scope, replay(body, receive), send)
+                return
+            scope["route"] = ROUTES[GENERATE]
             try:
-                request = GenerateRequest.model_validate(json.loads(body))
-            except (ValueError, ValidationError):  # not JSON (JSONDecodeError), or not valid: FastAPI says why
-                pass
+                data = parse_json(body)
+            except ServiceError as e:  # malformed, or a repeated key: as the route (StrictRoute) answers it
+                response = problem_response(e)
             else:
-                scope["route"] = ROUTES[GENERATE]
-                response = await self.answer_generate(scope, request, accept)
+                try:
+                    request = GenerateRequest.model_validate(data)
+                except ValidationError:  # FastAPI says why, from the value parsed here (not parsed again)
+                    scope[PARSED_JSON] = data
+                else:
+                    response = await self.answer_generate(scope, request, accept)
         elif (upload := parse_upload(body, boundary)) is not None:
             scope["route"] = ROUTES[ENCODE]
             response = await self.answer_encode(scope, upload)

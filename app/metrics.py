@@ -51,6 +51,11 @@ class Metrics:
             "batch_queue_wait_seconds", "Time a request waits before its batch starts, by operation", ["operation"],
             namespace=namespace, registry=r, buckets=LATENCY_BUCKETS,
         )  # fmt: skip
+        self.queue_events = Counter(
+            "queue_events", "Requests refused by the queue (reason: overloaded, queue_bytes, deadline) or dropped from "
+            "it because their client went away (abandoned), by operation", ["operation", "reason"],
+            namespace=namespace, registry=r,
+        )  # fmt: skip
         self.model_info = Info("model", "The model being served", namespace=namespace, registry=r)
         self.ready = Gauge("ready", "1 when /readyz answers 200", namespace=namespace, registry=r)
         # Children looked up once, not per request.
@@ -85,6 +90,10 @@ class Metrics:
             self.batch_samples.observe(cost)
         for wait in queue_waits:
             queue_wait.observe(wait)
+
+    def on_queue(self, operation: str, reason: str) -> None:
+        """The scheduler's queue observer: a request refused or dropped."""
+        self.queue_events.labels(operation, reason).inc()
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         if method not in KNOWN_METHODS:

@@ -1,16 +1,62 @@
-"""Pure ASGI middleware (no per-request tasks or threads): request metrics and the request body limit."""
+"""Pure ASGI middleware (no per-request tasks or threads): request IDs and the headers every response carries,
+request metrics, and the request body limit."""
 
 from __future__ import annotations
 
+import itertools
+import re
+import secrets
 import time
+from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import PROBLEM_MEDIA_TYPE, ServiceError
+from app.logs import REQUEST_ID
 from app.metrics import Metrics
 
 UNMATCHED_ROUTE = "unmatched"  # route label of requests no route matched (404): never the raw path
+CLIENT_CLOSED = 499  # status counted for a request whose client went away before its answer (nginx's code)
+# A request ID a client may choose (a UUID, a ULID, a trace ID): visible ASCII without separators, at most 128.
+SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+=@/-]{1,128}")
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+
+
+class RequestContextMiddleware:
+    """The outermost middleware: every response carries X-Request-ID (the client's, when it sent a sane one, else
+    one made here: a random prefix per process and a counter) and X-Content-Type-Options: nosniff; the ID is the
+    request's in the logs (app/logs.py) while it is handled."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._prefix = secrets.token_hex(4)
+        self._counter = itertools.count(1)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                if SANE_REQUEST_ID.fullmatch(value):
+                    request_id = value
+                break
+        if request_id is None:
+            request_id = f"{self._prefix}-{next(self._counter):x}".encode()
+        added = [(b"x-request-id", request_id), NOSNIFF]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *added]
+            await send(message)
+
+        token = REQUEST_ID.set(request_id.decode("ascii"))
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            REQUEST_ID.reset(token)
 
 
 class MetricsMiddleware:
@@ -23,7 +69,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
+        status: int | None = None
 
         async def send_with_status(message: Message) -> None:
             nonlocal status
@@ -34,7 +80,11 @@ class MetricsMiddleware:
         self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_with_status)
+        except BaseException:
+            status = status or 500  # uvicorn answers 500 when the app raises before it answers
+            raise
         finally:
+            status = status or CLIENT_CLOSED  # ended without an answer: its client had gone (app/connections.py)
             self.metrics.in_flight.dec()
             route = scope.get("route")
             template = getattr(route, "path", None) or UNMATCHED_ROUTE
@@ -51,9 +101,20 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"the request body is larger than the limit of {limit} bytes")
 
 
+@dataclass(frozen=True)
+class BodyLimits:
+    """Largest request body in bytes: `default`, or by_path[path] for the paths that need less."""
+
+    default: int
+    by_path: dict[str, int]
+
+    def of(self, path: str) -> int:
+        return self.by_path.get(path, self.default)
+
+
 class BodyLimitMiddleware:
-    """Refuses request bodies over `limit(scope)` bytes with 413, counting the bytes as they arrive: a
-    Content-Length over the limit is refused at once, but a missing or lying one (chunked) cannot slip by."""
+    """Refuses request bodies over the app's BodyLimits (app.state.body_limits) with 413, counting the bytes as they
+    arrive: a Content-Length over the limit is refused at once, but a missing or lying one (chunked) cannot slip by."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -62,11 +123,11 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        settings = getattr(scope["app"].state, "settings", None)
-        if settings is None:  # lifespan not run: nothing is served anyway
+        limits: BodyLimits | None = getattr(scope["app"].state, "body_limits", None)
+        if limits is None:  # lifespan not run: nothing is served anyway
             await self.app(scope, receive, send)
             return
-        limit: int = settings.max_upload_bytes
+        limit = limits.of(scope["path"])
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:

@@ -18,6 +18,17 @@ MAX_SCALE = 8
 MAX_LATENT_ABS = 1000.0  # |z_i| above this is nowhere near anything the model was trained on
 MAX_SEED = 2**63 - 1
 
+# The largest /generate body a model needs: its fields, and n latent vectors of latent_dim numbers each written with
+# room to spare (JSON writes a float in at most ~25 characters; indentation adds some). A larger body is refused
+# (413) before it is parsed: parsing megabytes of JSON would hold the event loop for tens of milliseconds or more.
+GENERATE_BODY_BASE_BYTES = 16 * 1024
+BYTES_PER_LATENT_NUMBER = 48
+
+
+def max_generate_body_bytes(latent_dim: int) -> int:
+    return GENERATE_BODY_BASE_BYTES + MAX_N * latent_dim * BYTES_PER_LATENT_NUMBER
+
+
 Digit = Annotated[int, Field(ge=0, le=9)]
 LatentValue = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_LATENT_ABS, le=MAX_LATENT_ABS)]
 
@@ -30,13 +41,17 @@ def _latent_kind(v: Any) -> str:
     return "vectors" if isinstance(v, list) and v and isinstance(v[0], list) else "vector"
 
 
+# Lists stop at their first bad element (fail_fast), and say so once: a body of a hundred thousand NaNs costs one
+# error, not a hundred thousand (each of which pydantic, FastAPI and the error handler would otherwise build).
 Digits = Annotated[
-    Annotated[Digit, Tag("int")] | Annotated[list[Digit], Tag("list"), Field(min_length=1, max_length=MAX_DIGITS)],
+    Annotated[Digit, Tag("int")]
+    | Annotated[list[Digit], Tag("list"), Field(min_length=1, max_length=MAX_DIGITS, fail_fast=True)],
     Discriminator(_digit_kind),
 ]
+LatentVector = Annotated[list[LatentValue], Field(min_length=1, fail_fast=True)]
 Latent = Annotated[
-    Annotated[list[LatentValue], Tag("vector"), Field(min_length=1)]
-    | Annotated[list[list[LatentValue]], Tag("vectors"), Field(min_length=1, max_length=MAX_N)],
+    Annotated[LatentVector, Tag("vector")]
+    | Annotated[list[LatentVector], Tag("vectors"), Field(min_length=1, max_length=MAX_N, fail_fast=True)],
     Discriminator(_latent_kind),
 ]
 
@@ -164,9 +179,11 @@ class FieldError(BaseModel):
 
 
 class ValidationProblem(Problem):
-    """A request whose fields are wrong: `errors` says which and why."""
+    """A request whose fields are wrong: `errors` says which and why (the first 10; `error_count` then says how many
+    were found)."""
 
     errors: list[FieldError]
+    error_count: int | None = Field(None, description="how many errors were found, when there were more than listed")
 
 
 class Liveness(BaseModel):

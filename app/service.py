@@ -27,13 +27,23 @@ from torch import Tensor
 
 from app.errors import ServiceError, field_error
 from model.artifacts import LoadedModel
-from model.imaging import ImageError, decode_image, encode_png, tile_grid, to_mnist, to_uint8
+from model.imaging import ImageError, decode_image, decoded_pixels, encode_png, tile_grid, to_mnist, to_uint8
 from model.inference import label_log_probs
 from model.prior import sample_latents, sample_latents_many
 
 log = logging.getLogger(__name__)
 
 MAX_OUTPUT_PIXELS = 4096 * 4096  # largest PNG /generate writes (width * height)
+# What a request costs the engine, estimated before it is queued (app/batching.py turns it into seconds, starting from
+# the guesses below and learning from the batches it runs). Measured on the project's 2-core machine (README,
+# "Security and limits"): a /generate tile costs the decoder about as much as writing 12,000 grid pixels (scaling,
+# PNG), and a request ~8 tiles besides; an upload costs the model (encoder, label scoring) about as much as decoding
+# 100,000 pixels.
+GENERATE_SECONDS_PER_TILE = 50e-6
+PIXELS_PER_TILE = 12_000
+REQUEST_TILES = 8
+ENCODE_SECONDS_PER_PIXEL = 40e-9
+UPLOAD_PIXELS = 100_000
 RANDOM_SEED_BITS = 53  # seeds drawn for requests without one stay exact in JSON / JavaScript numbers
 WARM_UP_RUNS = 3  # TorchScript's profiling executor settles after its first runs; the last two must agree
 PASS_CHECK_ROUNDS = 2  # the pass-size checks run twice: the first run of a shape may take another path
@@ -67,6 +77,16 @@ class GenerateSpec(NamedTuple):
     @property
     def tiles(self) -> int:
         return len(self.digits) * self.n
+
+
+def generate_work(spec: GenerateSpec) -> float:
+    """A /generate request's estimated work, in tiles."""
+    return spec.tiles + spec.width * spec.height / PIXELS_PER_TILE + REQUEST_TILES
+
+
+def encode_work(decoded_pixels: int) -> float:
+    """An /encode upload's estimated work, in pixels decoded."""
+    return decoded_pixels + UPLOAD_PIXELS
 
 
 class Upload(NamedTuple):
@@ -345,6 +365,14 @@ class DigitService:
                 )
         return [outcomes[i] for i in range(len(uploads))]
 
+    def upload_pixels(self, data: bytes) -> int:
+        """How many pixels an upload will decode to, from its header: 413 when too many, 415/400 when its header
+        is not an image's (what decoding it would answer, found before it is queued)."""
+        try:
+            return decoded_pixels(data, self.options.max_image_pixels)
+        except ImageError as e:
+            raise _image_error(e) from e
+
     def _preprocess(self, data: bytes) -> Tensor:
         """Upload bytes (any format Pillow reads) -> the MNIST-style digit (1, 1, H, W) the model reads."""
         try:
@@ -363,6 +391,8 @@ def _image_error(e: ImageError) -> ServiceError:
         return ServiceError(413, str(e), kind="image-too-large", title="Image too large")
     if e.reason == "blank":
         return ServiceError(422, str(e), kind="blank-image", title="No digit in the image")
+    if e.reason == "non_finite":
+        return ServiceError(422, str(e), kind="non-finite-image", title="Image has non-finite pixels")
     if isinstance(e.__cause__, UnidentifiedImageError):
         return ServiceError(415, str(e), kind="unsupported-image", title="Not an image")
     return ServiceError(400, str(e), kind="corrupt-image", title="Image could not be decoded")

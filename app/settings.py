@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.access import read_keys
 
 
 def default_model_dir() -> Path:
@@ -18,7 +21,8 @@ def default_model_dir() -> Path:
 class Settings(BaseSettings):
     """Every field is read from the environment variable CVAE_<FIELD NAME>, e.g. CVAE_MODEL_DIR."""
 
-    model_config = SettingsConfigDict(env_prefix="CVAE_", frozen=True, extra="ignore")
+    # hide_input_in_errors: an invalid setting's error says what is wrong, never the value (it may be a key).
+    model_config = SettingsConfigDict(env_prefix="CVAE_", frozen=True, extra="ignore", hide_input_in_errors=True)
 
     model_dir: Path = Field(default_factory=default_model_dir, description="model directory to serve")
     host: str = Field("127.0.0.1", description="interface `python -m app` binds (flag --host overrides)")
@@ -41,7 +45,15 @@ class Settings(BaseSettings):
         description="longest a request waits for others to batch with; 0: a batch starts as soon as the model is "
         "free, with what arrived while the last one ran (on CPU, waiting only adds latency)",
     )  # fmt: skip
-    max_pending: int = Field(1024, ge=1, description="requests queued per endpoint before 503 (overloaded)")
+    max_queue_wait_s: float = Field(
+        2.0, gt=0, le=600,
+        description="longest a request may wait for the model: one whose estimated wait (the work queued before it) is "
+        "longer is refused at once, and one still queued this long is refused then (503 with Retry-After)",
+    )  # fmt: skip
+    max_queued_bytes: int = Field(
+        64 * 1024 * 1024, ge=1,
+        description="most bytes of request bodies (uploads) waiting for the model at once; more: 503 with Retry-After",
+    )  # fmt: skip
     decode_chunk: int = Field(
         8, ge=1, le=4096,
         description="decoder passes are zero-padded to whole chunks of this many rows; small: a lone request waits "
@@ -55,11 +67,62 @@ class Settings(BaseSettings):
     )  # fmt: skip
     png_compress_level: int = Field(1, ge=0, le=9, description="zlib level of PNG responses")
     max_upload_bytes: int = Field(4 * 1024 * 1024, ge=1, description="largest request body accepted (413 above)")
-    max_image_pixels: int = Field(25_000_000, ge=1, description="largest upload in pixels, checked before decoding")
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=1,
+        description="largest upload in pixels decoded (a large JPEG decodes at a reduced scale), checked from its "
+        "header before it is queued",
+    )  # fmt: skip
     graceful_shutdown_s: int = Field(10, ge=0, description="how long in-flight requests may finish at shutdown")
     shutdown_delay_s: float = Field(
-        0.0, ge=0, description="after SIGTERM, keep serving with /readyz 503 this long before closing the port"
+        2.0, ge=0, description="after SIGTERM, keep serving with /readyz 503 this long before closing the port"
     )
+    log_format: Literal["text", "json"] = Field("text", description="text, or one JSON object per log line")
+    # Connections (app/connections.py; python -m app only)
+    keep_alive_s: float = Field(5.0, gt=0, le=3600, description="an idle kept-alive connection is closed after this")
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=3600,
+        description="a connection (or a kept-alive one, from the next request's first byte) must send a whole request "
+        "head within this, or it is closed",
+    )  # fmt: skip
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="a request body must arrive whole within this after its head, or 408"
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="open connections at most; requests on connections opened beyond it get 503"
+    )
+    # Access control (app/access.py): all off by default
+    api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="API keys for /generate, /encode and /model, comma-separated, or the absolute path of a file "
+        "holding them (a container secret); empty: no key needed",
+    )  # fmt: skip
+    metrics_api_keys: SecretStr = Field(
+        SecretStr(""), description="keys for /metrics, as CVAE_API_KEYS; empty: /metrics is open"
+    )
+    cors_origins: str = Field(
+        "", description="origins allowed to call the API from a browser (comma-separated, e.g. https://a.example); "
+        "empty: no CORS headers",
+    )  # fmt: skip
+    rate_limit: float = Field(0.0, ge=0, description="requests per second per client to /generate and /encode; 0: off")
+    rate_burst: int = Field(10, ge=1, description="requests a client may make at once under CVAE_RATE_LIMIT")
+
+    @field_validator("api_keys", "metrics_api_keys")
+    @classmethod
+    def _readable_keys(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        read_keys(value.get_secret_value(), f"CVAE_{(info.field_name or '').upper()}")  # ValueError says what is wrong
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for origin in origins(value):
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path), nor *")
+        return value
+
+
+def origins(value: str) -> tuple[str, ...]:
+    return tuple(o.strip() for o in value.split(",") if o.strip())
 
 
 @lru_cache

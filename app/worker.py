@@ -33,6 +33,7 @@ from pathlib import Path
 
 from app.engine import freeze_heap, prepare_here, service_options
 from app.errors import ServiceError
+from app.logs import configure_child
 from app.messages import (
     BatchFailed,
     DrawBatch,
@@ -55,6 +56,9 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # what the child needs on sys.path to import app and model
+# A batch takes well under a second (the largest /generate, a 16-megapixel upload); one that takes this long means the
+# child hangs (stopped, swapping, deadlocked): it is killed and replaced, and the batch answered 503.
+BATCH_TIMEOUT_S = 60.0
 
 
 # --- the child ------------------------------------------------------------------------------------------------
@@ -104,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--torch-threads", type=int, required=True)
     parser.add_argument("--options", type=json.loads, required=True, help="app.service.ServiceOptions as JSON")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text")
     args = parser.parse_args(argv)
-    logging.basicConfig(format="%(levelname)s: [inference process] %(message)s")
+    configure_child(args.log_format)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with socket.socket(fileno=args.fd) as sock:
         return serve(sock, args.model_dir, ServiceOptions(**args.options), args.torch_threads)
@@ -118,9 +123,12 @@ class ProcessEngine:
     """The Engine whose model work runs in the child. Lives in the event loop only (no threads): frames are written
     through and read from an asyncio stream."""
 
-    def __init__(self, settings: Settings, start_timeout_s: float = 120.0) -> None:
+    def __init__(
+        self, settings: Settings, start_timeout_s: float = 120.0, batch_timeout_s: float = BATCH_TIMEOUT_S
+    ) -> None:
         self.settings = settings
         self.start_timeout_s = start_timeout_s
+        self.batch_timeout_s = batch_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self._socket: socket.socket | None = None
@@ -132,9 +140,11 @@ class ProcessEngine:
         self._closing = False
 
     @classmethod
-    def spawn(cls, settings: Settings, start_timeout_s: float = 120.0) -> ProcessEngine:
+    def spawn(
+        cls, settings: Settings, start_timeout_s: float = 120.0, batch_timeout_s: float = BATCH_TIMEOUT_S
+    ) -> ProcessEngine:
         """Start the child, which loads the model at once (while the server loads its own copy); prepare() waits."""
-        engine = cls(settings, start_timeout_s)
+        engine = cls(settings, start_timeout_s, batch_timeout_s)
         engine._spawn()
         return engine
 
@@ -196,7 +206,7 @@ class ProcessEngine:
         path = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
         options = json.dumps(dataclasses.asdict(service_options(s)))
         cmd = [sys.executable, "-m", "app.worker", "--fd", str(child.fileno()), "--model-dir", str(s.model_dir),
-               "--torch-threads", str(s.torch_threads), "--options", options]  # fmt: skip
+               "--torch-threads", str(s.torch_threads), "--options", options, "--log-format", s.log_format]  # fmt: skip
         try:
             self.process = subprocess.Popen(
                 cmd, pass_fds=(child.fileno(),), env={**os.environ, "PYTHONPATH": path}, start_new_session=True
@@ -246,7 +256,14 @@ class ProcessEngine:
         self._pending[message.batch_id] = future
         self._writer.write(frame(message))
         try:
-            return await future
+            return await asyncio.wait_for(future, self.batch_timeout_s)
+        except TimeoutError:
+            log.error("the inference process took over %g s on a batch; replacing it", self.batch_timeout_s)
+            self._kill()  # the reader sees the socket close: _lost() fails what the child held and starts a new one
+            raise ServiceError(
+                503, "the inference process stopped answering; try again", kind="not-ready",
+                headers={"Retry-After": "1"},
+            ) from None  # fmt: skip
         finally:
             self._pending.pop(message.batch_id, None)
 

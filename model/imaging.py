@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 from torch import Tensor
 from zlib_ng import zlib_ng  # zlib's API and format; level 1 ~4x faster than the stdlib's on a /generate grid
 
@@ -23,47 +23,127 @@ MNIST_SIZE = 28  # the field the digit is centred in
 MNIST_BOX = 20  # the box the digit is fitted into
 INK_THRESHOLD = 0.1  # normalised grey level above which a pixel counts as ink when cropping
 NOISE_FLOOR = 0.05  # normalised grey levels below this (paper texture, JPEG ringing) become background
+# Uploads larger than twice this on their long side are reduced while decoding, to a long side of at least this: the
+# digit ends up in 20x20 pixels, and an image this size keeps even a digit drawn small in one corner of a photo
+# many times that. Smaller uploads decode exactly as they are (the README's /encode figures are on 300x300 images).
+DECODE_SIDE = 1024
+REDUCIBLE_MODES = frozenset({"L", "LA", "La", "RGB", "RGBA", "RGBa", "I", "F", "CMYK", "YCbCr", "PA", "LAB", "HSV"})
+EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 class ImageError(ValueError):
-    """The upload is not a usable picture of a digit. `reason` is one of: undecodable, too_large, blank."""
+    """The upload is not a usable picture of a digit. `reason` is one of: undecodable, too_large, non_finite,
+    blank."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
 
 
-def decode_image(data: bytes, max_pixels: int) -> Tensor:
-    """Bytes of any format Pillow reads -> float32 (H, W) grey levels in [0, 1] (first frame if animated).
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Bytes of any format Pillow reads -> the image, its header read and nothing decoded yet, refused
+    (ImageError "too_large") when it would decode to more than `max_pixels` pixels.
 
-    Pixel dimensions are checked from the header, before anything is decoded (decompression bombs).
-    Transparent pixels are composited onto white, as a drawing on paper.
+    A JPEG larger than twice DECODE_SIDE on its long side is set to decode at a reduced scale (Pillow's draft:
+    the DCT scaled by 1/2, 1/4 or 1/8, long side still at least DECODE_SIDE), so a phone photo costs a fraction of
+    its full decode; what counts against `max_pixels` is what will be decoded. Other formats decode at full size.
     """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             w, h = img.size
-            if w * h > max_pixels:
-                raise ImageError("too_large", f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
-            img.load()
-            img.seek(0)
-            return _to_grey(img)
-    except ImageError:
-        raise
+            if img.format == "JPEG" and max(w, h) >= 2 * DECODE_SIDE:
+                side = max(w, h)
+                img.draft(img.mode, (max(1, w * DECODE_SIDE // side), max(1, h * DECODE_SIDE // side)))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError("too_large", f"image refused as a decompression bomb: {e}") from e
     except UnidentifiedImageError as e:
         raise ImageError(
             "undecodable", "not an image in a format Pillow can read (PNG, JPEG, BMP, GIF, WebP, ...)"
         ) from e
-    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:
-        raise ImageError("undecodable", f"image could not be decoded (truncated or corrupt?): {e}") from e
+    except Exception as e:  # see UNDECODABLE
+        raise _undecodable(e) from e
+    dw, dh = img.size
+    if dw * dh > max_pixels:
+        decoded = f" (it would decode at {dw}x{dh})" if (dw, dh) != (w, h) else ""
+        raise ImageError(
+            "too_large", f"image is {w}x{h} = {w * h} pixels{decoded}; the limit is {max_pixels} decoded pixels"
+        )
+    return img
+
+
+def decoded_pixels(data: bytes, max_pixels: int) -> int:
+    """How many pixels decode_image(data, max_pixels) would decode, from the header alone (cheap: what a server
+    can check, and cost an upload by, before queueing it). ImageError as open_image raises it."""
+    w, h = open_image(data, max_pixels).size
+    return w * h
+
+
+def decode_image(data: bytes, max_pixels: int) -> Tensor:
+    """Bytes of any format Pillow reads -> float32 (H, W) grey levels in [0, 1] (first frame if animated).
+
+    Pixel dimensions are checked from the header, before anything is decoded (decompression bombs; open_image).
+    An image larger than twice DECODE_SIDE on its long side is reduced by an integer factor (a box average, long
+    side still at least DECODE_SIDE) as soon as it is decoded, before any float copy of it exists: its digit is
+    fitted into 20x20 pixels anyway. EXIF orientation is applied (a phone photo is read upright). Transparent pixels
+    are composited onto white, as a drawing on paper. Non-finite pixel values (a float TIFF's NaN or infinity) are
+    refused (ImageError "non_finite").
+    """
+    img = open_image(data, max_pixels)
+    try:
+        img.load()
+        img.seek(0)
+        img = _upright(_reduced(img))
+        return _to_grey(img)
+    except ImageError:
+        raise
+    except Exception as e:  # see UNDECODABLE
+        raise _undecodable(e) from e
+
+
+def _undecodable(e: Exception) -> ImageError:
+    """UNDECODABLE: Pillow's format plugins raise many kinds of exception on malformed bytes, not only OSError and
+    ValueError (NotImplementedError, AttributeError, struct.error, ...: found by fuzzing, tests/test_imaging.py), so
+    any failure while Pillow opens or decodes an upload is the upload's: it could not be decoded."""
+    return ImageError("undecodable", f"image could not be decoded (truncated or corrupt?): {type(e).__name__}: {e}")
+
+
+def _reduced(img: Image.Image) -> Image.Image:
+    factor = max(img.size) // DECODE_SIDE
+    if factor < 2:
+        return img
+    if img.mode not in REDUCIBLE_MODES:  # "1", "P", "I;16*": into a mode Image.reduce takes, keeping transparency
+        transparent = img.mode == "P" and "transparency" in img.info
+        img = img.convert("I" if img.mode.startswith("I;16") else "RGBA" if transparent else "RGB" if img.mode == "P"
+                          else "L")  # fmt: skip
+    return img.reduce(factor)
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """The image as it is meant to be seen: its EXIF orientation (2-8) applied. An unreadable EXIF block is ignored
+    (the image is read as stored), as viewers do."""
+    try:
+        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # Pillow's EXIF parser raises many kinds on a malformed block; none makes the pixels bad
+        return img
+    method = EXIF_TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+    return img if method is None else img.transpose(method)
 
 
 def _to_grey(img: Image.Image) -> Tensor:
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         a = np.asarray(img, dtype=np.float32)
+        if not np.isfinite(a).all():
+            raise ImageError("non_finite", "the image has pixel values that are not finite numbers (NaN or infinity)")
         peak = float(a.max()) if a.size else 0.0
         scale = 1.0 if img.mode == "F" and peak <= 1.0 else (255.0 if peak <= 255 else 65535.0)
         return torch.from_numpy(np.clip(a / scale, 0.0, 1.0))

@@ -139,13 +139,54 @@ def test_encode_limit_on_pixels_is_the_setting(client):
     assert upload(client, encoded(drawing((1000, 1000)), "PNG")).status_code == 200
 
 
+def test_uploads_refused_from_their_header_never_reach_the_model(client):
+    series = 'cvae_batch_size_requests_count{operation="encode"}'
+    before = metric(client, series)
+    problem(upload(client, _png_header_only(50_000, 50_000)), 413)
+    problem(upload(client, b"hello, this is text"), 415)
+    assert metric(client, series) == before
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_encode_refuses_a_float_image_with_non_finite_pixels_with_422(client, bad):
+    a = np.ones((40, 30), dtype=np.float32)
+    a[5:35, 12:18] = 0.0
+    a[0, 0] = bad
+    p = problem(upload(client, encoded(Image.fromarray(a, mode="F"), "TIFF"), name="d.tiff"), 422)
+    assert "finite" in p["detail"] and p["type"].endswith("non-finite-image")
+
+
+def test_encode_reads_a_phone_photo_upright(client):
+    """A photo stored sideways with EXIF orientation 6 (turn 90 degrees clockwise to view), as phones store them:
+    encoded as the upright picture, not as stored."""
+    upright = drawing((60, 90), "RGB")
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+
+    def mean(data: bytes) -> np.ndarray:
+        return np.array(upload(client, data, digit="1").json()["mean"])
+
+    plain = mean(encoded(upright, "JPEG", quality=95))
+    photo = mean(encoded(stored, "JPEG", quality=95, exif=exif))
+    as_stored = mean(encoded(stored, "JPEG", quality=95))  # what reading it as stored gives (the tiny model's
+    # encoder moves little: compare the distances, not against a fixed tolerance)
+    assert np.abs(photo - plain).max() < np.abs(as_stored - plain).max() / 10
+
+
 def test_encode_without_a_file_field_is_422_naming_it(client):
-    r = client.post("/encode", data={"digit": "3"})
+    r = client.post("/encode", files={"digit": (None, "3")})  # multipart, without a file
     assert ["body", "file"] in [e["loc"] for e in problem(r, 422)["errors"]]
 
 
-def test_encode_with_a_json_body_is_422(client):
-    problem(client.post("/encode", json={"file": "abc"}), 422)
+@pytest.mark.parametrize(
+    "kw",
+    [{"json": {"file": "abc"}}, {"data": {"digit": "3"}},
+     {"content": b"\x89PNG", "headers": {"Content-Type": "image/png"}}, {"content": b"x"}],
+    ids=["json", "urlencoded", "image", "none"],
+)  # fmt: skip
+def test_encode_with_a_body_that_is_not_multipart_is_415(client, kw):
+    assert "multipart/form-data" in problem(client.post("/encode", **kw), 415)["detail"]
 
 
 @pytest.mark.parametrize("digit", ["10", "-1", "three", "3.5"])

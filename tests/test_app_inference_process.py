@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -138,7 +139,8 @@ def test_a_dead_inference_process_fails_its_batch_with_503_and_is_replaced(tiny_
         os.kill(first, signal.SIGSTOP)  # the next batch waits in the child...
         with ThreadPoolExecutor(2) as pool:
             pending = [pool.submit(c.post, "/generate", json=BODIES[0]), pool.submit(upload, c, *UPLOADS[0])]
-            wait_for(lambda: len(engine._pending) == 2, 10)
+            # one batch in the child, the other request queued behind it (one batch at a time)
+            wait_for(lambda: len(engine._pending) == 1 and c.app.state.runtime.scheduler.queued_jobs == 1, 10)
             os.kill(first, signal.SIGKILL)  # ...which dies with it
             answers = [p.result(30) for p in pending]
         for r in answers:
@@ -148,6 +150,20 @@ def test_a_dead_inference_process_fails_its_batch_with_503_and_is_replaced(tiny_
         assert engine.pid != first and engine.restarts == 1
         assert c.post("/generate", json=BODIES[0]).content == before
         assert upload(c, *UPLOADS[0]).status_code == 200
+
+
+def test_a_hung_inference_process_is_replaced_and_its_batch_answered_503(tiny_model_dir: Path):
+    with TestClient(create_app(Settings(model_dir=tiny_model_dir))) as c:
+        engine = c.app.state.runtime.engine
+        engine.batch_timeout_s = 0.5
+        first = engine.pid
+        os.kill(first, signal.SIGSTOP)  # alive, but never answers
+        started = time.monotonic()
+        r = c.post("/generate", json=BODIES[0])
+        assert r.status_code == 503 and r.headers["retry-after"] and time.monotonic() - started < 5
+        wait_for(lambda: c.get("/readyz").status_code == 200)
+        assert engine.pid != first and engine.restarts == 1
+        assert c.post("/generate", json=BODIES[0]).status_code == 200
 
 
 def test_the_inference_process_ends_with_the_service(tiny_model_dir: Path):

@@ -1,4 +1,5 @@
-"""Request body limit: 413 as problem+json, counted as the bytes arrive (not trusting Content-Length)."""
+"""Request body limits: 413 as problem+json, counted as the bytes arrive (not trusting Content-Length); /generate's
+limit follows the model's latent size (its largest valid body, with room), /encode's is CVAE_MAX_UPLOAD_BYTES."""
 
 from __future__ import annotations
 
@@ -6,14 +7,18 @@ import json
 
 import pytest
 
+from app.schemas import MAX_N, max_generate_body_bytes
 from tests.conftest import MAX_UPLOAD_BYTES as LIMIT
+from tests.conftest import D
+
+GENERATE_LIMIT = max_generate_body_bytes(D)
 
 
-def assert_413(status: int, headers: dict[str, str], body: bytes) -> None:
+def assert_413(status: int, headers: dict[str, str], body: bytes, limit: int = LIMIT) -> None:
     assert status == 413, body
     assert headers["content-type"] == "application/problem+json"
     problem = json.loads(body)
-    assert problem["status"] == 413 and str(LIMIT) in problem["detail"]
+    assert problem["status"] == 413 and str(limit) in problem["detail"]
 
 
 def test_upload_over_the_limit_is_413(client):
@@ -23,7 +28,7 @@ def test_upload_over_the_limit_is_413(client):
 
 def test_json_body_over_the_limit_is_413(client):
     r = client.post("/generate", json={"digit": 1, "latent": [0.0] * (LIMIT // 4)})
-    assert_413(r.status_code, r.headers, r.content)
+    assert_413(r.status_code, r.headers, r.content, GENERATE_LIMIT)
 
 
 def test_chunked_body_without_content_length_over_the_limit_is_413(client):
@@ -44,7 +49,7 @@ def test_chunked_json_body_over_the_limit_is_413(client):
         yield b"0.0]}"
 
     r = client.post("/generate", content=chunks(), headers={"Content-Type": "application/json"})
-    assert_413(r.status_code, r.headers, r.content)
+    assert_413(r.status_code, r.headers, r.content, GENERATE_LIMIT)
 
 
 @pytest.mark.parametrize("path", ["/encode", "/generate"])
@@ -81,16 +86,29 @@ def test_body_larger_than_its_content_length_claims_is_413(client, path):
         headers = {k.decode(): v.decode() for k, v in start["headers"]}
         return start["status"], headers, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
 
-    assert_413(*client.portal.call(call))
+    assert_413(*client.portal.call(call), LIMIT if path == "/encode" else GENERATE_LIMIT)
 
 
 def test_content_length_over_the_limit_is_refused_before_reading(client):
-    r = client.post("/generate", content=b"x" * (LIMIT + 5), headers={"Content-Type": "application/json"})
+    r = client.post("/encode", content=b"x" * (LIMIT + 5), headers={"Content-Type": "multipart/form-data; boundary=b"})
     assert_413(r.status_code, r.headers, r.content)
+    r = client.post("/generate", content=b"x" * (GENERATE_LIMIT + 5), headers={"Content-Type": "application/json"})
+    assert_413(r.status_code, r.headers, r.content, GENERATE_LIMIT)
 
 
 def test_body_at_the_limit_is_accepted(client):
     body = json.dumps({"digit": 1, "n": 1}).encode()
-    body += b" " * (LIMIT - len(body))
+    body += b" " * (GENERATE_LIMIT - len(body))
     r = client.post("/generate", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 200
+
+
+def test_the_generate_limit_holds_the_largest_valid_body_of_the_model_and_no_more(client):
+    """256 latent vectors of the model's size, each number as long as JSON writes a float, indented: it fits; the
+    limit is far below the upload limit (parsing a body of megabytes would hold the event loop)."""
+    latent = [[-0.12345678901234567] * D for _ in range(MAX_N)]
+    body = json.dumps({"digit": [1], "n": MAX_N, "latent": latent, "padding": 0, "columns": 16}, indent=4)
+    assert len(body) < GENERATE_LIMIT < LIMIT
+    r = client.post("/generate", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert max_generate_body_bytes(16) < 256 * 1024  # the shipped model's: a quarter of a megabyte

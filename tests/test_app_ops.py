@@ -88,8 +88,30 @@ def test_probes_answer_while_inference_is_busy(tiny_model_dir, inference_process
 # --- information ----------------------------------------------------------------------------------------------
 
 
-def test_model_returns_the_manifest(client, tiny_model_dir):
-    assert client.get("/model").json() == json.loads((tiny_model_dir / "manifest.json").read_text())
+def test_model_shows_what_a_client_needs_of_the_manifest(client, tiny_model_dir):
+    manifest = json.loads((tiny_model_dir / "manifest.json").read_text())
+    shown = client.get("/model").json()
+    for key in ("id", "latent_dim", "image_shape", "labels", "metrics", "format_version"):
+        assert shown[key] == manifest[key]
+    assert shown["prior"]["kind"] == manifest["prior"]["kind"]
+    assert shown["prior"]["temperature"] == manifest["prior"]["temperature"]
+    assert shown["config"] == {"model": manifest["config"]["model"]}
+
+
+def test_model_does_not_show_how_it_was_made():
+    """The shipped model's manifest: its training command, options, git commit and file checksums stay private."""
+    from app.routes.ops import public_manifest
+    from app.settings import default_model_dir
+
+    manifest = json.loads((default_model_dir() / "manifest.json").read_text())
+    shown = json.dumps(public_manifest(manifest))
+    assert manifest["reproduce"] and manifest["config"]["git_commit"]
+    for private in (manifest["reproduce"], manifest["config"]["git_commit"], manifest["config"]["training"]["data_dir"],
+                    *manifest["data"]["files"].values(), *manifest["artifacts"].values()):  # fmt: skip
+        assert str(private) not in shown
+    for key in ("reproduce", "artifacts", "torch_version"):
+        assert key not in json.loads(shown)
+    assert json.loads(shown)["prior"]["temperature"] == manifest["prior"]["temperature"]  # what the page reads
 
 
 def test_metrics_are_prometheus_text_with_the_services_series(client):

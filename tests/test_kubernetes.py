@@ -11,6 +11,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from app.access import read_keys
 from app.factory import create_app
 from app.settings import Settings
 
@@ -159,3 +160,23 @@ def test_no_service_links_that_could_shadow_settings() -> None:
     with pytest.raises(ValidationError):
         Settings(port="tcp://10.0.0.1:80")
     assert POD["spec"]["enableServiceLinks"] is False
+
+
+def test_api_keys_come_from_an_optional_secret_mounted_as_files_never_from_the_environment() -> None:
+    secret = yaml.safe_load((K8S / "optional" / "api-keys-secret.yaml").read_text())
+    assert secret["kind"] == "Secret" and secret["type"] == "Opaque"
+    volumes = {v["name"]: v for v in POD["spec"]["volumes"]}
+    mount = next(m for m in CONTAINER["volumeMounts"] if volumes[m["name"]].get("secret"))
+    volume = volumes[mount["name"]]["secret"]
+    assert volume["secretName"] == secret["metadata"]["name"] and volume["optional"] is True
+    assert mount["readOnly"] is True
+    # configmap.yaml shows how to turn them on: the paths it names are the Secret's entries under the mount.
+    text = (K8S / "configmap.yaml").read_text()
+    named = dict(re.findall(r"^\s*#\s+(CVAE_\w*API_KEYS): (\S+)$", text, flags=re.M))
+    assert named == {"CVAE_API_KEYS": f"{mount['mountPath']}/api-keys",
+                     "CVAE_METRICS_API_KEYS": f"{mount['mountPath']}/metrics-api-keys"}  # fmt: skip
+    assert set(secret["stringData"]) == {"api-keys", "metrics-api-keys"}
+    for placeholder in secret["stringData"].values():  # never usable as they are
+        with pytest.raises(ValueError):
+            read_keys(placeholder, "CVAE_API_KEYS")
+    assert not [k for k in configured_env() if "KEY" in k]  # off by default, and never a key in the environment

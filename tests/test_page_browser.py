@@ -48,6 +48,19 @@ def base() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
 
 
+API_KEY = "page-test-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def locked_base() -> Iterator[str]:
+    """The real service with the shipped model, asking for an API key."""
+    port = free_port()
+    env = {"CVAE_MODEL_DIR": str(ROOT / "artifacts" / "default"), "CVAE_ACCESS_LOG": "false",
+           "CVAE_API_KEYS": API_KEY}  # fmt: skip
+    with serving(["-m", "app", "--port", str(port)], env, port):
+        yield f"http://127.0.0.1:{port}"
+
+
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[WebDriver]:
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
@@ -351,3 +364,26 @@ def test_the_csp_blocks_inline_scripts_and_other_origins(browser, base):
     outcomes = {e["method"]: e["params"] for e in events if e["method"] in ends and e["params"]["requestId"] in ids}
     assert ids and outcomes.keys() == {"Network.loadingFailed"}, f"the outside stylesheet was not refused: {outcomes}"
     assert outcomes["Network.loadingFailed"].get("blockedReason") == "csp"
+
+
+def test_page_asks_for_an_api_key_when_the_service_needs_one_and_sends_it(browser, locked_base):
+    browser.get(locked_base + "/")
+    alert = by_id(browser, "generate-error")
+    wait(browser, lambda d: alert.is_displayed() and "API key" in alert.text, "no word about the missing key")
+    assert by_id(browser, "access").get_attribute("open") is not None  # the key field is shown
+    field = by_id(browser, "api-key")
+    field.send_keys("wrong-key-0123456789")
+    by_id(browser, "use-key").click()
+    wait(browser, lambda d: "did not accept" in alert.text, "no word about the wrong key")
+    field.clear()
+    field.send_keys(API_KEY)
+    by_id(browser, "use-key").click()
+    wait(browser, lambda d: loaded(d, "grid") and not alert.is_displayed(), "the grid did not load with the key")
+    wait(browser, lambda d: hand(d) == "grid" and loaded(d, "restyled"), "the grid's hand was not drawn")
+    draw(browser, [[(0, -80), (0, 80)]])
+    browser.find_element(By.CSS_SELECTOR, "[data-testid=encode]").click()  # /encode with the key, as a form
+    wait(browser, lambda d: hand(d) == "your drawing", "the drawing was not read with the key")
+    sent = [r for r in network_requests(browser) if r["url"].startswith(locked_base + "/")]
+    api = [r for r in sent if r["url"].rsplit("/", 1)[-1] in ("model", "generate", "encode")]
+    assert api and all(r["headers"].get("X-API-Key") == API_KEY for r in api[-4:])
+    assert API_KEY not in browser.current_url

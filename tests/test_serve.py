@@ -98,7 +98,7 @@ def test_python_m_app_serves_over_http_and_drains_on_sigterm(tiny_model_dir):
         assert httpx.get(f"{base}/readyz", timeout=5).status_code == 503  # draining, port still open
         assert httpx.get(f"{base}/livez", timeout=5).status_code == 200
         output, _ = proc.communicate(timeout=20)
-    assert proc.returncode in (0, -signal.SIGTERM), output
+    assert proc.returncode == 0, output  # a drained SIGTERM is a clean exit
     assert "Traceback" not in output
 
 

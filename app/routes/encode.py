@@ -8,11 +8,12 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse
 
 from app.dependencies import runtime_of
+from app.parsing import StrictRoute
 from app.runtime import Runtime
 from app.schemas import EncodeResponse, Problem, ValidationProblem
 from app.service import Upload
 
-router = APIRouter(tags=["encode"])
+router = APIRouter(tags=["encode"], route_class=StrictRoute)
 
 
 @router.post(

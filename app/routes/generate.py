@@ -11,10 +11,11 @@ from fastapi.responses import JSONResponse, Response
 
 from app.dependencies import runtime_of
 from app.errors import ServiceError
+from app.parsing import StrictRoute
 from app.runtime import Runtime
 from app.schemas import GENERATE_EXAMPLES, GenerateJSON, GenerateRequest, Problem, ValidationProblem
 
-router = APIRouter(tags=["generate"])
+router = APIRouter(tags=["generate"], route_class=StrictRoute)
 
 PNG = "image/png"
 JSON = "application/json"

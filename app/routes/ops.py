@@ -39,15 +39,34 @@ async def readyz(request: Request) -> dict[str, str]:
     return {"status": "ready", "model_id": runtime.service.model_id}
 
 
+# What GET /model shows of the model directory's manifest.json: what a client needs to use the model and judge it.
+# Everything else stays private, by default (a field added to the manifest later is not shown until listed here): how
+# it was made (the training command with its paths, the training options, the git commit), the data files' names
+# and checksums, the artifacts' checksums, the torch version.
+PUBLIC_MANIFEST = ("format_version", "id", "latent_dim", "image_shape", "labels", "pixel_model", "training_prior",
+                   "metrics", "created")  # fmt: skip
+PUBLIC_PARTS = {"prior": ("kind", "temperature", "components_per_class"), "data": ("name", "count", "val_size"),
+                "config": ("model",)}  # fmt: skip
+
+
+def public_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+    shown = {key: manifest[key] for key in PUBLIC_MANIFEST if key in manifest}
+    for part, keys in PUBLIC_PARTS.items():
+        if isinstance(manifest.get(part), dict):
+            shown[part] = {key: manifest[part][key] for key in keys if key in manifest[part]}
+    return shown
+
+
 @router.get(
     "/model",
-    summary="The model's manifest",
-    description="The manifest.json of the model directory served: id, latent_dim, prior, training data, config, "
-    "metrics, artifact checksums and how to reproduce it.",
+    summary="The model: what it is and how well it does",
+    description="The public part of the served model directory's manifest.json: id, latent_dim, image shape, labels, "
+    "the prior's kind and sampling temperature, the training data's name and size, the network's configuration and "
+    "the evaluation metrics. How it was made (command, training options, git commit, file checksums) is not shown.",
     responses={200: {"content": {"application/json": {"example": {"id": "cvae-ae80abbd7489", "latent_dim": 16}}}}},
 )
 async def model(request: Request) -> dict[str, Any]:
-    return runtime_of(request.app).service.model.manifest
+    return public_manifest(runtime_of(request.app).service.model.manifest)
 
 
 @router.get(

@@ -20,9 +20,8 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
     "font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-SECURITY_HEADERS = {
+SECURITY_HEADERS = {  # and X-Content-Type-Options: nosniff, as on every response (app/middleware.py)
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     # Revalidate on every load (StaticFiles answers a matching If-None-Match with 304): the names carry no hash.
     "Cache-Control": "no-cache",

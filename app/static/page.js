@@ -9,19 +9,39 @@ const GRID_PADDING = 2; // /generate's default padding, which the page does not 
 const INK = 20; // stroke width on the 280 px pad: about MNIST's stroke-to-digit proportion
 const PEN_STEP = 14; // canvas pixels per arrow key press
 
+const KEY_STORAGE = "cvae-api-key"; // sessionStorage: the key lives as long as the tab
+
 const $ = (id) => document.getElementById(id);
 
 /** A failed call to the API, with a message for the person (the problem detail's words when there is one). */
 class ApiError extends Error {}
 
-async function call(path, init) {
+function apiKey() {
+  try {
+    return sessionStorage.getItem(KEY_STORAGE) || "";
+  } catch {
+    return ""; // storage refused (private mode, policies): no key
+  }
+}
+
+async function call(path, init = {}) {
+  const key = apiKey();
+  const headers = key ? { ...init.headers, "X-API-Key": key } : init.headers;
   let response;
   try {
-    response = await fetch(path, init);
+    response = await fetch(path, { ...init, headers });
   } catch (error) {
     throw new ApiError(`The service could not be reached (${error.message}).`);
   }
   if (response.ok) return response;
+  if (response.status === 401) {
+    $("access").open = true;
+    throw new ApiError(
+      key
+        ? "The service did not accept the API key: enter another under \u201cAPI key\u201d at the top."
+        : "The service needs an API key: enter it under \u201cAPI key\u201d at the top.",
+    );
+  }
   let message = `The service answered ${response.status} ${response.statusText}.`;
   if ((response.headers.get("content-type") || "").includes("json")) {
     try {
@@ -387,11 +407,32 @@ function setUpStyle() {
 
 // ---- Start: the model's own temperature, then a grid without any click -------------------------------------
 
+function setUpKey() {
+  $("api-key").value = apiKey();
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    try {
+      sessionStorage.setItem(KEY_STORAGE, $("api-key").value.trim());
+    } catch {
+      showError("generate-error", new ApiError("This browser does not let the page keep the key."));
+      return;
+    }
+    $("access").open = false;
+    load();
+  });
+}
+
 async function start() {
+  setUpKey();
   setUpGenerate();
   setUpPad();
   setUpStyle();
   $("seed").value = String(Math.floor(Math.random() * 2 ** 31));
+  await load();
+}
+
+async function load() {
+  clearError("generate-error");
   try {
     const manifest = await (await call("model")).json();
     const temperature = manifest.prior?.temperature ?? 1;

@@ -1,0 +1,207 @@
+"""Access control, all of it opt-in (nothing is checked unless the settings ask): API keys, per-client rate limits and
+CORS, in one pure ASGI middleware outside the fast path, so both the fast path and the routes are behind it.
+
+- API keys (CVAE_API_KEYS): /generate, /encode and /model need one of the keys, sent as `Authorization: Bearer KEY`
+  or `X-API-Key: KEY`; a missing or wrong key is a 401 problem with WWW-Authenticate. Keys are compared by their
+  SHA-256 digests, each with hmac.compare_digest and every key tried, so the time taken says nothing about how much
+  of a key was right or which key came close. /metrics needs one of CVAE_METRICS_API_KEYS when that is set (a
+  scraper's key need not open the API); the probes, the page, /docs, /openapi.json and /static stay open.
+- Rate limits (CVAE_RATE_LIMIT requests per second per client, CVAE_RATE_BURST at once): a token bucket per client
+  on /generate and /encode; over it, 429 with Retry-After. A client is its API key when keys are on, else its
+  address (behind a proxy, the address uvicorn takes from X-Forwarded-For when the proxy is in FORWARDED_ALLOW_IPS).
+  At most MAX_CLIENTS buckets are kept, the least recently used going first.
+- CORS (CVAE_CORS_ORIGINS): Starlette's CORSMiddleware for the origins listed, outside the key check, so that
+  preflight requests need no key and a 401 or 429 still carries the CORS headers a browser needs to read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.connections import send_problem
+from app.errors import ServiceError
+
+PROTECTED = frozenset({"/generate", "/encode", "/model"})
+METRICS = "/metrics"
+RATE_LIMITED = frozenset({"/generate", "/encode"})
+MAX_CLIENTS = 10_000  # rate-limit buckets kept (least recently used dropped first)
+MIN_KEY_LENGTH = 16
+KEY_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
+# What the metrics middleware labels a refused request by (scope["route"].path), as the routes would.
+ROUTE_LABELS = {path: SimpleNamespace(path=path) for path in (*PROTECTED, METRICS)}
+CORS_HEADERS = ["Authorization", "X-API-Key", "Content-Type", "Accept", "X-Request-ID"]
+CORS_EXPOSED = ["X-Seed", "X-Model-Id", "X-Request-ID", "Retry-After"]
+
+
+def read_keys(value: str, setting: str) -> tuple[str, ...]:
+    """A keys setting -> the keys. The value lists keys separated by commas, or is the absolute path of a file that
+    does (commas or new lines; what a container secret mounts). ValueError for a file that cannot be read or a key
+    too short or with characters outside the URL-safe and base64 alphabets."""
+    value = value.strip()
+    if value.startswith("/"):
+        try:
+            value = Path(value).read_text()
+        except OSError as e:
+            raise ValueError(f"{setting}: cannot read the keys file {value}: {e.strerror}") from None
+    keys = tuple(key.strip() for key in value.replace("\n", ",").split(",") if key.strip())
+    for key in keys:
+        if len(key) < MIN_KEY_LENGTH or not set(key) <= KEY_CHARACTERS:
+            raise ValueError(
+                f"{setting}: every key must be at least {MIN_KEY_LENGTH} characters of A-Z a-z 0-9 - . _ ~ + / = "
+                "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+    return keys
+
+
+@dataclass(frozen=True)
+class Keys:
+    """A set of API keys, kept as SHA-256 digests."""
+
+    digests: tuple[bytes, ...]
+
+    @classmethod
+    def of(cls, keys: tuple[str, ...]) -> Keys:
+        return cls(tuple(hashlib.sha256(key.encode()).digest() for key in keys))
+
+    def __bool__(self) -> bool:
+        return bool(self.digests)
+
+    def accepts(self, key: bytes) -> bool:
+        given = hashlib.sha256(key).digest()
+        found = False
+        for digest in self.digests:  # every one, whatever matched
+            found |= hmac.compare_digest(given, digest)
+        return found
+
+
+def key_of(scope: Scope) -> bytes | None:
+    """The key a request sends: Authorization: Bearer KEY, else X-API-Key: KEY."""
+    api_key = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, credentials = value.partition(b" ")
+            if scheme.lower() == b"bearer" and credentials.strip():
+                return credentials.strip()
+        elif name == b"x-api-key" and api_key is None:
+            api_key = value.strip()
+    return api_key
+
+
+@dataclass
+class RateLimiter:
+    """Token buckets: `rate` requests per second per client, `burst` at once."""
+
+    rate: float
+    burst: int
+    buckets: OrderedDict[str, tuple[float, float]] = field(default_factory=OrderedDict)  # client -> (tokens, time)
+
+    def wait(self, client: str, now: float) -> float:
+        """Takes a token for the client: 0.0 if there was one, else the seconds until there is (nothing taken)."""
+        tokens, then = self.buckets.pop(client, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - then) * self.rate)
+        if tokens >= 1.0:
+            self.buckets[client] = (tokens - 1.0, now)
+            wait = 0.0
+        else:
+            self.buckets[client] = (tokens, now)
+            wait = (1.0 - tokens) / self.rate
+        if len(self.buckets) > MAX_CLIENTS:
+            self.buckets.popitem(last=False)
+        return wait
+
+
+@dataclass(frozen=True)
+class Access:
+    """What the settings ask for (built by the lifespan): empty key sets, no rate and no origins check nothing."""
+
+    api_keys: Keys
+    metrics_keys: Keys
+    limiter: RateLimiter | None
+    cors_origins: tuple[str, ...]
+
+    @property
+    def active(self) -> bool:
+        return bool(self.api_keys or self.metrics_keys or self.limiter or self.cors_origins)
+
+
+class AccessMiddleware:
+    """Checks app.state.access (see the module's docstring); passes everything through while it asks for nothing."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._built: tuple[Access, ASGIApp] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        access: Access | None = scope["app"].state.access if scope["type"] == "http" else None
+        if access is None or not access.active:
+            await self.app(scope, receive, send)
+            return
+        built = self._built
+        if built is None or built[0] is not access:  # built once per Access (per lifespan)
+            checked = _Checks(self.app, access)
+            chain: ASGIApp = checked
+            if access.cors_origins:
+                chain = CORSMiddleware(
+                    checked, allow_origins=list(access.cors_origins), allow_methods=["GET", "POST"],
+                    allow_headers=CORS_HEADERS, expose_headers=CORS_EXPOSED, max_age=600,
+                )  # fmt: skip
+            built = self._built = (access, chain)
+        await built[1](scope, receive, send)
+
+
+class _Checks:
+    def __init__(self, app: ASGIApp, access: Access) -> None:
+        self.app = app
+        self.access = access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        access = self.access
+        keys = access.api_keys if path in PROTECTED else access.metrics_keys if path == METRICS else None
+        given = key_of(scope) if keys else None
+        if keys and (given is None or not keys.accepts(given)):
+            scope["route"] = ROUTE_LABELS[path]
+            await send_problem(send, _unauthorized(given is not None), close=False)
+            return
+        if access.limiter is not None and path in RATE_LIMITED:
+            client = f"key:{hashlib.sha256(given).hexdigest()[:16]}" if given else _address(scope)
+            wait = access.limiter.wait(client, time.monotonic())
+            if wait > 0:
+                scope["route"] = ROUTE_LABELS[path]
+                await send_problem(
+                    send,
+                    ServiceError(
+                        429, f"too many requests: at most {access.limiter.rate:g} per second ({access.limiter.burst} "
+                        "at once) per client; try again after Retry-After seconds", kind="rate-limited",
+                        headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                    ),
+                    close=False,
+                )  # fmt: skip
+                return
+        await self.app(scope, receive, send)
+
+
+def _unauthorized(wrong: bool) -> ServiceError:
+    if wrong:
+        challenge = 'Bearer realm="cvae-digits", error="invalid_token"'
+        return ServiceError(401, "the API key is not valid", kind="invalid-api-key",
+                            headers={"WWW-Authenticate": challenge})  # fmt: skip
+    return ServiceError(
+        401, "this endpoint needs an API key: send it as Authorization: Bearer KEY or X-API-Key: KEY",
+        kind="missing-api-key", headers={"WWW-Authenticate": 'Bearer realm="cvae-digits"'},
+    )  # fmt: skip
+
+
+def _address(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"address:{client[0]}" if client else "address:unknown"
