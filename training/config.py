@@ -36,7 +36,7 @@ class TrainConfig:
         default=None,
         metadata=doc("where checkpoints, sample grids and the run record go (default: runs/<name of --out>)"),
     )
-    epochs: int = field(default=100, metadata=doc("passes over the training set"))
+    epochs: int = field(default=130, metadata=doc("passes over the training set"))
     batch_size: int = field(
         default=128,
         metadata=doc(
@@ -117,9 +117,9 @@ class TrainConfig:
         ),
     )
     encoder_hidden: tuple[int, ...] | None = field(
-        default=(512,), metadata=doc("the encoder's hidden MLP widths (none: --hidden)")
+        default=(256,), metadata=doc("the encoder's hidden MLP widths (none: --hidden)")
     )
-    channels: tuple[int, int] = field(default=(32, 64), metadata=doc("the conv encoder's channels at 14x14 and 7x7"))
+    channels: tuple[int, int] = field(default=(16, 32), metadata=doc("the conv encoder's channels at 14x14 and 7x7"))
     progress: bool = field(default=True, metadata=doc("show a progress bar (needs tqdm, the [train] extra)"))
     evaluate: bool = field(
         default=True,
