@@ -242,8 +242,10 @@ class AggregatePosteriorPrior:
         n, c, d = mean.shape
         w, b = self._product_terms
         rows = mean.reshape(n * c, d)
-        exponent = torch.cat([rows.pow(2), rows], dim=1) @ w + b  # (N*C, C*M): -2 log N(z; component)
-        own = exponent.view(n, c, c, -1).diagonal(dim1=1, dim2=2).transpose(1, 2)  # (N, C, M): row c, class c
+        product = torch.cat([rows.pow(2), rows], dim=1) @ w  # (N*C, C*M)
+        # -2 log N(z; component) for row c against class c's components only; the bias is added to those alone
+        # (the same additions on the same numbers as adding it to the whole product: the same bits, a tenth the work).
+        own = product.view(n, c, c, -1).diagonal(dim1=1, dim2=2).transpose(1, 2) + b.view(c, -1)  # (N, C, M)
         log_p = torch.logsumexp(-0.5 * own, dim=2) - math.log(self.components)
         log_q = -0.5 * (log_var + math.log(2 * math.pi)).sum(dim=-1)
         return log_q - log_p
