@@ -54,10 +54,14 @@ def test_encode_infers_the_digit_with_probabilities_for_all_ten(client, tiny_mod
     p = body["probabilities"]
     assert len(p) == 10 and abs(sum(p) - 1) < 1e-5
     assert body["digit"] == int(np.argmax(p))
-    # The same numbers as the model package computes for the same preprocessing.
+    # The same numbers as the model package computes for the same preprocessing, scored as the service scores a
+    # lone upload: among blank images, with the kernels a batch of uploads takes (app/service.py, SCORE_MIN_ROWS).
+    from app.service import SCORE_MIN_ROWS
+
     model = load_model_dir(tiny_model_dir)
     with torch.inference_mode():
         x = to_mnist(decode_image(data, 10**7))[None]
+        x = torch.cat([x, torch.zeros(SCORE_MIN_ROWS - 1, *x.shape[1:])])
         log_probs, mean, log_var = label_log_probs(model.encoder, model.decoder, model.prior, x)
     assert np.allclose(p, log_probs[0].exp().numpy(), atol=1e-6)
     assert np.allclose(body["mean"], mean[0, body["digit"]].numpy(), atol=1e-6)
@@ -223,13 +227,16 @@ def test_concurrent_uploads_share_batches_and_each_gets_what_it_gets_alone(tiny_
 
 class RowwiseEncoder:
     """A stand-in encoder: each row's numbers a function of that row alone, plus `shape_error` times the rows in
-    the pass (a kernel whose rounding depends on the shape)."""
+    the pass (a kernel whose rounding depends on the shape), or, with `few_rows`, plus `shape_error` in passes of
+    fewer rows than that only (another kernel for a few rows)."""
 
-    def __init__(self, shape_error: float) -> None:
+    def __init__(self, shape_error: float, few_rows: int | None = None) -> None:
         self.shape_error = shape_error
+        self.few_rows = few_rows
 
     def __call__(self, x, y):
-        mean = x.flatten(1)[:, 300 : 300 + D] + y[:, None] + self.shape_error * len(x)
+        error = self.shape_error * (len(x) if self.few_rows is None else len(x) < self.few_rows)
+        mean = x.flatten(1)[:, 300 : 300 + D] + y[:, None] + error
         return mean, torch.full_like(mean, -1.0)
 
 
@@ -238,14 +245,23 @@ class RowwiseDecoder:
         return (z[:, 0] - y)[:, None, None, None].expand(-1, 1, 28, 28)
 
 
-@pytest.mark.parametrize(("shape_error", "allowed"), [(0.0, 6), (1e-3, 1)])
-def test_uploads_are_scored_together_only_where_that_changes_no_bit(tiny_model_dir, shape_error, allowed):
+@pytest.mark.parametrize(
+    ("shape_error", "few_rows", "allowed"),
+    [
+        (0.0, None, 6),
+        (1e-3, None, 1),
+        (1e-3, 4 * 10, 6),  # a kernel for fewer than 4 uploads' rows (10 labels each): lone uploads are padded to 4
+        (1e-3, 5 * 10, 1),  # one for fewer than 5: padding to 4 does not hide it
+    ],
+)
+def test_uploads_are_scored_together_only_where_that_changes_no_bit(tiny_model_dir, shape_error, few_rows, allowed):
     import dataclasses
 
-    from app.service import DigitService, ServiceOptions, Upload
+    from app.service import SCORE_MIN_ROWS, DigitService, ServiceOptions, Upload
 
+    assert SCORE_MIN_ROWS == 4
     model = load_model_dir(tiny_model_dir)
-    model = dataclasses.replace(model, encoder=RowwiseEncoder(shape_error), decoder=RowwiseDecoder())
+    model = dataclasses.replace(model, encoder=RowwiseEncoder(shape_error, few_rows), decoder=RowwiseDecoder())
     options = ServiceOptions(
         decode_chunk=8, max_pass_rows=8, max_encode_batch=6, png_compress_level=1, max_image_pixels=10**6
     )
