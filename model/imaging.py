@@ -160,23 +160,26 @@ def to_mnist(grey: Tensor) -> Tensor:
 
     Raises ImageError("blank") when no ink can be told from the background.
     """
-    x = grey.float()
-    if x.ndim != 2 or x.numel() == 0:
-        raise ImageError("undecodable", f"expected one 2-D grey image, got shape {tuple(x.shape)}")
+    if grey.ndim != 2 or grey.numel() == 0:
+        raise ImageError("undecodable", f"expected one 2-D grey image, got shape {tuple(grey.shape)}")
+    # Up to the crop in numpy, float32 throughout: a selection (the median), elementwise IEEE arithmetic and
+    # comparisons give the bits torch gives, without torch's per-operation overhead on an image this small.
+    a = grey.float().numpy()
     # Polarity and background from the border: MNIST is light ink on a dark ground.
-    border = torch.cat([x[0], x[-1], x[:, 0], x[:, -1]])
-    background = border.median()
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    middle = (border.size - 1) // 2  # torch's median of an even count is the lower of the two middle values
+    background = np.partition(border, middle)[middle]
     if background > 0.5:
-        x, background = 1.0 - x, 1.0 - background
-    peak = x.max()
+        a, background = 1.0 - a, 1.0 - background
+    peak = a.max()
     if peak - background < 0.1:
         raise ImageError("blank", "no digit found: the image has no ink that stands out from its background")
-    x = ((x - background) / (peak - background)).clamp(0.0, 1.0)
-    x = torch.where(x < NOISE_FLOOR, torch.zeros_like(x), x)
+    a = np.clip((a - background) / (peak - background), 0.0, 1.0)
+    a = np.where(a < NOISE_FLOOR, np.float32(0.0), a)
     # Crop to the ink.
-    rows = torch.nonzero((x > INK_THRESHOLD).any(dim=1)).flatten()
-    cols = torch.nonzero((x > INK_THRESHOLD).any(dim=0)).flatten()
-    x = x[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    ink = a > INK_THRESHOLD
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    x = torch.from_numpy(a)[int(rows[0]) : int(rows[-1]) + 1, int(cols[0]) : int(cols[-1]) + 1]
     # Fit into MNIST_BOX x MNIST_BOX keeping the aspect ratio.
     h, w = x.shape
     if max(h, w) != MNIST_BOX:
