@@ -3,13 +3,16 @@ service client the app tests share, and the helpers they use to build requests a
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -128,6 +131,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_ready(port: int, proc: subprocess.Popen[Any], output: Callable[[], str], timeout_s: float = 60.0) -> None:
+    """Until the server `proc` answers GET /readyz on `port` with 200; fails with output() if it exits first, and
+    after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, f"server exited {proc.returncode}:\n{output()}"
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return
+        assert time.monotonic() < deadline, f"server not ready after {timeout_s:g} s"
+        time.sleep(0.1)
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:

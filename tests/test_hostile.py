@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from app.schemas import max_generate_body_bytes
-from tests.conftest import D, free_port
+from tests.conftest import D, free_port, wait_ready
 from tests.test_serve import ROOT
 
 pytestmark = pytest.mark.slow
@@ -82,14 +82,7 @@ def serving(model_dir: Path, log: Path, env: dict[str, str]) -> Iterator[Server]
         )  # fmt: skip
     server = Server(port, proc, log)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"server exited {proc.returncode}:\n{log.read_text()}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{server.base}/readyz", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "server not ready after 60 s"
-            time.sleep(0.1)
+        wait_ready(port, proc, log.read_text)
         yield server
     finally:
         if proc.poll() is None:

@@ -11,7 +11,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port, wait_ready
 from tests.nginx_lb import ROOT, nginx_binary, nginx_in_front
 
 GENERATE_BODY = json.dumps({"digit": 3, "n": 8}).encode()
@@ -37,12 +37,6 @@ def _needs_nginx() -> None:
         if os.environ.get("CVAE_REQUIRE_NGINX") == "1":
             pytest.fail("CVAE_REQUIRE_NGINX=1 but nginx is not installed (apt-get install nginx)")
         pytest.skip("nginx is not installed (apt-get install nginx); CVAE_REQUIRE_NGINX=1 makes this a failure")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(port: int, path: str, timeout: float = 5) -> tuple[int, bytes]:
@@ -81,14 +75,7 @@ def replicas_behind_nginx(tmp_path: Path, count: int = 2) -> Iterator[tuple[list
                 proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
             replicas.append(Replica(port, proc, log))
         for r in replicas:
-            deadline = time.monotonic() + 120
-            while True:
-                assert r.proc.poll() is None, f"exited {r.proc.returncode}:\n{r.log.read_text()[-3000:]}"
-                with contextlib.suppress(OSError, http.client.HTTPException):
-                    if get(r.port, "/readyz", timeout=1)[0] == 200:
-                        break
-                assert time.monotonic() < deadline, f"not ready after 120 s:\n{r.log.read_text()[-3000:]}"
-                time.sleep(0.2)
+            wait_ready(r.port, r.proc, lambda r=r: r.log.read_text()[-3000:], timeout_s=120)
         lb_port = free_port()
         with nginx_in_front([r.address for r in replicas], lb_port, tmp_path / "nginx") as access_log:
             yield replicas, lb_port, access_log

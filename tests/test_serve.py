@@ -18,7 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -35,14 +35,7 @@ def serving(args: list[str], env: dict[str, str], port: int) -> Iterator[subproc
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"server exited {proc.returncode}:\n{proc.stdout.read()}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "server not ready after 60 s"
-            time.sleep(0.1)
+        wait_ready(port, proc, proc.stdout.read)
         yield proc
     finally:
         if proc.poll() is None:
