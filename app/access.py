@@ -28,8 +28,7 @@ from types import SimpleNamespace
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.connections import send_problem
-from app.errors import ServiceError
+from app.errors import ServiceError, send_problem
 
 PROTECTED = frozenset({"/generate", "/encode", "/model"})
 METRICS = "/metrics"

@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from app.errors import PROBLEM_MEDIA_TYPE, ServiceError
+from app.errors import ServiceError, send_problem
 
 log = logging.getLogger(__name__)
 
@@ -238,18 +238,3 @@ class RequestGuard:
                 error = ServiceError(503, "the service is shutting down; try again", kind="shutting-down",
                                      headers={"Retry-After": "1"})  # fmt: skip
             await send_problem(send, error)
-
-
-async def send_problem(send: Send, error: ServiceError, close: bool = True) -> None:
-    """Sends a problem response from a middleware (no framework around it); close: ask for the connection to be
-    closed after it (the request's body, if any, left unread)."""
-    body = error.body_bytes()
-    headers = [
-        (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
-        (b"content-length", str(len(body)).encode()),
-        *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()),
-    ]
-    if close:
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PROBLEM_MEDIA_TYPE, ServiceError
+from app.errors import ServiceError, send_problem
 from app.logs import REQUEST_ID
 from app.metrics import Metrics
 
@@ -135,7 +135,7 @@ class BodyLimitMiddleware:
                 except ValueError:
                     break
                 if declared > limit:
-                    await _send_problem(send, BodyTooLarge(limit))
+                    await send_problem(send, _too_large(BodyTooLarge(limit)))
                     return
                 break
         received = 0
@@ -161,15 +161,8 @@ class BodyLimitMiddleware:
         except BodyTooLarge as e:  # raised where no handler caught it
             if response_started:
                 raise
-            await _send_problem(send, e)
+            await send_problem(send, _too_large(e))
 
 
-async def _send_problem(send: Send, e: BodyTooLarge) -> None:
-    body = ServiceError(413, e.detail, kind=e.kind).body_bytes()
-    headers = [
-        (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
-        (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
-    ]
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+def _too_large(e: BodyTooLarge) -> ServiceError:
+    return ServiceError(413, e.detail, kind=e.kind)
