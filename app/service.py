@@ -35,10 +35,9 @@ log = logging.getLogger(__name__)
 
 MAX_OUTPUT_PIXELS = 4096 * 4096  # largest PNG /generate writes (width * height)
 # What a request costs the engine, estimated before it is queued (app/batching.py turns it into seconds, starting from
-# the guesses below and learning from the batches it runs). Measured on the project's 2-core machine (README,
-# "Security and limits"): a /generate tile costs the decoder about as much as writing 12,000 grid pixels (scaling,
-# PNG), and a request ~8 tiles besides; an upload costs the model (encoder, label scoring) about as much as decoding
-# 100,000 pixels.
+# the guesses below and learning from the batches it runs): a /generate tile costs the decoder about as much as
+# writing 12,000 grid pixels (scaling, PNG), and a request ~8 tiles besides; an upload costs the model (encoder,
+# label scoring) about as much as decoding 100,000 pixels. The seconds per unit are learnt; these ratios are not.
 GENERATE_SECONDS_PER_TILE = 50e-6
 PIXELS_PER_TILE = 12_000
 REQUEST_TILES = 8
