@@ -1,7 +1,7 @@
-"""cvae-digits' REST service: serves an exported model directory (see model/artifacts.py) over HTTP.
+"""cvae-digits' REST service: serves an exported model directory (model/artifacts.py) over HTTP.
 
-Layout: settings (CVAE_* environment) -> factory.create_app (its lifespan loads the model and prepares the engine)
--> routes/ and fastpath (HTTP in and out) -> runtime (one batcher per endpoint) -> engine (the boundary: model work
-in the inference process of worker.py, or in a thread) -> service (tensors and images, no HTTP).
-Nothing here does work at import time; `python -m app` is the entry point.
+Rooms: settings.py and paths.py (the ground floor), http/ (connections, middleware, access, problem bodies),
+api/ (routes, schemas, parsing, the fast path), serving/ (admission, scheduling), engine/ (the one road to the
+model), telemetry/ (metrics, logs); factory.py builds the app, `python -m app` serves it. docs/architecture.md
+draws a request's path through them. Nothing here does work at import time.
 """

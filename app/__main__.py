@@ -3,8 +3,8 @@ shipped artifacts/default) with uvicorn. Other settings come from CVAE_* environ
 
 A missing or corrupt model directory stops it before it binds the port: one log line naming the file, exit 1.
 On SIGTERM/SIGINT, /readyz turns 503 at once; after CVAE_SHUTDOWN_DELAY_S the port closes, and in-flight
-requests get CVAE_GRACEFUL_SHUTDOWN_S to finish (those still running then are answered 503: app/connections.py);
-then the process exits 0.
+requests get CVAE_GRACEFUL_SHUTDOWN_S to finish (those still running then are answered 503); then the process
+exits 0.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from typing import Any
 
 import uvicorn
 
-from app.connections import ConnectionLimits, protocol_class
+from app.engine.card import ModelDirError, read_card
 from app.factory import create_app
-from app.logs import logging_config
-from app.settings import Settings, get_settings
-from model.artifacts import ModelDirError, verify_model_dir
+from app.http.connections import ConnectionLimits, protocol_class
+from app.settings import Settings
+from app.telemetry.logs import logging_config
 
 log = logging.getLogger("app")
 
@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
     """How the service runs under uvicorn: one worker, the event loop uvicorn picks, and HTTP/1.1 by uvicorn's h11
-    protocol with the service's connection limits (app/connections.py). tests/bench/serve.py runs its reference
+    protocol with the service's connection limits (app/http/connections.py). tests/bench/serve.py runs its reference
     apps with this too, so that they share the service's stack."""
     limits = ConnectionLimits(
         header_timeout_s=settings.header_timeout_s,
@@ -103,7 +103,7 @@ class Server(uvicorn.Server):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        settings: Settings = get_settings()
+        settings = Settings()
     except Exception as e:  # pydantic's ValidationError: a bad CVAE_* variable
         logging.basicConfig(format="%(levelname)s: %(message)s")
         log.error("invalid settings: %s", e)
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings.model_copy(update=overrides)
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
     try:
-        verify_model_dir(settings.model_dir)  # fail before binding the port, without a traceback
+        read_card(settings.model_dir)  # fail before binding the port, without a traceback
     except ModelDirError as e:
         log.error("cannot serve the model: %s", e)
         return 1

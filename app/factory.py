@@ -1,4 +1,4 @@
-"""create_app(settings): the FastAPI application, its lifespan (model loading, warm-up, draining) and its
+"""create_app(settings): the FastAPI application, its lifespan (the model card, the engine's start and stop) and its
 OpenAPI document."""
 
 from __future__ import annotations
@@ -9,26 +9,24 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-import torch
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from app.access import Access, AccessMiddleware, Keys, RateLimiter, read_keys
-from app.connections import RequestGuard
-from app.engine import Engine, ThreadEngine, service_options
-from app.error_handlers import install_error_handlers
-from app.errors import PROBLEM_MEDIA_TYPE
-from app.fastpath import GENERATE as GENERATE_PATH
-from app.fastpath import FastPath
-from app.metrics import Metrics
-from app.middleware import BodyLimitMiddleware, BodyLimits, MetricsMiddleware, RequestContextMiddleware
-from app.routes import encode, generate, ops, page
-from app.runtime import Runtime
-from app.schemas import max_generate_body_bytes
-from app.service import DigitService
-from app.settings import Settings, get_settings, origins
-from app.worker import ProcessEngine
-from model.artifacts import load_model_dir
+from app import paths
+from app.api.fastpath import FastPath, route_encode, route_generate
+from app.api.routes import encode, generate, ops, page
+from app.api.schemas import max_generate_body_bytes
+from app.engine.card import read_card
+from app.engine.interface import Engine, InferenceOptions
+from app.engine.process import ProcessEngine
+from app.engine.thread import ThreadEngine
+from app.http.access import Access, AccessMiddleware, Keys, RateLimiter
+from app.http.connections import RequestGuard
+from app.http.middleware import BodyLimitMiddleware, BodyLimits, RequestContextMiddleware
+from app.http.problems import PROBLEM_MEDIA_TYPE, install_error_handlers
+from app.serving.runtime import Runtime
+from app.settings import Settings, origins, read_keys
+from app.telemetry.metrics import Metrics, MetricsMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -51,62 +49,65 @@ def _version() -> str:
         return "0+unknown"
 
 
-def resolve_settings(app: FastAPI) -> Settings:
-    """The settings: those given to create_app, else the get_settings dependency (honouring
-    app.dependency_overrides, as tests may set it)."""
-    given: Settings | None = app.state.given_settings
-    if given is not None:
-        return given
-    return app.dependency_overrides.get(get_settings, get_settings)()
-
-
 def access_of(settings: Settings) -> Access:
-    """What access control the settings ask for (app/access.py)."""
+    """What access control the settings ask for (app/http/access.py), on the paths it applies to."""
     return Access(
         api_keys=Keys.of(read_keys(settings.api_keys.get_secret_value(), "CVAE_API_KEYS")),
         metrics_keys=Keys.of(read_keys(settings.metrics_api_keys.get_secret_value(), "CVAE_METRICS_API_KEYS")),
         limiter=RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None,
         cors_origins=origins(settings.cors_origins),
+        keyed=paths.KEYED,
+        metrics=paths.METRICS,
+        limited=paths.BATCHED,
     )
+
+
+def engine_of(settings: Settings) -> Engine:
+    """The engine the settings ask for; a process engine's child starts loading the model at once."""
+    options = InferenceOptions(
+        decode_chunk=settings.decode_chunk,
+        max_pass_rows=settings.max_pass_rows,
+        max_encode_batch=settings.max_encode_batch,
+        png_compress_level=settings.png_compress_level,
+        max_image_pixels=settings.max_image_pixels,
+    )
+    if not settings.inference_process:
+        return ThreadEngine(settings.model_dir, options, settings.torch_threads)
+    engine = ProcessEngine(
+        model_dir=settings.model_dir,
+        options=options,
+        torch_threads=settings.torch_threads,
+        log_format=settings.log_format,
+    )
+    engine.start()
+    return engine
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state = app.state
-    settings = resolve_settings(app)
+    settings: Settings = state.settings or Settings()  # pydantic's ValidationError names a bad CVAE_* variable
     state.settings = settings
     metrics: Metrics = state.metrics
-    process = ProcessEngine.spawn(settings) if settings.inference_process else None  # loads while this process does
-    try:
-        model = load_model_dir(settings.model_dir)  # ModelDirError names the file; start-up fails
-    except BaseException:
-        if process is not None:
-            await process.close()
-        raise
-    service = DigitService(model, service_options(settings))
-    engine: Engine = process if process is not None else ThreadEngine(service)
-    metrics.set_model(model)
-    threads_before = torch.get_num_threads()  # process-wide: put back at shutdown (tests run many apps)
-    torch.set_num_threads(settings.torch_threads)
-    runtime = Runtime(service, engine, settings, metrics)
+    card = read_card(settings.model_dir)  # ModelDirError names the file; start-up fails
+    engine = engine_of(settings)
+    metrics.set_model(card)
+    runtime = Runtime(card, engine, settings, metrics)
     state.access = access_of(settings)
-    state.body_limits = BodyLimits(
-        default=settings.max_upload_bytes,
-        by_path={GENERATE_PATH: min(settings.max_upload_bytes, max_generate_body_bytes(model.latent_dim))},
-    )
+    body_limit = min(settings.max_upload_bytes, max_generate_body_bytes(card.latent_dim))
+    state.body_limits = BodyLimits(default=settings.max_upload_bytes, by_path={paths.GENERATE: body_limit})
     try:
         await runtime.start()
         state.runtime = runtime
         state.ready = True
         metrics.ready.set(1)
-        where = f"inference process {process.pid}" if process is not None else "inference thread"
-        log.info("serving model %s (latent_dim %d) from %s (%s)", model.id, model.latent_dim, model.path, where)
+        where = f"inference process {engine.pid}" if isinstance(engine, ProcessEngine) else "inference thread"
+        log.info("serving model %s (latent_dim %d) from %s (%s)", card.id, card.latent_dim, card.path, where)
         yield
     finally:
         state.ready = False
         metrics.ready.set(0)
         await runtime.stop()
-        torch.set_num_threads(threads_before)
 
 
 class ServiceApp(FastAPI):
@@ -141,21 +142,19 @@ def problem_errors(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The application. Cheap: settings are read and the model is loaded by the lifespan, at start-up.
-
-    settings: use these instead of the environment's. Kept on app.state, not in app.dependency_overrides: while
-    that dict is not empty, FastAPI rebuilds every route's sub-dependencies on every request.
-    """
+    """The application. Cheap: the settings (None: from the environment) are read, and the engine started, by the
+    lifespan. Kept on app.state, not in app.dependency_overrides: while that dict is not empty, FastAPI rebuilds
+    every route's sub-dependencies on every request."""
     app = ServiceApp(
         title="cvae-digits",
         version=_version(),
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url=None,  # served by app.routes.page from files shipped here (FastAPI's loads a CDN)
+        openapi_url=paths.OPENAPI,
+        docs_url=None,  # served by app.api.routes.page from files shipped here (FastAPI's loads a CDN)
         redoc_url=None,
     )
-    app.state.given_settings = settings
-    app.state.settings = None  # until the lifespan resolves them
+    app.state.settings = settings  # None until the lifespan reads them
     app.state.runtime = None  # until the model is loaded and prepared
     app.state.ready = False
     app.state.body_limits = None  # until the lifespan knows the settings and the model
@@ -164,9 +163,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.access = None  # until the lifespan knows the settings: nothing to check
     install_error_handlers(app)
     # Added innermost first. Outermost: request IDs and nosniff on every response, metrics counting every answer,
-    # the answers for connections cut short (app/connections.py), then access control and the body limit, which
+    # the answers for connections cut short (app/http/connections.py), then access control and the body limit, which
     # answer before the body is read, and the fast path, which answers the plainest valid requests.
-    app.add_middleware(FastPath)
+    app.add_middleware(FastPath, generate=route_generate, encode=route_encode)
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(AccessMiddleware)
     app.add_middleware(RequestGuard)
@@ -176,5 +175,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(encode.router)
     app.include_router(ops.router)
     app.include_router(page.router)
-    app.mount(page.StaticAssets.path, page.StaticAssets(), name="static")
+    app.mount(paths.STATIC, page.StaticAssets(), name="static")
     return app

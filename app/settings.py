@@ -1,16 +1,37 @@
-"""The service's settings: one class, read from CVAE_* environment variables, through a cached dependency."""
+"""The service's settings: one class, read from CVAE_* environment variables. The ground floor: imports nothing of
+the app."""
 
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.access import read_keys
+MIN_KEY_LENGTH = 16
+KEY_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
+
+
+def read_keys(value: str, setting: str) -> tuple[str, ...]:
+    """A keys setting -> the keys. The value lists keys separated by commas, or is the absolute path of a file that
+    does (commas or new lines; what a container secret mounts). ValueError for a file that cannot be read or a key
+    too short or with characters outside the URL-safe and base64 alphabets."""
+    value = value.strip()
+    if value.startswith("/"):
+        try:
+            value = Path(value).read_text()
+        except OSError as e:
+            raise ValueError(f"{setting}: cannot read the keys file {value}: {e.strerror}") from None
+    keys = tuple(key.strip() for key in value.replace("\n", ",").split(",") if key.strip())
+    for key in keys:
+        if len(key) < MIN_KEY_LENGTH or not set(key) <= KEY_CHARACTERS:
+            raise ValueError(
+                f"{setting}: every key must be at least {MIN_KEY_LENGTH} characters of A-Z a-z 0-9 - . _ ~ + / = "
+                "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+    return keys
 
 
 def default_model_dir() -> Path:
@@ -77,7 +98,7 @@ class Settings(BaseSettings):
         2.0, ge=0, description="after SIGTERM, keep serving with /readyz 503 this long before closing the port"
     )
     log_format: Literal["text", "json"] = Field("text", description="text, or one JSON object per log line")
-    # Connections (app/connections.py; python -m app only)
+    # Connections (app/http/connections.py; python -m app only)
     keep_alive_s: float = Field(5.0, gt=0, le=3600, description="an idle kept-alive connection is closed after this")
     header_timeout_s: float = Field(
         10.0, gt=0, le=3600,
@@ -90,7 +111,7 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         1000, ge=1, description="open connections at most; requests on connections opened beyond it get 503"
     )
-    # Access control (app/access.py): all off by default
+    # Access control (app/http/access.py): all off by default
     api_keys: SecretStr = Field(
         SecretStr(""),
         description="API keys for /generate, /encode and /model, comma-separated, or the absolute path of a file "
@@ -123,10 +144,3 @@ class Settings(BaseSettings):
 
 def origins(value: str) -> tuple[str, ...]:
     return tuple(o.strip() for o in value.split(",") if o.strip())
-
-
-@lru_cache
-def get_settings() -> Settings:
-    """The settings from the environment, read once. Tests override it (app.dependency_overrides) or pass
-    Settings to create_app."""
-    return Settings()

@@ -13,11 +13,11 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-import app.access
-from app.access import Keys, RateLimiter, read_keys
+import app.http.access
 from app.factory import create_app
-from app.logs import REQUEST_ID, JsonFormatter, logging_config
-from app.settings import Settings
+from app.http.access import Keys, RateLimiter
+from app.settings import Settings, read_keys
+from app.telemetry.logs import REQUEST_ID, JsonFormatter, logging_config
 from tests.conftest import drawing, encoded, problem
 
 KEY = "k" * 20 + "-first"
@@ -93,13 +93,13 @@ def test_metrics_take_their_own_key_when_one_is_set(locked, client):
 
 def test_keys_are_compared_by_digest_and_every_key_is_tried(monkeypatch):
     compared: list[tuple[bytes, bytes]] = []
-    real = app.access.hmac.compare_digest
+    real = app.http.access.hmac.compare_digest
 
     def counting(a: bytes, b: bytes) -> bool:
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(app.access.hmac, "compare_digest", counting)
+    monkeypatch.setattr(app.http.access.hmac, "compare_digest", counting)
     keys = Keys.of((KEY, OTHER_KEY, METRICS_KEY))
     assert keys.accepts(KEY.encode()) and not keys.accepts(b"nope")
     assert len(compared) == 6 and all(len(a) == len(b) == 32 for a, b in compared)
@@ -150,7 +150,7 @@ def test_the_rate_limiter_refills_and_forgets_the_least_recent_clients(monkeypat
     limiter = RateLimiter(rate=2.0, burst=2)
     assert [limiter.wait("a", 0.0) for _ in range(3)] == [0.0, 0.0, 0.5]
     assert limiter.wait("a", 0.5) == 0.0  # one token back after half a second
-    monkeypatch.setattr(app.access, "MAX_CLIENTS", 3)
+    monkeypatch.setattr(app.http.access, "MAX_CLIENTS", 3)
     for client in "bcde":
         limiter.wait(client, 1.0)
     assert list(limiter.buckets) == ["c", "d", "e"]

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from app.batching import Lane, Scheduler
-from app.errors import ServiceError
+from app.http.problems import ServiceError
+from app.serving.scheduler import Lane, Scheduler
 
 
 class Recorder:
@@ -40,7 +40,7 @@ def run(coro):
 async def _with_scheduler(rec, body, *, max_cost=8, seconds_per_unit=0.001, **kw):
     options = {"max_wait_s": 0.05, "max_queue_s": 10.0, "max_queued_bytes": 10**9} | kw
     scheduler = Scheduler(**options)
-    lane = scheduler.lane("test", rec, max_cost=max_cost, seconds_per_unit=seconds_per_unit)
+    lane = scheduler.lane(rec, max_cost=max_cost, seconds_per_unit=seconds_per_unit)
     scheduler.start()
     try:
         return await body(scheduler, lane)
@@ -69,7 +69,7 @@ def test_concurrent_jobs_share_a_batch_and_each_gets_its_own_result():
     async def main():
         rec = Recorder()
         s = Scheduler(max_wait_s=0.05, max_queue_s=10.0, max_queued_bytes=10**9)
-        lane = s.lane("test", rec, max_cost=8, seconds_per_unit=0.001, on_batch=on_batch)
+        lane = s.lane(rec, max_cost=8, seconds_per_unit=0.001, on_batch=on_batch)
         s.start()
         try:
             return await asyncio.gather(*(s.submit(lane, j, 2, 1.0) for j in range(4))), rec.batches
@@ -293,8 +293,8 @@ def test_lanes_share_one_worker_and_the_shortest_head_goes_first():
             return run
 
         s = Scheduler(max_wait_s=0.0, max_queue_s=10.0, max_queued_bytes=10**9)
-        lane_a = s.lane("a", recorder("a"), max_cost=8, seconds_per_unit=0.001)
-        lane_b = s.lane("b", recorder("b"), max_cost=8, seconds_per_unit=0.001)
+        lane_a = s.lane(recorder("a"), max_cost=8, seconds_per_unit=0.001)
+        lane_b = s.lane(recorder("b"), max_cost=8, seconds_per_unit=0.001)
         s.start()
         try:
             first = asyncio.ensure_future(s.submit(lane_a, 0, 1, 1.0))
@@ -332,7 +332,7 @@ def test_stop_finishes_queued_jobs_then_refuses_new_ones():
     async def main():
         rec = Recorder()
         s = Scheduler(max_wait_s=0.0, max_queue_s=10.0, max_queued_bytes=10**9)
-        lane = s.lane("test", rec, max_cost=1, seconds_per_unit=0.001)
+        lane = s.lane(rec, max_cost=1, seconds_per_unit=0.001)
         s.start()
         first = await _running(s, lane, rec)
         jobs = [first] + [asyncio.ensure_future(s.submit(lane, j, 1, 1.0)) for j in (1, 2)]

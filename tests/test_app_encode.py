@@ -14,8 +14,8 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.api.schemas import EncodeResponse
 from app.factory import create_app
-from app.schemas import EncodeResponse
 from app.settings import Settings
 from model.artifacts import load_model_dir
 from model.imaging import decode_image, to_mnist, to_uint8
@@ -54,9 +54,9 @@ def test_encode_infers_the_digit_with_probabilities_for_all_ten(client, tiny_mod
     p = body["probabilities"]
     assert len(p) == 10 and abs(sum(p) - 1) < 1e-5
     assert body["digit"] == int(np.argmax(p))
-    # The same numbers as the model package computes for the same preprocessing, scored as the service scores a
-    # lone upload: among blank images, with the kernels a batch of uploads takes (app/service.py, SCORE_MIN_ROWS).
-    from app.service import SCORE_MIN_ROWS
+    # The same numbers as the model package computes for the same preprocessing, scored as the service scores a lone
+    # upload: among blank images, with the kernels a batch of uploads takes (app/engine/inference.py, SCORE_MIN_ROWS).
+    from app.engine.inference import SCORE_MIN_ROWS
 
     model = load_model_dir(tiny_model_dir)
     with torch.inference_mode():
@@ -257,15 +257,16 @@ class RowwiseDecoder:
 def test_uploads_are_scored_together_only_where_that_changes_no_bit(tiny_model_dir, shape_error, few_rows, allowed):
     import dataclasses
 
-    from app.service import SCORE_MIN_ROWS, DigitService, ServiceOptions, Upload
+    from app.engine.inference import SCORE_MIN_ROWS, Inference
+    from app.engine.interface import InferenceOptions, Upload
 
     assert SCORE_MIN_ROWS == 4
     model = load_model_dir(tiny_model_dir)
     model = dataclasses.replace(model, encoder=RowwiseEncoder(shape_error, few_rows), decoder=RowwiseDecoder())
-    options = ServiceOptions(
+    options = InferenceOptions(
         decode_chunk=8, max_pass_rows=8, max_encode_batch=6, png_compress_level=1, max_image_pixels=10**6
     )
-    service = DigitService(model, options)
+    service = Inference(model, options)
     assert service.score_uploads == 1  # until checked
     assert service.check_scoring_passes() == allowed
     service.score_uploads = allowed

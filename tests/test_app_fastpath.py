@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-import app.routes.encode as encode_route
-import app.routes.generate as generate_route
-from app.fastpath import parse_upload
-from app.service import Upload
+import app.api.routes.encode as encode_route
+import app.api.routes.generate as generate_route
+from app.api.fastpath import parse_upload
+from app.engine.interface import Upload
 from tests.conftest import drawing, encoded
 
 FAST = {"Content-Type": "application/json"}

@@ -13,9 +13,10 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from app.api.routes.generate import wants_json
+from app.engine.inference import Inference
+from app.engine.interface import InferenceOptions
 from app.factory import create_app
-from app.routes.generate import wants_json
-from app.service import DigitService, ServiceOptions
 from app.settings import Settings
 from model.artifacts import load_model_dir
 from model.network import CVAEConfig
@@ -337,34 +338,34 @@ def wide_model(tmp_path_factory):
     return load_model_dir(make_model_dir(tmp_path_factory.mktemp("wide") / "m", cfg))
 
 
-def options(**overrides: int) -> ServiceOptions:
+def options(**overrides: int) -> InferenceOptions:
     defaults = {"decode_chunk": 32, "max_pass_rows": 256, "max_encode_batch": 1, "png_compress_level": 1}
-    return ServiceOptions(**(defaults | overrides), max_image_pixels=10**6)
+    return InferenceOptions(**(defaults | overrides), max_image_pixels=10**6)
 
 
-def spec_of(service: DigitService, digits: list[int], n: int, seed: int):
-    return service.make_spec(digits=digits, n=n, latent=None, seed=seed, temperature=1.0, columns=None, padding=2,
-                             scale=1)  # fmt: skip
+def spec_of(service: Inference, digits: list[int], n: int, seed: int):
+    return service.card.make_spec(digits=digits, n=n, latent=None, seed=seed, temperature=1.0, columns=None,
+                                  padding=2, scale=1, with_latents=False)  # fmt: skip
 
 
 @pytest.mark.parametrize("large_passes", [False, True])
 def test_service_rows_do_not_depend_on_what_shares_their_batch(wide_model, large_passes):
-    service = DigitService(wide_model, options())
+    service = Inference(wide_model, options())
     if large_passes:
         service.pass_rows = service.check_decoder_passes()  # larger than a chunk if this machine's kernels allow
     target = spec_of(service, [3], 5, 42)
-    alone = service.draw_batch([target])[0]
+    alone = service.draw_batch([target])[0].png
     for companions in ([[1], 1, 1],), ([[0, 9], 17, 2], [[4], 30, 3]), ([[7], 61, 4],):
         specs = [spec_of(service, *c) for c in companions]
-        pngs = service.draw_batch([*specs, target, spec_of(service, [2], 3, 5)])
-        assert pngs[len(specs)] == alone
+        drawings = service.draw_batch([*specs, target, spec_of(service, [2], 3, 5)])
+        assert drawings[len(specs)].png == alone
 
 
 @pytest.mark.parametrize("large_passes", [False, True])
 def test_service_decoder_output_is_bit_identical_whatever_shares_the_forward_pass(wide_model, large_passes):
     import torch
 
-    service = DigitService(wide_model, options())
+    service = Inference(wide_model, options())
     if large_passes:
         service.pass_rows = service.check_decoder_passes()
     g = torch.Generator().manual_seed(0)
@@ -400,7 +401,7 @@ def test_large_decoder_passes_only_when_every_row_comes_out_the_same(wide_model,
     import torch
 
     decoder = CountingDecoder(shape_error)
-    service = DigitService(dataclasses.replace(wide_model, decoder=decoder), options(decode_chunk=8, max_pass_rows=100))
+    service = Inference(dataclasses.replace(wide_model, decoder=decoder), options(decode_chunk=8, max_pass_rows=100))
     assert service.pass_rows == 8  # until checked
     service.pass_rows = service.check_decoder_passes()
     assert service.pass_rows == (96 if allowed else 8)  # whole chunks, at most max_pass_rows
@@ -420,7 +421,7 @@ def test_the_largest_decoder_pass_is_its_own_setting_not_the_batch_size():
 def test_the_inference_process_reports_what_prepare_allowed(tiny_model_dir, caplog):
     import logging
 
-    caplog.set_level(logging.INFO, logger="app.worker")
+    caplog.set_level(logging.INFO, logger="app.engine.process")
     with TestClient(create_app(Settings(model_dir=tiny_model_dir, max_pass_rows=64))):
         pass
     assert any("decoder passes of up to" in r.getMessage() for r in caplog.records)

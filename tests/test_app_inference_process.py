@@ -1,6 +1,6 @@
-"""The engine in the inference process (app/worker.py) against the engine in a thread: the same bytes for both
-endpoints; its typed messages; and what happens when the process dies, cannot start, runs other code, or the
-service stops."""
+"""The engine in the inference process (app/engine/process.py, child.py) against the engine in a thread: the same
+bytes for both endpoints; its typed messages; and what happens when the process dies, cannot start, runs other code,
+or the service stops."""
 
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
-import app.worker
-from app.errors import ServiceError
-from app.factory import create_app
-from app.messages import (
+import app.engine.process
+from app.engine.interface import Drawing, EncodeResult, GenerateSpec, Upload
+from app.engine.process import ProcessEngine
+from app.engine.wire import (
     MESSAGES,
     BatchFailed,
     DrawBatch,
@@ -33,13 +32,20 @@ from app.messages import (
     parse,
     wire_version,
 )
-from app.service import EncodeResult, GenerateSpec, Upload
+from app.factory import create_app, engine_of
+from app.http.problems import ServiceError
 from app.settings import Settings
-from app.worker import ProcessEngine
 from tests.conftest import drawing, encoded, upload, wait_for
 
 BODIES = [{"digit": d % 10, "n": 1 + d % 5, "seed": 200 + d, "padding": d % 3, "scale": 1 + d % 2} for d in range(12)]
 UPLOADS = [(encoded(drawing((50 + 9 * i, 70))), None if i % 2 else str(i)) for i in range(6)] + [(b"junk", None)]
+
+
+def spawned(model_dir: Path) -> ProcessEngine:
+    """An inference process started as the service starts it (not waited for)."""
+    engine = engine_of(Settings(model_dir=model_dir, inference_process=True))
+    assert isinstance(engine, ProcessEngine)
+    return engine
 
 
 def _answers(c: TestClient) -> tuple[list[bytes], list[bytes]]:
@@ -62,7 +68,7 @@ def test_process_and_thread_give_byte_identical_answers(tiny_model_dir: Path):
         json_process = c.post("/generate", json=BODIES[3], headers={"Accept": "application/json"}).json()
     assert in_process == in_thread
     assert together == in_thread[0]
-    assert json_process == json_thread  # latents are recomputed in the server, and agree with the batch's
+    assert json_process == json_thread  # the latents the batch drew from, sent back by the engine
 
 
 # --- messages -------------------------------------------------------------------------------------------------
@@ -70,15 +76,15 @@ def test_process_and_thread_give_byte_identical_answers(tiny_model_dir: Path):
 
 def test_every_message_crosses_the_wire_unchanged():
     spec = GenerateSpec(digits=(1, 2), n=2, latent=None, seed=5, temperature=0.8, columns=2, padding=2, scale=1,
-                        width=62, height=62)  # fmt: skip
-    latent_spec = spec._replace(latent=torch.ones(2, 4), seed=None)
+                        width=62, height=62, with_latents=False)  # fmt: skip
+    latent_spec = spec._replace(latent=((0.5, -1.0, 2.0, 0.1), (1e-30, 3.0, -0.0, 4.0)), seed=None, with_latents=True)
     result = EncodeResult(digit=3, inferred=True, probabilities=[0.5, 0.5], mean=[0.1], log_var=[-1.0])
     messages = [
         Ready(version=wire_version(), model_id="m", pass_rows=8, score_uploads=4),
         StartFailed(reason="no model"),
         DrawBatch(batch_id=1, specs=[spec]),
         EncodeBatch(batch_id=2, uploads=[Upload(data=b"\x89PNG", digit=None), Upload(data=b"", digit=7)]),
-        Drawn(batch_id=1, pngs=[b"png"]),
+        Drawn(batch_id=1, drawings=[Drawing(b"png", None, None), Drawing(b"png", [3, 3], [[0.5, 1e-30], [2.0, 0.1]])]),
         BatchFailed(batch_id=3, reason="boom"),
         Stop(),
     ]
@@ -86,7 +92,7 @@ def test_every_message_crosses_the_wire_unchanged():
     for message in messages:
         assert parse(frame(message)[8:]) == message
     back = parse(frame(DrawBatch(batch_id=4, specs=[latent_spec]))[8:])
-    assert isinstance(back, DrawBatch) and torch.equal(back.specs[0].latent, latent_spec.latent)
+    assert isinstance(back, DrawBatch) and back.specs[0] == latent_spec
     refused = ServiceError(415, "not an image", kind="unsupported-image", title="Not an image")
     back = parse(frame(Encoded(batch_id=5, outcomes=[result, refused]))[8:])
     assert isinstance(back, Encoded) and back.outcomes[0] == result
@@ -113,10 +119,10 @@ def test_the_wire_version_follows_the_messages_fields(monkeypatch):
 
 
 def test_a_child_running_other_code_is_refused(tiny_model_dir: Path, monkeypatch):
-    monkeypatch.setattr(app.worker, "wire_version", lambda: "another layout")  # the server's side only
+    monkeypatch.setattr(app.engine.process, "wire_version", lambda: "another layout")  # the server's side only
 
     async def main() -> str:
-        engine = ProcessEngine.spawn(Settings(model_dir=tiny_model_dir))
+        engine = spawned(tiny_model_dir)
         try:
             await engine.prepare()
         except RuntimeError as e:
@@ -175,7 +181,7 @@ def test_the_inference_process_ends_with_the_service(tiny_model_dir: Path):
 
 def test_an_inference_process_that_cannot_load_the_model_fails_start_up(tmp_path: Path):
     async def main() -> str:
-        engine = ProcessEngine.spawn(Settings(model_dir=tmp_path / "missing"))
+        engine = spawned(tmp_path / "missing")
         try:
             await engine.prepare()
         except RuntimeError as e:
@@ -190,7 +196,7 @@ def test_an_inference_process_that_cannot_load_the_model_fails_start_up(tmp_path
 
 def test_the_inference_process_ignores_ctrl_c_and_exits_when_the_server_goes(tiny_model_dir: Path):
     async def main() -> None:
-        engine = ProcessEngine.spawn(Settings(model_dir=tiny_model_dir))
+        engine = spawned(tiny_model_dir)
         await engine.prepare()
         try:
             child = engine.process

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from app.engine.card import ModelDirError
+from app.engine.process import ProcessEngine
 from app.factory import create_app
-from app.settings import Settings, default_model_dir, get_settings
-from app.worker import ProcessEngine
-from model.artifacts import ModelDirError
+from app.settings import Settings, default_model_dir
 from tests.conftest import drawing, encoded, problem, upload
 
 ENDPOINTS = {("post", "/generate"), ("post", "/encode"), ("get", "/livez"), ("get", "/readyz"), ("get", "/model"),
@@ -100,7 +100,7 @@ def test_model_shows_what_a_client_needs_of_the_manifest(client, tiny_model_dir)
 
 def test_model_does_not_show_how_it_was_made():
     """The shipped model's manifest: its training command, options, git commit and file checksums stay private."""
-    from app.routes.ops import public_manifest
+    from app.api.routes.ops import public_manifest
     from app.settings import default_model_dir
 
     manifest = json.loads((default_model_dir() / "manifest.json").read_text())
@@ -182,7 +182,7 @@ def test_wrong_method_is_a_405_problem_with_allow(client):
 def test_unexpected_failure_is_a_500_problem_without_internals(tiny_model_dir, monkeypatch):
     app = create_app(Settings(model_dir=tiny_model_dir, inference_process=False))
     with TestClient(app, raise_server_exceptions=False) as c:
-        service = app.state.runtime.engine.service
+        service = app.state.runtime.engine.inference
 
         def broken(*args):
             raise RuntimeError("secret internals")
@@ -217,19 +217,15 @@ def test_invalid_setting_is_refused(monkeypatch):
         Settings()
 
 
-def test_settings_dependency_override_reaches_the_lifespan(tiny_model_dir):
+def test_settings_are_read_from_the_environment_at_start_up_not_before(tiny_model_dir, monkeypatch):
     app = create_app()
-    app.dependency_overrides[get_settings] = lambda: Settings(model_dir=tiny_model_dir, max_upload_bytes=999)
+    assert app.state.settings is None and app.state.runtime is None
+    monkeypatch.setenv("CVAE_MODEL_DIR", str(tiny_model_dir))
+    monkeypatch.setenv("CVAE_MAX_UPLOAD_BYTES", "999")
+    monkeypatch.setenv("CVAE_INFERENCE_PROCESS", "false")
     with TestClient(app) as c:
         assert c.get("/readyz").status_code == 200
         assert app.state.settings.max_upload_bytes == 999
-
-
-def test_importing_app_main_reads_no_settings_and_loads_no_model():
-    import app.main
-
-    assert app.main.app.state.settings is None
-    assert app.main.app.state.runtime is None
 
 
 # --- start-up failures ----------------------------------------------------------------------------------------
@@ -263,11 +259,7 @@ def test_python_m_app_exits_1_with_one_log_line_on_a_bad_model(monkeypatch, capl
 
     monkeypatch.setattr(logging.config, "dictConfig", lambda config: None)  # keep pytest's logging as it is
     monkeypatch.setenv("CVAE_MODEL_DIR", str(corrupted_model_dir))
-    get_settings.cache_clear()
-    try:
-        with caplog.at_level(logging.INFO):
-            assert main(["--port", "0"]) == 1
-    finally:
-        get_settings.cache_clear()
+    with caplog.at_level(logging.INFO):
+        assert main(["--port", "0"]) == 1
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "decoder.pt" in errors[0].getMessage() and errors[0].exc_info is None

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from app.api.routes.page import STATIC_DIR
 from app.factory import create_app
-from app.routes.page import STATIC_DIR
 from app.settings import Settings
 from tests.conftest import problem
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.schemas import max_generate_body_bytes
+from app.api.schemas import max_generate_body_bytes
 from tests.conftest import D, free_port, wait_ready
 from tests.test_serve import ROOT
 

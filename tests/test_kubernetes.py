@@ -11,9 +11,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from app.access import read_keys
 from app.factory import create_app
-from app.settings import Settings
+from app.settings import Settings, read_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "kubernetes"

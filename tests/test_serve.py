@@ -1,4 +1,4 @@
-"""The real thing: `python -m app` (and `uvicorn app.main:app`) as a subprocess on 127.0.0.1."""
+"""The real thing: `python -m app` as a subprocess on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -93,16 +93,6 @@ def test_python_m_app_serves_over_http_and_drains_on_sigterm(tiny_model_dir):
         output, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, output  # a drained SIGTERM is a clean exit
     assert "Traceback" not in output
-
-
-def test_uvicorn_app_main_app_serves_too(tiny_model_dir):
-    port = free_port()
-    args = ["-m", "uvicorn", "app.main:app", "--port", str(port), "--log-level", "warning"]
-    with serving(args, {"CVAE_MODEL_DIR": str(tiny_model_dir)}, port) as proc:
-        r = httpx.post(f"http://127.0.0.1:{port}/generate", json={"digit": 0, "n": 2, "seed": 1}, timeout=10)
-        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
-        proc.terminate()
-        proc.wait(20)
 
 
 @pytest.mark.parametrize("problem", ["missing", "checksum"])

@@ -2,7 +2,7 @@
 
 * floor: the cheapest FastAPI endpoint doing the service's HTTP part: it validates the same JSON body
   (app.schemas.GenerateRequest) or multipart upload, then answers a constant PNG (or constant JSON). No model.
-* floor-asgi: the floor with POST /generate and POST /encode taken by the service's own fast path (app/fastpath.py,
+* floor-asgi: the floor with POST /generate and POST /encode taken by the service's own fast path (app/api/fastpath.py,
   a pure ASGI middleware reading plain JSON bodies and plain multipart uploads as FastAPI would), answering the
   constant PNG or JSON without FastAPI's per-request machinery. The floor of the service's own design, for an honest
   second ratio.
@@ -32,9 +32,9 @@ from fastapi.responses import Response
 from PIL import Image
 from starlette.types import Scope
 
-from app.fastpath import FastPath
-from app.schemas import GenerateRequest
-from app.service import Upload
+from app.api.fastpath import FastPath
+from app.api.schemas import GenerateRequest
+from app.engine.interface import Upload
 from model.artifacts import load_model_dir
 from model.imaging import decode_image, to_mnist
 from model.inference import label_log_probs
@@ -99,19 +99,17 @@ def create_floor_app() -> FastAPI:
     return app
 
 
-class AsgiFloor(FastPath):
-    """The service's fast path (app/fastpath.py), answering the constant PNG or JSON instead of using the model."""
+async def floor_generate(scope: Scope, request: GenerateRequest, accept: str | None) -> Response:
+    return Response(floor_png(), media_type="image/png")
 
-    async def answer_generate(self, scope: Scope, request: GenerateRequest, accept: str | None) -> Response:
-        return Response(floor_png(), media_type="image/png")
 
-    async def answer_encode(self, scope: Scope, upload: Upload) -> Response:
-        return Response(ENCODE_ANSWER, media_type="application/json")
+async def floor_encode(scope: Scope, upload: Upload) -> Response:
+    return Response(ENCODE_ANSWER, media_type="application/json")
 
 
 def create_asgi_floor_app() -> FastAPI:
     app = create_floor_app()
-    app.add_middleware(AsgiFloor)
+    app.add_middleware(FastPath, generate=floor_generate, encode=floor_encode)  # the service's, with constant answers
     return app
 
 

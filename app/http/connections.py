@@ -1,29 +1,6 @@
-"""Connections: what `python -m app` adds to uvicorn's HTTP/1.1 protocol (its h11 implementation), and the ASGI
-middleware that answers for it.
-
-uvicorn closes idle keep-alive connections (`timeout_keep_alive`) and bounds a request head's size (h11's limit,
-16 KiB), but holds a connection that sends nothing, or a head or a body a byte at a time, forever, and keeps a
-request's work going after its client has gone. GuardedProtocol adds:
-- a header timeout: a new connection, or a kept-alive one once the next request's first bytes arrive, has
-  `header_timeout_s` to complete the request head, or it is closed (nothing has been asked: nothing to answer);
-- a body timeout: once the head is in, the body has `body_timeout_s` to arrive whole, or the request is cut short
-  and answered 408 (the connection then closes);
-- a connection cap: on a connection opened while `max_connections` others are open, every request is answered 503
-  with Retry-After and the connection closed (a balancer retries elsewhere);
-- disconnects: when the client closes the connection before its answer is complete, the request's task is cancelled,
-  so its work stops where it is (a queued job leaves the queue, app/batching.py) instead of running for no one;
-- a lingering close (as nginx's lingering_close): a connection closed after answering a request whose body is still
-  arriving (a 413 before reading a body too large, a 408, a 503) first says it is done (FIN) and reads and drops what
-  the client still sends, for up to LINGER_S seconds and LINGER_BYTES bytes. Closed at once, the client's unread bytes
-  would make the kernel reset the connection, and the client would lose the answer it was sent.
-
-The protocol marks each request's scope (LINK: the task and why it was cut short) and RequestGuard, an ASGI middleware
-outside everything that answers, turns the cancellation into the answer: 408 for a body too slow, nothing for a
-client gone, and 503 (Retry-After, connection closed) for a request still running when uvicorn's graceful shutdown
-ends (CVAE_GRACEFUL_SHUTDOWN_S) and cancels it: never uvicorn's own 500. Served another way (`uvicorn app.main:app`,
-TestClient), the scope has no LINK: the middleware then only passes requests through, and only the timeouts and
-disconnect handling above are missing.
-"""
+"""Connections: what `python -m app` adds to uvicorn's HTTP/1.1 protocol (header and body timeouts, a connection cap,
+cancelling a request whose client has gone, a lingering close), and RequestGuard, the middleware that answers what
+the protocol decided (408, 503, or nothing). The reasons for each are in docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -32,10 +9,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from app.errors import ServiceError, send_problem
+from app.http.middleware import ResponseStatus
+from app.http.problems import ServiceError, send_problem, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +48,7 @@ class RequestLink:
 
 class LingeringTransport:
     """The connection's transport as uvicorn sees it: closing it while the request's body is still arriving lingers
-    (see the module's docstring); everything else is the transport's own."""
+    (docs/architecture.md, "Connections"); everything else is the transport's own."""
 
     def __init__(self, transport: asyncio.Transport, protocol: GuardedProtocol) -> None:
         self._transport = transport
@@ -193,8 +171,8 @@ def protocol_class(limits: ConnectionLimits) -> type[GuardedProtocol]:
 
 
 class RequestGuard:
-    """Answers what GuardedProtocol decided about a request (see the module's docstring); outside every middleware
-    that answers, inside those that label and count answers (request IDs, metrics)."""
+    """Answers what GuardedProtocol decided about a request; outside every middleware that answers, inside those that
+    label and count answers (request IDs, metrics)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -205,22 +183,12 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         if link.over_capacity:
-            await send_problem(
-                send,
-                ServiceError(503, "too many open connections; try again shortly", kind="overloaded",
-                             title="Overloaded", headers={"Retry-After": "1"}),
-            )  # fmt: skip
+            error = unavailable("too many open connections; try again shortly", kind="overloaded", title="Overloaded")
+            await send_problem(send, error)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        response = ResponseStatus(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, response)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.uncancel() > 0:  # cancelled once more, by someone else: let it end
@@ -229,12 +197,11 @@ class RequestGuard:
             if link.reason == "disconnect":
                 log.info('"%s %s" abandoned: the client closed the connection before its answer', method, path)
                 return
-            if started:  # uvicorn closes a response cut half way
+            if response.started:  # uvicorn closes a response cut half way
                 return
             if link.reason == "body_timeout":
                 error = ServiceError(408, "the request body did not arrive in time", kind="body-timeout")
             else:  # uvicorn's graceful shutdown ended with the request still running, and cancelled it
                 log.warning('"%s %s" cut short by the shutdown: answered 503', method, path)
-                error = ServiceError(503, "the service is shutting down; try again", kind="shutting-down",
-                                     headers={"Retry-After": "1"})  # fmt: skip
+                error = unavailable("the service is shutting down; try again", kind="shutting-down")
             await send_problem(send, error)

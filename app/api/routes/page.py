@@ -11,16 +11,18 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from starlette.responses import Response
 from starlette.staticfiles import PathLike, StaticFiles
-from starlette.types import Receive, Scope, Send
+from starlette.types import Scope
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+from app import paths
+
+STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 
 # img-src: blob: for the PNGs the page receives from /generate, data: for the icons inside swagger-ui.css.
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
     "font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-SECURITY_HEADERS = {  # and X-Content-Type-Options: nosniff, as on every response (app/middleware.py)
+SECURITY_HEADERS = {  # and X-Content-Type-Options: nosniff, as on every response (app/http/middleware.py)
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "Referrer-Policy": "no-referrer",
     # Revalidate on every load (StaticFiles answers a matching If-None-Match with 304): the names carry no hash.
@@ -34,27 +36,21 @@ def _html(name: str) -> FileResponse:
     return FileResponse(STATIC_DIR / name, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
 
 
-@router.get("/")
+@router.get(paths.PAGE)
 async def page() -> FileResponse:
     return _html("index.html")
 
 
-@router.get("/docs")
+@router.get(paths.DOCS)
 async def docs() -> FileResponse:
     return _html("docs.html")
 
 
 class StaticAssets(StaticFiles):
-    """app/static, with the pages' security headers on every file. Mount it at `path`."""
-
-    path = "/static"
+    """app/static, with the pages' security headers on every file. Mount it at paths.STATIC."""
 
     def __init__(self) -> None:
         super().__init__(directory=STATIC_DIR)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope["route"] = self  # as a route does: MetricsMiddleware labels every file with `path`, not "unmatched"
-        await super().__call__(scope, receive, send)
 
     def file_response(
         self, full_path: PathLike, stat_result: os.stat_result, scope: Scope, status_code: int = 200

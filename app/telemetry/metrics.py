@@ -1,18 +1,24 @@
-"""Prometheus metrics, on a registry per app (so several apps, e.g. in tests, never share counters)."""
+"""Prometheus metrics, on a registry per app (so several apps, e.g. in tests, never share counters), and the
+middleware that counts every request under the endpoint it was for (app/paths.py)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from model.artifacts import LoadedModel
+from app.engine.card import ModelCard
+from app.http.middleware import ResponseStatus
+from app.paths import route_label
 
 # Seconds: most requests here take a millisecond or a few; the tail reaches seconds only under overload.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 OPERATIONS = ("generate", "encode")  # the engine's batched operations
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+CLIENT_CLOSED = 499  # status counted for a request whose client went away before its answer (nginx's code)
 
 
 class Metrics:
@@ -66,13 +72,13 @@ class Metrics:
         }
         self._by_request: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}  # (method, route, status)
 
-    def set_model(self, model: LoadedModel) -> None:
+    def set_model(self, card: ModelCard) -> None:
         self.model_info.info(
             {
-                "model_id": model.id,
-                "latent_dim": str(model.latent_dim),
-                "prior": str(model.prior.kind),
-                "torch_version": str(model.manifest.get("torch_version", "")),
+                "model_id": card.id,
+                "latent_dim": str(card.latent_dim),
+                "prior": card.prior_kind,
+                "torch_version": str(card.manifest.get("torch_version", "")),
             }
         )
 
@@ -104,3 +110,29 @@ class Metrics:
             self._by_request[(method, route, status)] = children
         children[0].inc()
         children[1].observe(seconds)
+
+
+class MetricsMiddleware:
+    """Counts and times every request, by method, route label (app/paths.py's route_label) and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        response = ResponseStatus(send)
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, response)
+        except BaseException:
+            response.status = response.status or 500  # uvicorn answers 500 when the app raises before it answers
+            raise
+        finally:
+            status = response.status or CLIENT_CLOSED  # ended unanswered: its client had gone (app/http/connections.py)
+            self.metrics.in_flight.dec()
+            route = route_label(scope["path"])
+            self.metrics.observe_request(scope["method"], route, status, time.perf_counter() - started)

@@ -9,11 +9,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse, Response
 
-from app.dependencies import runtime_of
-from app.errors import ServiceError
-from app.parsing import StrictRoute
-from app.runtime import Runtime
-from app.schemas import GENERATE_EXAMPLES, GenerateJSON, GenerateRequest, Problem, ValidationProblem
+from app import paths
+from app.api.deps import runtime_of
+from app.api.parsing import StrictRoute
+from app.api.schemas import GENERATE_EXAMPLES, GenerateJSON, GenerateRequest, Problem, ValidationProblem
+from app.http.problems import ServiceError
+from app.serving.runtime import Runtime
 
 router = APIRouter(tags=["generate"], route_class=StrictRoute)
 
@@ -71,7 +72,7 @@ def wants_json(accept: str | None) -> bool:
 
 
 @router.post(
-    "/generate",
+    paths.GENERATE,
     summary="Draw digits",
     description="Samples `n` latents (for one digit, from that digit's prior; for several, from the prior every digit "
     "shares, each latent decoded under every digit) or decodes the latent given, and lays the images out in a grid, "
@@ -88,9 +89,9 @@ async def generate(
 
 
 async def respond(runtime: Runtime, body: GenerateRequest, accept: str | None) -> Response:
-    """The answer to a validated /generate request: the route's, and the fast path's (app/fastpath.py)."""
+    """The answer to a validated /generate request: the route's, and the fast path's (app/api/fastpath.py)."""
     as_json = wants_json(accept)
-    spec = runtime.service.make_spec(
+    spec = runtime.card.make_spec(
         digits=body.digits,
         n=body.n,
         latent=body.latent,
@@ -99,23 +100,24 @@ async def respond(runtime: Runtime, body: GenerateRequest, accept: str | None) -
         columns=body.columns,
         padding=body.padding,
         scale=body.scale,
+        with_latents=as_json,
     )
-    png = await runtime.generate(spec)
-    headers = {"X-Model-Id": runtime.service.model_id}
+    drawing = await runtime.generate(spec)
+    headers = {"X-Model-Id": runtime.card.id}
     if spec.seed is not None:
         headers["X-Seed"] = str(spec.seed)
     if not as_json:
-        return Response(png, media_type=PNG, headers=headers)
-    z, labels = runtime.service.latents(spec)  # recomputed: cheap, and the same as the batch's
+        return Response(drawing.png, media_type=PNG, headers=headers)
+    assert drawing.labels is not None and drawing.latents is not None  # asked for by with_latents
     payload = GenerateJSON(
-        model_id=runtime.service.model_id,
+        model_id=runtime.card.id,
         seed=spec.seed,
         width=spec.width,
         height=spec.height,
         columns=spec.columns,
         digits=list(spec.digits),
-        labels=labels.tolist(),
-        latents=z.tolist(),
-        png_base64=base64.b64encode(png).decode("ascii"),
+        labels=drawing.labels,
+        latents=drawing.latents,
+        png_base64=base64.b64encode(drawing.png).decode("ascii"),
     )
     return JSONResponse(payload.model_dump(), headers=headers)

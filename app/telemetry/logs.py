@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from uvicorn.config import LOGGING_CONFIG
 
-# The ID of the request being handled (app/middleware.py sets it for each request), "-" outside one. uvicorn writes
+# The ID of the request being handled (app/http/middleware.py sets it for each request), "-" outside one. uvicorn writes
 # its access line from inside the request's task, so the line sees it.
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 ACCESS_FIELDS = ("client", "method", "path", "http_version", "status")  # uvicorn's access line arguments, in order

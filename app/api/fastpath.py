@@ -1,53 +1,41 @@
-"""POST /generate and POST /encode without FastAPI's per-request machinery, for the requests that need none of it.
-
-FastAPI's handling of a route (a Request object, dependency solving, parsing and validating the body, its exception
-wrappers; for /encode, python-multipart's parser and a spooled temporary file per upload) is most of the cheapest
-FastAPI endpoint's CPU (figures: the README's Performance section). This middleware, the innermost, answers a request
-itself when its body is in the plainest form and valid, with the route's own code (routes.*.respond) and errors
-rendered as the handlers render them:
-- /generate: `Content-Type: application/json` exactly, parsed as the route parses it (app/parsing.py: strict JSON,
-  whose errors it answers itself, with the same function) and validated as FastAPI validates it (GenerateRequest in
-  Python mode);
-- /encode: `multipart/form-data` with an unquoted boundary, a body of nothing but a `file` part with a filename and
-  at most a `digit` part holding one ASCII digit, each with no header but Content-Disposition (name and filename,
-  plainly quoted) and Content-Type: what browsers, curl and HTTP libraries send.
-Every other request, including every body that does not validate, goes on to FastAPI with its body replayed (and a
-parsed JSON body handed over, so it is not parsed twice): the validation errors users see are FastAPI's own, and the
-routes (their OpenAPI descriptions included) stay the one definition of each endpoint.
-"""
+"""POST /generate and POST /encode without FastAPI's per-request machinery, for the requests that need none of it:
+a JSON body sent as exactly application/json and valid, or an upload in the plainest multipart form. Everything else
+goes on to FastAPI with its body replayed, so the routes stay the one definition of each endpoint and its errors.
+What counts as plainest, and why it pays: docs/architecture.md, "The fast path"."""
 
 from __future__ import annotations
 
 import re
-from types import SimpleNamespace
+from collections.abc import Awaitable, Callable
 
 from pydantic import ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.dependencies import runtime_of
-from app.error_handlers import problem_response
-from app.errors import ServiceError
-from app.parsing import PARSED_JSON, parse_json
-from app.routes import encode, generate
-from app.schemas import GenerateRequest
-from app.service import Upload
+from app.api.deps import runtime_of
+from app.api.parsing import PARSED_JSON, parse_json
+from app.api.routes import encode, generate
+from app.api.schemas import GenerateRequest
+from app.engine.interface import Upload
+from app.http.problems import ServiceError, problem_response
+from app.paths import ENCODE, GENERATE
 
-GENERATE = "/generate"
-ENCODE = "/encode"
-# What the metrics middleware labels requests by (scope["route"].path).
-ROUTES = {GENERATE: SimpleNamespace(path=GENERATE), ENCODE: SimpleNamespace(path=ENCODE)}
+# What the fast path does with a valid request: the routes' own answers (below), or a benchmark's constant ones.
+GenerateAnswer = Callable[[Scope, GenerateRequest, str | None], Awaitable[Response]]
+EncodeAnswer = Callable[[Scope, Upload], Awaitable[Response]]
 BOUNDARY = re.compile(rb"multipart/form-data; *boundary=([0-9A-Za-z'()+_,./:=?-]{1,70})")  # RFC 2046's bchars
 DISPOSITION = re.compile(rb'form-data; *name="(file|digit)"(; *filename="[^"\\\r\n]*")?')
 DIGITS = {str(d).encode(): d for d in range(10)}
 
 
 class FastPath:
-    """The fast path; answer_generate() and answer_encode() are what it does with a valid request
-    (tests/bench/apps.py's floor-asgi overrides them)."""
+    """The fast path: generate and encode answer the valid requests it reads (their errors rendered by the caller as
+    the handlers render them)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, generate: GenerateAnswer, encode: EncodeAnswer) -> None:
         self.app = app
+        self.answer_generate = generate
+        self.answer_encode = encode
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"] if scope["type"] == "http" and scope["method"] == "POST" else None
@@ -75,7 +63,6 @@ class FastPath:
             if not body:  # to the route, which names the missing field
                 await self.app(scope, replay(body, receive), send)
                 return
-            scope["route"] = ROUTES[GENERATE]
             try:
                 data = parse_json(body)
             except ServiceError as e:  # malformed, or a repeated key: as the route (StrictRoute) answers it
@@ -86,28 +73,31 @@ class FastPath:
                 except ValidationError:  # FastAPI says why, from the value parsed here (not parsed again)
                     scope[PARSED_JSON] = data
                 else:
-                    response = await self.answer_generate(scope, request, accept)
+                    response = await answered(self.answer_generate(scope, request, accept))
         elif (upload := parse_upload(body, boundary)) is not None:
-            scope["route"] = ROUTES[ENCODE]
-            response = await self.answer_encode(scope, upload)
+            response = await answered(self.answer_encode(scope, upload))
         if response is None:
             await self.app(scope, replay(body, receive), send)
         else:
             await response(scope, receive, send)
 
-    async def answer_generate(self, scope: Scope, request: GenerateRequest, accept: str | None) -> Response:
-        """The route's answer (routes.generate.respond), its errors rendered as the handlers render them."""
-        try:
-            return await generate.respond(runtime_of(scope["app"]), request, accept)
-        except ServiceError as e:
-            return problem_response(e)
 
-    async def answer_encode(self, scope: Scope, upload: Upload) -> Response:
-        """The route's answer (routes.encode.respond), its errors rendered as the handlers render them."""
-        try:
-            return await encode.respond(runtime_of(scope["app"]), upload)
-        except ServiceError as e:
-            return problem_response(e)
+async def route_generate(scope: Scope, request: GenerateRequest, accept: str | None) -> Response:
+    """The /generate route's answer (routes.generate.respond)."""
+    return await generate.respond(runtime_of(scope["app"]), request, accept)
+
+
+async def route_encode(scope: Scope, upload: Upload) -> Response:
+    """The /encode route's answer (routes.encode.respond)."""
+    return await encode.respond(runtime_of(scope["app"]), upload)
+
+
+async def answered(answer: Awaitable[Response]) -> Response:
+    """An answer, or its ServiceError rendered as the handlers render it."""
+    try:
+        return await answer
+    except ServiceError as e:
+        return problem_response(e)
 
 
 async def read_body(receive: Receive) -> bytes | None:

@@ -1,65 +1,22 @@
-"""Access control, all of it opt-in (nothing is checked unless the settings ask): API keys, per-client rate limits and
-CORS, in one pure ASGI middleware outside the fast path, so both the fast path and the routes are behind it.
-
-- API keys (CVAE_API_KEYS): /generate, /encode and /model need one of the keys, sent as `Authorization: Bearer KEY`
-  or `X-API-Key: KEY`; a missing or wrong key is a 401 problem with WWW-Authenticate. Keys are compared by their
-  SHA-256 digests, each with hmac.compare_digest and every key tried, so the time taken says nothing about how much
-  of a key was right or which key came close. /metrics needs one of CVAE_METRICS_API_KEYS when that is set (a
-  scraper's key need not open the API); the probes, the page, /docs, /openapi.json and /static stay open.
-- Rate limits (CVAE_RATE_LIMIT requests per second per client, CVAE_RATE_BURST at once): a token bucket per client
-  on /generate and /encode; over it, 429 with Retry-After. A client is its API key when keys are on, else its
-  address (behind a proxy, the address uvicorn takes from X-Forwarded-For when the proxy is in FORWARDED_ALLOW_IPS).
-  At most MAX_CLIENTS buckets are kept, the least recently used going first.
-- CORS (CVAE_CORS_ORIGINS): Starlette's CORSMiddleware for the origins listed, outside the key check, so that
-  preflight requests need no key and a 401 or 429 still carries the CORS headers a browser needs to read it.
-"""
+"""Access control, all of it opt-in: API keys, per-client rate limits and CORS, in one pure ASGI middleware outside the
+fast path, so that every route is behind it. What each check does and why: docs/architecture.md, "Access"."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import SimpleNamespace
 
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import ServiceError, send_problem
+from app.http.problems import ServiceError, retry_after_value, send_problem
 
-PROTECTED = frozenset({"/generate", "/encode", "/model"})
-METRICS = "/metrics"
-RATE_LIMITED = frozenset({"/generate", "/encode"})
 MAX_CLIENTS = 10_000  # rate-limit buckets kept (least recently used dropped first)
-MIN_KEY_LENGTH = 16
-KEY_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
-# What the metrics middleware labels a refused request by (scope["route"].path), as the routes would.
-ROUTE_LABELS = {path: SimpleNamespace(path=path) for path in (*PROTECTED, METRICS)}
 CORS_HEADERS = ["Authorization", "X-API-Key", "Content-Type", "Accept", "X-Request-ID"]
 CORS_EXPOSED = ["X-Seed", "X-Model-Id", "X-Request-ID", "Retry-After"]
-
-
-def read_keys(value: str, setting: str) -> tuple[str, ...]:
-    """A keys setting -> the keys. The value lists keys separated by commas, or is the absolute path of a file that
-    does (commas or new lines; what a container secret mounts). ValueError for a file that cannot be read or a key
-    too short or with characters outside the URL-safe and base64 alphabets."""
-    value = value.strip()
-    if value.startswith("/"):
-        try:
-            value = Path(value).read_text()
-        except OSError as e:
-            raise ValueError(f"{setting}: cannot read the keys file {value}: {e.strerror}") from None
-    keys = tuple(key.strip() for key in value.replace("\n", ",").split(",") if key.strip())
-    for key in keys:
-        if len(key) < MIN_KEY_LENGTH or not set(key) <= KEY_CHARACTERS:
-            raise ValueError(
-                f"{setting}: every key must be at least {MIN_KEY_LENGTH} characters of A-Z a-z 0-9 - . _ ~ + / = "
-                "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
-            )
-    return keys
 
 
 @dataclass(frozen=True)
@@ -123,10 +80,13 @@ class RateLimiter:
 class Access:
     """What the settings ask for (built by the lifespan): empty key sets, no rate and no origins check nothing."""
 
-    api_keys: Keys
-    metrics_keys: Keys
-    limiter: RateLimiter | None
+    api_keys: Keys  # needed on the `keyed` paths
+    metrics_keys: Keys  # needed on the `metrics` path
+    limiter: RateLimiter | None  # applied on the `limited` paths
     cors_origins: tuple[str, ...]
+    keyed: frozenset[str] = frozenset()
+    metrics: str = ""
+    limited: frozenset[str] = frozenset()
 
     @property
     def active(self) -> bool:
@@ -134,7 +94,7 @@ class Access:
 
 
 class AccessMiddleware:
-    """Checks app.state.access (see the module's docstring); passes everything through while it asks for nothing."""
+    """Checks app.state.access; passes everything through while it asks for nothing."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -166,23 +126,21 @@ class _Checks:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         access = self.access
-        keys = access.api_keys if path in PROTECTED else access.metrics_keys if path == METRICS else None
+        keys = access.api_keys if path in access.keyed else access.metrics_keys if path == access.metrics else None
         given = key_of(scope) if keys else None
         if keys and (given is None or not keys.accepts(given)):
-            scope["route"] = ROUTE_LABELS[path]
             await send_problem(send, _unauthorized(given is not None), close=False)
             return
-        if access.limiter is not None and path in RATE_LIMITED:
+        if access.limiter is not None and path in access.limited:
             client = f"key:{hashlib.sha256(given).hexdigest()[:16]}" if given else _address(scope)
             wait = access.limiter.wait(client, time.monotonic())
             if wait > 0:
-                scope["route"] = ROUTE_LABELS[path]
                 await send_problem(
                     send,
                     ServiceError(
                         429, f"too many requests: at most {access.limiter.rate:g} per second ({access.limiter.burst} "
                         "at once) per client; try again after Retry-After seconds", kind="rate-limited",
-                        headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                        headers={"Retry-After": retry_after_value(wait)},
                     ),
                     close=False,
                 )  # fmt: skip

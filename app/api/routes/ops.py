@@ -8,21 +8,22 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.dependencies import runtime_of
-from app.errors import ServiceError
-from app.runtime import Runtime
-from app.schemas import Liveness, Problem, Readiness
+from app import paths
+from app.api.deps import runtime_of
+from app.api.schemas import Liveness, Problem, Readiness
+from app.http.problems import unavailable
+from app.serving.runtime import Runtime
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/livez", summary="Liveness: the process answers", response_model=Liveness)
+@router.get(paths.LIVEZ, summary="Liveness: the process answers", response_model=Liveness)
 async def livez() -> dict[str, str]:
     return {"status": "alive"}
 
 
 @router.get(
-    "/readyz",
+    paths.READYZ,
     summary="Readiness: the model is loaded and warmed up",
     description="200 once the model is loaded, warmed up and checked reproducible; 503 before that and from the "
     "moment shutdown starts.",
@@ -35,8 +36,8 @@ async def readyz(request: Request) -> dict[str, str]:
     restarting = runtime is not None and not runtime.available
     if runtime is None or not state.ready or state.draining or restarting:
         reason = "shutting down" if state.draining else "restarting" if restarting else "starting"
-        raise ServiceError(503, f"not ready: {reason}", kind="not-ready", headers={"Retry-After": "1"})
-    return {"status": "ready", "model_id": runtime.service.model_id}
+        raise unavailable(f"not ready: {reason}", kind="not-ready")
+    return {"status": "ready", "model_id": runtime.card.id}
 
 
 # What GET /model shows of the model directory's manifest.json: what a client needs to use the model and judge it.
@@ -58,7 +59,7 @@ def public_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.get(
-    "/model",
+    paths.MODEL,
     summary="The model: what it is and how well it does",
     description="The public part of the served model directory's manifest.json: id, latent_dim, image shape, labels, "
     "the prior's kind and sampling temperature, the training data's name and size, the network's configuration and "
@@ -66,11 +67,11 @@ def public_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
     responses={200: {"content": {"application/json": {"example": {"id": "cvae-ae80abbd7489", "latent_dim": 16}}}}},
 )
 async def model(request: Request) -> dict[str, Any]:
-    return public_manifest(runtime_of(request.app).service.model.manifest)
+    return public_manifest(runtime_of(request.app).card.manifest)
 
 
 @router.get(
-    "/metrics",
+    paths.METRICS,
     summary="Prometheus metrics",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"example": "cvae_http_requests_total{...} 1.0"}}}},

@@ -1,26 +1,6 @@
-"""Scheduling the model's work: concurrent requests share batches, one batch runs at a time, and the queue is bounded
-by the work it holds, not by how many requests it holds. No HTTP here.
-
-Each operation (an Engine's draw or encode) is a Lane: its own queue, its batch function and the most cost one
-batch may hold (tiles, uploads). A job carries its cost (what batches are packed by: a job is never split; one
-costlier than max_cost runs alone), its work (an estimate of the engine's time for it in the lane's units: tiles
-and pixels for /generate, decoded pixels for /encode; app/service.py) and its size in bytes. One worker runs one
-batch at a time, for both lanes (they share the inference process), and waits at most `max_wait_s` after a
-batch's first job arrived for more to join it.
-
-- Seconds: each lane turns work into seconds at a rate it learns from the batches it runs (a moving average of
-  seconds per unit of work), starting from a measured guess: on a slower or busier machine the queue holds less.
-- Order: shortest job first (by estimated seconds; equal ones first come, first served). A small request overtakes
-  large ones, so it stays prompt while large ones saturate the service; under overload the largest wait longest and
-  are the ones refused.
-- Admission: a job is refused at once (503 overloaded, Retry-After) when the work that would run before it (the
-  running batch's rest, and every queued job no longer than it) would keep it waiting over `max_queue_s`, or when
-  the queued jobs' bytes would pass `max_queued_bytes` (they hold their uploads until they run).
-- Deadline: a job still queued `max_queue_s` after it arrived (the estimate was wrong, the machine slowed down, or
-  shorter jobs kept overtaking it) is answered 503 then, by a timer, instead of run.
-- A job whose caller has gone (its future cancelled: the client disconnected, app/connections.py) leaves the
-  queue's accounts at once and is dropped before it runs; if its batch is already running, its result is dropped.
-"""
+"""Scheduling the engine's work, async and torch-free: concurrent requests share batches, one batch runs at a time,
+shortest job first, and the queue is bounded by the seconds of work it holds (503 with Retry-After beyond them) and
+by the bytes its uploads hold. How it estimates, orders, admits and expires jobs: docs/architecture.md, "Serving"."""
 
 from __future__ import annotations
 
@@ -28,13 +8,12 @@ import asyncio
 import heapq
 import itertools
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from app.errors import ServiceError
+from app.http.problems import ServiceError, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +53,6 @@ class Lane(Generic[J, R]):
 
     def __init__(
         self,
-        name: str,
         run: Callable[[list[J]], Awaitable[list[R]]],
         *,
         max_cost: int,
@@ -82,7 +60,6 @@ class Lane(Generic[J, R]):
         on_batch: BatchObserver | None,
         on_queue: QueueObserver | None,
     ) -> None:
-        self.name = name
         self.run = run
         self.max_cost = max_cost
         self.seconds_per_unit = seconds_per_unit
@@ -126,7 +103,6 @@ class Scheduler:
 
     def lane(
         self,
-        name: str,
         run: Callable[[list[J]], Awaitable[list[R]]],
         *,
         max_cost: int,
@@ -134,7 +110,7 @@ class Scheduler:
         on_batch: BatchObserver | None = None,
         on_queue: QueueObserver | None = None,
     ) -> Lane[J, R]:
-        lane = Lane(name, run, max_cost=max_cost, seconds_per_unit=seconds_per_unit, on_batch=on_batch,
+        lane = Lane(run, max_cost=max_cost, seconds_per_unit=seconds_per_unit, on_batch=on_batch,
                     on_queue=on_queue)  # fmt: skip
         self.lanes.append(lane)
         return lane
@@ -151,25 +127,23 @@ class Scheduler:
 
     async def submit(self, lane: Lane[J, R], job: J, cost: int, work: float, size: int = 0) -> R:
         if self._closed:
-            raise ServiceError(503, "the service is shutting down", kind="shutting-down", headers={"Retry-After": "1"})
+            raise unavailable("the service is shutting down", kind="shutting-down")
         seconds = lane.seconds(work)
         order = (seconds, next(self._arrivals))
         wait = self.expected_wait(order)
         if wait > self.max_queue_s:
             self._note(lane, "overloaded")
-            raise ServiceError(
-                503,
+            raise unavailable(
                 f"overloaded: this request would wait about {wait:.1f} s for the work queued before it (the limit is "
                 f"{self.max_queue_s:g} s); try again shortly",
-                kind="overloaded", title="Overloaded", headers={"Retry-After": _retry_after(wait - self.max_queue_s)},
+                kind="overloaded", title="Overloaded", retry_after=wait - self.max_queue_s,
             )  # fmt: skip
         if size and self.queued_bytes + size > self.max_queued_bytes:
             self._note(lane, "queue_bytes")
-            raise ServiceError(
-                503,
+            raise unavailable(
                 f"overloaded: {self.queued_bytes} bytes of requests are already waiting (the limit is "
                 f"{self.max_queued_bytes}); try again shortly",
-                kind="overloaded", title="Overloaded", headers={"Retry-After": _retry_after(self._running_rest())},
+                kind="overloaded", title="Overloaded", retry_after=self._running_rest(),
             )  # fmt: skip
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         item: _Item[J, R] = _Item(order, job, cost, work, seconds, size, future, lane)
@@ -233,14 +207,12 @@ class Scheduler:
         self._unqueue(item)
         item.job = None
         self._note(item.lane, "deadline")
-        retry_after = _retry_after(self._running_rest() + self.queued_seconds)
         item.future.set_exception(
-            ServiceError(
-                503,
+            unavailable(
                 f"overloaded: this request waited {self.max_queue_s:g} s without its turn coming; try again shortly",
                 kind="overloaded",
                 title="Overloaded",
-                headers={"Retry-After": retry_after},
+                retry_after=self._running_rest() + self.queued_seconds,
             )
         )
 
@@ -307,8 +279,3 @@ class Scheduler:
                 item.future.set_result(result)
         if lane.on_batch is not None:
             lane.on_batch(len(live), sum(item.cost for item in live), [started - item.enqueued for item in live], took)
-
-
-def _retry_after(seconds: float) -> str:
-    """A Retry-After value (whole seconds, at least 1) for a queue expected to drain in `seconds`."""
-    return str(max(1, math.ceil(seconds)))

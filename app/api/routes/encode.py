@@ -7,17 +7,18 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse
 
-from app.dependencies import runtime_of
-from app.parsing import StrictRoute
-from app.runtime import Runtime
-from app.schemas import EncodeResponse, Problem, ValidationProblem
-from app.service import Upload
+from app import paths
+from app.api.deps import runtime_of
+from app.api.parsing import StrictRoute
+from app.api.schemas import EncodeResponse, Problem, ValidationProblem
+from app.engine.interface import Upload
+from app.serving.runtime import Runtime
 
 router = APIRouter(tags=["encode"], route_class=StrictRoute)
 
 
 @router.post(
-    "/encode",
+    paths.ENCODE,
     summary="Encode a picture of a digit",
     description="Upload any picture Pillow reads (PNG, JPEG, BMP, GIF, WebP, ...; any size and mode, either "
     "polarity). It is turned into an MNIST-style 28x28 digit and encoded. Without `digit`, the digit is inferred "
@@ -44,4 +45,4 @@ async def encode(
 async def respond(runtime: Runtime, upload: Upload) -> JSONResponse:
     """The answer to a parsed /encode request, as EncodeResponse describes it."""
     result = await runtime.encode(upload)
-    return JSONResponse({"model_id": runtime.service.model_id, **result._asdict()})
+    return JSONResponse({"model_id": runtime.card.id, **result._asdict()})

@@ -1,23 +1,19 @@
-"""Pure ASGI middleware (no per-request tasks or threads): request IDs and the headers every response carries,
-request metrics, and the request body limit."""
+"""Pure ASGI middleware (no per-request tasks or threads): request IDs and the headers every response carries, and the
+request body limit; ResponseStatus, the send channel that remembers whether (and how) a response started."""
 
 from __future__ import annotations
 
 import itertools
 import re
 import secrets
-import time
 from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import ServiceError, send_problem
-from app.logs import REQUEST_ID
-from app.metrics import Metrics
+from app.http.problems import ServiceError, send_problem
+from app.telemetry.logs import REQUEST_ID
 
-UNMATCHED_ROUTE = "unmatched"  # route label of requests no route matched (404): never the raw path
-CLIENT_CLOSED = 499  # status counted for a request whose client went away before its answer (nginx's code)
 # A request ID a client may choose (a UUID, a ULID, a trace ID): visible ASCII without separators, at most 128.
 SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+=@/-]{1,128}")
 NOSNIFF = (b"x-content-type-options", b"nosniff")
@@ -26,7 +22,7 @@ NOSNIFF = (b"x-content-type-options", b"nosniff")
 class RequestContextMiddleware:
     """The outermost middleware: every response carries X-Request-ID (the client's, when it sent a sane one, else
     one made here: a random prefix per process and a counter) and X-Content-Type-Options: nosniff; the ID is the
-    request's in the logs (app/logs.py) while it is handled."""
+    request's in the logs (app/telemetry/logs.py) while it is handled."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -59,36 +55,23 @@ class RequestContextMiddleware:
             REQUEST_ID.reset(token)
 
 
-class MetricsMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
+class ResponseStatus:
+    """A send channel that passes messages on and remembers the status of the response it started."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status: int | None = None
+    __slots__ = ("send", "status")
 
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status: int | None = None  # None until the response starts
 
-        self.metrics.in_flight.inc()
-        try:
-            await self.app(scope, receive, send_with_status)
-        except BaseException:
-            status = status or 500  # uvicorn answers 500 when the app raises before it answers
-            raise
-        finally:
-            status = status or CLIENT_CLOSED  # ended without an answer: its client had gone (app/connections.py)
-            self.metrics.in_flight.dec()
-            route = scope.get("route")
-            template = getattr(route, "path", None) or UNMATCHED_ROUTE
-            self.metrics.observe_request(scope["method"], template, status, time.perf_counter() - started)
+    @property
+    def started(self) -> bool:
+        return self.status is not None
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
 
 
 class BodyTooLarge(HTTPException):
@@ -139,7 +122,6 @@ class BodyLimitMiddleware:
                     return
                 break
         received = 0
-        response_started = False
 
         async def counting_receive() -> Message:
             nonlocal received
@@ -150,16 +132,11 @@ class BodyLimitMiddleware:
                     raise BodyTooLarge(limit)
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
-
+        response = ResponseStatus(send)
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, response)
         except BodyTooLarge as e:  # raised where no handler caught it
-            if response_started:
+            if response.started:
                 raise
             await send_problem(send, _too_large(e))
 

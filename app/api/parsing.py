@@ -1,4 +1,4 @@
-"""Strict request parsing, one copy for the fast path (app/fastpath.py) and the FastAPI routes (StrictRoute).
+"""Strict request parsing, one copy for the fast path (app/api/fastpath.py) and the FastAPI routes (StrictRoute).
 
 - The body's media type must be the one the route reads: JSON (application/json, or application/*+json) for
   /generate, multipart/form-data for /encode; anything else, or none, is 415 Unsupported Media Type.
@@ -22,8 +22,7 @@ from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.error_handlers import problem_response
-from app.errors import ServiceError, field_error, summary, truncate
+from app.http.problems import ServiceError, field_error, problem_response, summary, truncate
 
 JSON_MEDIA_TYPE = "application/json"
 FORM_MEDIA_TYPE = "multipart/form-data"

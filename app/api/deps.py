@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 
-from app.errors import ServiceError
-from app.runtime import Runtime
+from app.http.problems import unavailable
+from app.serving.runtime import Runtime
 
 
 def runtime_of(app: Starlette) -> Runtime:
     """The runtime, or 503 before the model is loaded and prepared."""
     runtime: Runtime | None = app.state.runtime
     if runtime is None:
-        raise ServiceError(503, "the model is not loaded yet", kind="not-ready", headers={"Retry-After": "1"})
+        raise unavailable("the model is not loaded yet", kind="not-ready")
     return runtime

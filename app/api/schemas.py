@@ -1,5 +1,5 @@
-"""Request and response bodies. Validation that needs no model lives here; the latent size (which depends
-on the model served) is checked by the service."""
+"""Request and response bodies. Validation that needs no model lives here; what depends on the model served (its
+labels, its latent size) is checked against the model card (app/engine/card.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from model.prior import MAX_TEMPERATURE
+from app.engine.card import MAX_TEMPERATURE
 
 MAX_DIGITS = 32  # most digits (grid rows) in one /generate request; repeats allowed
 MAX_N = 256  # most samples per digit

@@ -1,0 +1,1 @@
+"""HTTP plumbing that knows no endpoint and no model: connections, middleware, access control, problem bodies."""
