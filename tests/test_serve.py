@@ -109,3 +109,54 @@ def test_python_m_app_refuses_a_bad_model_dir_with_one_line_and_exit_1(tiny_mode
     assert proc.returncode == 1
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and named in lines[0] and "Traceback" not in lines[0], lines
+
+
+def raw_status(port: int, request: bytes, wait_s: float = 0.0) -> int:
+    """Sends `request` (a head, maybe part of a body) on a new connection, waits wait_s, -> the answer's status."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        time.sleep(wait_s)
+        response = b""
+        while b"\r\n" not in response:
+            data = s.recv(65536)
+            assert data, f"closed without an answer: {response!r}"
+            response += data
+    return int(response.split(b" ", 2)[1])
+
+
+def test_every_refusal_is_counted_under_the_endpoint_it_was_for(tiny_model_dir):
+    """413, 408, 415, 429 and 503 (a connection over the cap) on /generate and /encode: each a series of its own in
+    /metrics, labelled with the endpoint, never "unmatched"."""
+    port = free_port()
+    keys = iter(f"key-{i:02d}-0123456789abcdef" for i in range(100))  # a key per request: only a repeated one waits
+    env = {"CVAE_MODEL_DIR": str(tiny_model_dir), "CVAE_MAX_UPLOAD_BYTES": "100000", "CVAE_BODY_TIMEOUT_S": "0.5",
+           "CVAE_MAX_CONNECTIONS": "2", "CVAE_API_KEYS": ",".join(f"key-{i:02d}-0123456789abcdef" for i in range(100)),
+           "CVAE_RATE_LIMIT": "0.001", "CVAE_RATE_BURST": "1", "CVAE_ACCESS_LOG": "false"}  # fmt: skip
+
+    def post(path: str, key: str, length: int, body: bytes = b"", media: str = "application/json") -> bytes:
+        return f"POST {path} HTTP/1.1\r\nHost: t\r\nX-API-Key: {key}\r\nContent-Type: {media}\r\n" \
+            f"Content-Length: {length}\r\n\r\n".encode() + body  # fmt: skip
+
+    with serving(["-m", "app", "--port", str(port)], env, port):
+        for path in ("/generate", "/encode"):
+            assert raw_status(port, post(path, next(keys), 200_001)) == 413
+            media = "application/json" if path == "/generate" else "multipart/form-data; boundary=x"
+            assert raw_status(port, post(path, next(keys), 50, b"{", media=media), wait_s=1.0) == 408
+            assert raw_status(port, post(path, next(keys), 2, b"hi", media="text/plain")) == 415
+            repeated = post(path, next(keys), 2, b"{}")
+            raw_status(port, repeated)  # its one request (a 422 or 415: the body is no request)
+            assert raw_status(port, repeated) == 429
+            held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]  # the cap's connections
+            try:
+                time.sleep(0.2)
+                assert raw_status(port, post(path, next(keys), 2, b"{}")) == 503
+            finally:
+                for s in held:
+                    s.close()
+            time.sleep(0.2)
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    for path in ("/generate", "/encode"):
+        for status in (413, 408, 415, 429, 503):
+            series = f'cvae_http_requests_total{{method="POST",route="{path}",status="{status}"}}'
+            assert f"{series} 1.0" in text or f"{series} 2.0" in text, series
+    assert 'route="unmatched"' not in text
