@@ -1,14 +1,6 @@
-"""Strict request parsing, one copy for the fast path (app/api/fastpath.py) and the FastAPI routes (StrictRoute).
-
-- The body's media type must be the one the route reads: JSON (application/json, or application/*+json) for
-  /generate, multipart/form-data for /encode; anything else, or none, is 415 Unsupported Media Type.
-- JSON: a key given twice in one object (`{"digit": 3, "digit": 4}`) is a 422 naming it, not "the last one wins",
-  and an object of more than MAX_OBJECT_KEYS keys is one 422 (not one error per unknown field); nesting too deep
-  for the parser, numbers too long to convert and bytes that are not UTF-8 are a 400 like any other malformed JSON,
-  never a 500.
-- Forms: a field given twice, or a field the route does not have, is a 422 naming it; more than MAX_FORM_PARTS parts
-  is a 400 from the multipart parser, before it reads further.
-"""
+"""Strict request parsing, one copy for the fast path and the FastAPI routes (StrictRoute): the body's media type
+must be the one the route reads (415), a JSON key given twice or an object of too many keys is a 422, malformed JSON
+of any kind a 400, never a 500; a form field given twice or unknown is a 422. The rules: docs/architecture.md."""
 
 from __future__ import annotations
 

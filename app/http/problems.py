@@ -144,7 +144,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
-    """FastAPI's validation errors (bodies are parsed and their media type checked before: app/parsing.py). Only
+    """FastAPI's validation errors (bodies are parsed and their media type checked before: app/api/parsing.py). Only
     loc, msg and type of each: `input` can echo a large or private body and `ctx` may hold exception objects."""
     assert isinstance(exc, RequestValidationError)
     errors = [field_error(list(e.get("loc", ())), e["msg"], e["type"]) for e in exc.errors()]
