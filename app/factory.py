@@ -22,8 +22,9 @@ from app.engine.process import ProcessEngine
 from app.engine.thread import ThreadEngine
 from app.http.access import Access, AccessMiddleware, Keys, RateLimiter
 from app.http.connections import RequestGuard
+from app.http.handlers import install_error_handlers
 from app.http.middleware import BodyLimitMiddleware, BodyLimits, RequestContextMiddleware
-from app.http.problems import PROBLEM_MEDIA_TYPE, install_error_handlers
+from app.http.problems import PROBLEM_MEDIA_TYPE
 from app.serving.runtime import Runtime
 from app.settings import Settings, origins, read_keys
 from app.telemetry.metrics import Metrics, MetricsMiddleware

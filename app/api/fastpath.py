@@ -17,7 +17,8 @@ from app.api.parsing import PARSED_JSON, parse_json
 from app.api.routes import encode, generate
 from app.api.schemas import GenerateRequest
 from app.engine.interface import Upload
-from app.http.problems import ServiceError, problem_response
+from app.http.handlers import problem_response
+from app.http.problems import ServiceError
 from app.paths import ENCODE, GENERATE
 
 # What the fast path does with a valid request: the routes' own answers (below), or a benchmark's constant ones.

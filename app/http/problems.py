@@ -1,21 +1,15 @@
-"""The one domain error, the one error body (RFC 9457 problem details) and the handlers that render every
-exception as one; unavailable() is the one way to refuse with 503 and Retry-After."""
+"""The one domain error and the one error body (RFC 9457 problem details); unavailable() is the one way to refuse
+with 503 and Retry-After. No HTTP framework here: the inference process imports it too."""
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
-from starlette.exceptions import HTTPException
-from starlette.types import Send
-
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from starlette.types import Send
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "tag:cvae-digits,2025:problems/"  # a URI that names, and is not meant to be fetched
@@ -121,45 +115,3 @@ async def send_problem(send: Send, error: ServiceError, close: bool = True) -> N
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-def problem_response(error: ServiceError) -> Response:
-    return Response(error.body_bytes(), status_code=error.status, media_type=PROBLEM_MEDIA_TYPE, headers=error.headers)
-
-
-async def _service_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ServiceError)
-    return problem_response(exc)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    if exc.status_code == 404 and detail == "Not Found":
-        detail = f"no route for {request.method} {request.url.path}"
-    elif exc.status_code == 405:
-        detail = f"{request.method} is not allowed on {request.url.path}"
-    error = ServiceError(exc.status_code, detail, kind=getattr(exc, "kind", None), headers=dict(exc.headers or {}))
-    return problem_response(error)
-
-
-async def _validation_error(request: Request, exc: Exception) -> Response:
-    """FastAPI's validation errors (bodies are parsed and their media type checked before: app/api/parsing.py). Only
-    loc, msg and type of each: `input` can echo a large or private body and `ctx` may hold exception objects."""
-    assert isinstance(exc, RequestValidationError)
-    errors = [field_error(list(e.get("loc", ())), e["msg"], e["type"]) for e in exc.errors()]
-    return problem_response(
-        ServiceError(422, summary(errors), kind="validation-error", title="Invalid request", errors=errors)
-    )
-
-
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem_response(ServiceError(500, "an unexpected error occurred; it has been logged", kind="internal"))
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ServiceError, _service_error)
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unexpected_error)

@@ -10,8 +10,6 @@ import logging
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from uvicorn.config import LOGGING_CONFIG
-
 # The ID of the request being handled (app/http/middleware.py sets it for each request), "-" outside one. uvicorn writes
 # its access line from inside the request's task, so the line sees it.
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -51,6 +49,8 @@ class JsonFormatter(logging.Formatter):
 def logging_config(level: str, fmt: LogFormat = "text") -> dict[str, Any]:
     """uvicorn's own logging setup, with the service's loggers (app.*, model.*) printed the same way, the request ID
     at the end of every access line, and, for fmt "json", every line as a JSON object."""
+    from uvicorn.config import LOGGING_CONFIG  # here: the inference process logs without uvicorn
+
     config = copy.deepcopy(LOGGING_CONFIG)
     config["filters"] = {"request_id": {"()": RequestIdFilter}}
     for handler in config["handlers"].values():
