@@ -1,5 +1,5 @@
-"""Access control (app/access.py: API keys, the metrics key, rate limits, CORS), request IDs, the headers every
-response carries, and the logs' request IDs and JSON lines (app/logs.py)."""
+"""Access control (app/http/access.py: API keys, the metrics key, rate limits, CORS), request IDs, the headers every
+response carries, and the logs' request IDs and JSON lines (app/telemetry/logs.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""app/fastpath.py: POST /generate and POST /encode answered without FastAPI's per-request machinery when the body
+"""app/api/fastpath.py: POST /generate and POST /encode answered without FastAPI's per-request machinery when the body
 is in its plainest form and valid, and by the FastAPI routes otherwise. Both must answer every request byte for
 byte alike."""
 

@@ -20,7 +20,7 @@ from app.engine.card import ModelDirError
 from app.engine.process import ProcessEngine
 from app.factory import create_app
 from app.settings import Settings, default_model_dir
-from tests.conftest import drawing, encoded, problem, upload
+from tests.conftest import MAX_UPLOAD_BYTES, drawing, encoded, metric, problem, upload
 
 ENDPOINTS = {("post", "/generate"), ("post", "/encode"), ("get", "/livez"), ("get", "/readyz"), ("get", "/model"),
              ("get", "/metrics")}  # fmt: skip
@@ -112,6 +112,24 @@ def test_model_does_not_show_how_it_was_made():
     for key in ("reproduce", "artifacts", "torch_version"):
         assert key not in json.loads(shown)
     assert json.loads(shown)["prior"]["temperature"] == manifest["prior"]["temperature"]  # what the page reads
+
+
+def test_a_refusal_before_any_route_is_counted_under_its_endpoint(client):
+    """413 (the body limit) and 415 (strict parsing) on both endpoints, and a file under /static: labelled by the
+    endpoint from app/paths.py, whoever answered (tests/test_serve.py checks 408, 429 and 503 on a real server)."""
+
+    def count(path: str, status: int) -> float:
+        series = f'cvae_http_requests_total{{method="POST",route="{path}",status="{status}"}}'
+        return metric(client, series) if series in client.get("/metrics").text else 0.0
+
+    before = {(path, status): count(path, status) for path in ("/generate", "/encode") for status in (413, 415)}
+    for path in ("/generate", "/encode"):
+        assert client.post(path, content=b"x" * (MAX_UPLOAD_BYTES + 1)).status_code == 413
+        assert client.post(path, content=b"hi", headers={"Content-Type": "text/plain"}).status_code == 415
+    client.get("/static/nope.js")
+    for (path, status), was in before.items():
+        assert count(path, status) == was + 1, (path, status)
+    assert metric(client, 'cvae_http_requests_total{method="GET",route="/static",status="404"}') >= 1
 
 
 def test_metrics_are_prometheus_text_with_the_services_series(client):

@@ -1,4 +1,4 @@
-"""Strict parsing (app/parsing.py) and small error bodies, on both the fast path and the FastAPI routes: media types
+"""Strict parsing (app/api/parsing.py) and small error bodies, on both the fast path and the FastAPI routes: media types
 (415), repeated JSON keys and form fields (422 naming them), malformed JSON of every kind (400, never 500), and error
 bodies that stay small and cheap whatever the request."""
 

@@ -1,7 +1,7 @@
 """The service's reference points for tests/bench/serve.py, each a FastAPI app run like the service.
 
 * floor: the cheapest FastAPI endpoint doing the service's HTTP part: it validates the same JSON body
-  (app.schemas.GenerateRequest) or multipart upload, then answers a constant PNG (or constant JSON). No model.
+  (app.api.schemas.GenerateRequest) or multipart upload, then answers a constant PNG (or constant JSON). No model.
 * floor-asgi: the floor with POST /generate and POST /encode taken by the service's own fast path (app/api/fastpath.py,
   a pure ASGI middleware reading plain JSON bodies and plain multipart uploads as FastAPI would), answering the
   constant PNG or JSON without FastAPI's per-request machinery. The floor of the service's own design, for an honest
