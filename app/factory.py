@@ -91,12 +91,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.settings = settings
     metrics: Metrics = state.metrics
     card = read_card(settings.model_dir)  # ModelDirError names the file; start-up fails
-    engine = engine_of(settings)
     metrics.set_model(card)
-    runtime = Runtime(card, engine, settings, metrics)
     state.access = access_of(settings)
     body_limit = min(settings.max_upload_bytes, max_generate_body_bytes(card.latent_dim))
     state.body_limits = BodyLimits(default=settings.max_upload_bytes, by_path={paths.GENERATE: body_limit})
+    engine = engine_of(settings)  # the last step that can fail before the engine is closed below
+    runtime = Runtime(card, engine, settings, metrics)
     try:
         await runtime.start()
         state.runtime = runtime

@@ -40,7 +40,7 @@ def serve(sock: socket.socket, model_dir: Path, options: InferenceOptions, torch
     """The child's loop: load and prepare the model, then answer batches until told to stop or the server goes."""
     import torch
 
-    from app.engine.thread import load_inference, prepare_here
+    from app.engine.inference import load_inference, prepare_here
 
     try:
         torch.set_num_threads(torch_threads)

@@ -6,6 +6,7 @@ runs the model imports it. Why passes are sized as they are (answers independent
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -14,9 +15,9 @@ from torch import Tensor
 
 from app.engine.card import ModelCard
 from app.engine.images import image_refusal
-from app.engine.interface import Drawing, EncodeResult, GenerateSpec, InferenceOptions, Prepared, Upload
+from app.engine.interface import Drawing, EncodeResult, GenerateSpec, InferenceOptions, Prepared, Upload, freeze_heap
 from app.http.problems import ServiceError
-from model.artifacts import LoadedModel
+from model.artifacts import LoadedModel, load_model_dir
 from model.imaging import ImageError, decode_image, encode_png, tile_grid, to_mnist, to_uint8
 from model.inference import label_log_probs
 from model.prior import sample_latents, sample_latents_many
@@ -229,3 +230,16 @@ class Inference:
             x = torch.cat([x, x.new_zeros((SCORE_MIN_ROWS - n, *x.shape[1:]))])
         log_probs, mean, log_var = label_log_probs(m.encoder, m.decoder, m.prior, x)
         return log_probs[:n], mean[:n], log_var[:n]
+
+
+def load_inference(model_dir: Path, options: InferenceOptions) -> Inference:
+    """The model loaded for inference: what both engines run. ModelDirError names a file that is wrong."""
+    return Inference(load_model_dir(model_dir), options)
+
+
+def prepare_here(inference: Inference) -> Prepared:
+    """Everything done once before serving, in the process that runs the model: the model's own preparation (pass
+    sizes, warm-up, the reproducibility check), then the heap freeze."""
+    prepared = inference.prepare()
+    freeze_heap()
+    return prepared

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from app.engine.interface import Drawing, EncodeResult, GenerateSpec, InferenceOptions, Prepared, Upload, freeze_heap
+from app.engine.interface import Drawing, EncodeResult, GenerateSpec, InferenceOptions, Prepared, Upload
 from app.http.problems import ServiceError
 
 if TYPE_CHECKING:
@@ -19,23 +19,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def load_inference(model_dir: Path, options: InferenceOptions) -> Inference:
-    """The model loaded for inference (imports torch): what both engines run."""
-    from app.engine.inference import Inference
-    from model.artifacts import load_model_dir
-
-    return Inference(load_model_dir(model_dir), options)
-
-
-def prepare_here(inference: Inference) -> Prepared:
-    """Everything done once before serving, in the process that runs the model: the model's own preparation (pass
-    sizes, warm-up, the reproducibility check), then the heap freeze."""
-    prepared = inference.prepare()
-    freeze_heap()
-    return prepared
-
-
 class ThreadEngine:
+    """The Engine in this process: one single-thread executor runs the model's load, preparation and batches."""
+
     def __init__(self, model_dir: Path, options: InferenceOptions, torch_threads: int) -> None:
         self.model_dir = model_dir
         self.options = options
@@ -69,6 +55,8 @@ class ThreadEngine:
 
     def _load_and_prepare(self) -> Prepared:
         import torch
+
+        from app.engine.inference import load_inference, prepare_here
 
         self._threads_before = torch.get_num_threads()
         torch.set_num_threads(self.torch_threads)
