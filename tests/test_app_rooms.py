@@ -1,0 +1,59 @@
+"""The house rules of app/ (docs/architecture.md), checked from the source: which room may import which, where torch
+may be imported, and that modules stay small and the top level stays short."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+APP = Path(__file__).resolve().parents[1] / "app"
+MODULES = sorted(p for p in APP.rglob("*.py"))
+# room -> the rooms of app it must not import (a room is app's top-level module or package)
+FORBIDDEN = {
+    "settings": {"*"},
+    "paths": {"*"},
+    "http": {"api", "serving", "engine", "factory"},
+    "telemetry": {"api", "serving", "factory"},
+    "engine": {"api", "serving", "factory"},
+    "serving": {"api", "factory"},
+    "api": {"factory"},
+}
+TORCH_HOME = APP / "engine" / "inference.py"  # the one module that imports torch and model/ at import time
+
+
+def room(path: Path) -> str:
+    return path.relative_to(APP).parts[0].removesuffix(".py")
+
+
+def imports(path: Path, top_level_only: bool) -> set[str]:
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    names: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(APP)))
+def test_each_room_imports_only_the_rooms_below_it(path: Path):
+    forbidden = FORBIDDEN.get(room(path), set())
+    for name in imports(path, top_level_only=False):
+        parts = name.split(".")
+        if parts[0] == "app" and len(parts) > 1 and parts[1] != room(path):
+            assert "*" not in forbidden and parts[1] not in forbidden, f"{path.name} imports {name}"
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(APP)))
+def test_only_the_inference_module_imports_torch_or_the_model_at_import_time(path: Path):
+    heavy = {n for n in imports(path, top_level_only=True) if n.split(".")[0] in ("torch", "numpy", "model")}
+    assert not heavy or path == TORCH_HOME, f"{path.relative_to(APP)} imports {sorted(heavy)}"
+
+
+def test_modules_are_small_and_the_top_level_short():
+    assert all(len(p.read_text().splitlines()) <= 400 for p in MODULES)
+    assert len([p for p in APP.glob("*.py")]) <= 6
