@@ -13,7 +13,8 @@ ARG PYTHON_IMAGE=python:3.11-slim
 # ---- build: a virtual environment with torch and the project (no dev tools) --------------------------------------
 FROM ${PYTHON_IMAGE} AS build
 
-# The torch requirement and where it comes from. Keep TORCH_SPEC in step with the pin in pyproject.toml.
+# The torch requirement and where it comes from (the lock leaves torch out: its build is the image's choice). Keep
+# TORCH_SPEC in step with the pin in pyproject.toml.
 ARG TORCH_SPEC=torch==2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
@@ -35,17 +36,22 @@ COPY .ci/wheels/ /wheels/
 RUN if [ -n "$TORCH_INDEX_URL" ]; then set -- --index-url "$TORCH_INDEX_URL"; else set --; fi \
     && /opt/venv/bin/pip install --no-cache-dir "$@" "$TORCH_SPEC"
 
-# The project, non-editable, with the trainer's extra (tqdm) but without the dev extra (pytest, ruff, httpx).
+# Every other package at the version requirements/app.txt locks, checked against its hashes: the service's and the
+# trainer's (tqdm) dependencies, without the dev tools. Then the project, non-editable, without dependencies (built
+# with the locked setuptools), and `pip check`: the lock, torch and pyproject.toml agree.
 WORKDIR /src
+COPY requirements/app.txt requirements/app.txt
+RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes -r requirements/app.txt
 COPY pyproject.toml README.md ./
 COPY model/ model/
 COPY training/ training/
 COPY app/ app/
-RUN /opt/venv/bin/pip install --no-cache-dir ".[train]" \
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
+    && /opt/venv/bin/pip check \
     && /opt/venv/bin/python -c "import torch, model, app, training; print('torch', torch.__version__)"
 
 # Slimming: what the torch wheel (and the venv) ship that neither `python -m app` nor `python -m training` loads.
-# Each removal's measured size is in the README ("Docker image"); .ci/compose serves, encodes, generates and trains
+# Each removal's measured size is in docs/docker.md; .ci/compose serves, encodes, generates and trains
 # in the slimmed image, and fails when the image exceeds 900 MB.
 #   torch/test: C++ test binaries
 #   torch/include, torch/share, torch/lib/libshm*/: C++ headers and CMake files (for building extensions)

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The project's one test command:   bash tests/run.sh [pytest args]
 #
-# Creates a virtual environment (default: .venv in the repository root; override with CVAE_VENV=DIR), installs the
-# project into it with `pip install -e ".[dev]"` when pyproject.toml changed since the last install, then runs pytest
-# with the given arguments and exits with pytest's status. Needs only python3 >= 3.11 (override with PYTHON=...).
+# Creates a virtual environment (default: .venv in the repository root; override with CVAE_VENV=DIR) and, when
+# pyproject.toml or the lock changed since the last install, installs into it: torch at the version pyproject.toml
+# pins, then requirements/dev.txt (every other package: exact versions with hashes), then the project itself
+# (editable, without dependencies), checked with `pip check`. Then runs pytest with the given arguments and exits with
+# pytest's status. Needs only python3 >= 3.11 (override with PYTHON=...).
 #
-# torch comes from the pin in pyproject.toml. On Linux, PyPI's torch wheels are CUDA builds (several GB); for the CPU
-# build run it once as   PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu bash tests/run.sh
+# torch is installed by itself because its build depends on the machine. On Linux, PyPI's torch wheels are CUDA
+# builds (several GB); for the CPU build run it once as
+#   PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu bash tests/run.sh
 # (pip honours PIP_* variables and its own configuration, e.g. find-links, as usual).
 #
 # Examples:   bash tests/run.sh -q            bash tests/run.sh -m "not slow"            bash tests/run.sh -k generate
@@ -26,20 +29,28 @@ if [[ ! -x "$venv/bin/python" ]]; then
     "$python" -m venv "$venv"
 fi
 
-# Reinstall only when the project's metadata, the checkout's location or the venv's Python changed.
+# Reinstall only when the project's metadata, the lock, the checkout's location or the venv's Python changed.
 stamp="$venv/.cvae-digits-install"
 key="$("$venv/bin/python" - "$root" <<'EOF'
 import hashlib, sys
 root = sys.argv[1]
-h = hashlib.sha256(open(f"{root}/pyproject.toml", "rb").read())
+h = hashlib.sha256(open(f"{root}/pyproject.toml", "rb").read() + open(f"{root}/requirements/dev.txt", "rb").read())
 h.update(f"{root}\n{sys.version}".encode())
 print(h.hexdigest())
 EOF
 )"
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$key" ]]; then
-    echo "tests/run.sh: installing the project into $venv (pip install -e \".[dev]\")" >&2
+    torch="$("$venv/bin/python" -c 'import re, sys, tomllib
+deps = tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]
+print(next(d for d in deps if re.match(r"torch\s*==", d)))' "$root/pyproject.toml")"
+    echo "tests/run.sh: installing into $venv: $torch, requirements/dev.txt, the project (editable)" >&2
     rm -f "$stamp"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[dev]"
+    pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+    "${pip[@]}" install --quiet "$torch"
+    "${pip[@]}" install --quiet --require-hashes -r "$root/requirements/dev.txt"
+    # --no-build-isolation: built with the locked setuptools (a dependency of torch's); nothing unlocked is fetched
+    "${pip[@]}" install --quiet --no-deps --no-build-isolation -e "$root"
+    "${pip[@]}" check
     echo "$key" >"$stamp"
 fi
 

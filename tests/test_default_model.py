@@ -67,7 +67,7 @@ def test_the_default_model_meets_the_quality_goals_measured_again(model: LoadedM
     assert q["transfer_accuracy"] >= 0.97  # a held-out digit's hand re-drawn as every digit
     assert q["transfer_slant_correlation"] >= 0.9
     # Issue 10 asks for <= 100 nats; the label-invariance term that carries the hand across digits costs ~3 of them,
-    # and the hand was chosen over the likelihood (README, "Sample quality": the frontier measured).
+    # and the hand was chosen over the likelihood (docs/quality.md: the frontier measured).
     assert q["heldout_nelbo"] <= 103.5
     assert q["encode_accuracy_real"] >= 0.98 and q["encode_accuracy_redrawn"] >= 0.95
     assert q["reconstruction_accuracy"] >= 0.97

@@ -17,9 +17,9 @@ import torch
 import torch.multiprocessing as mp
 
 from model.artifacts import load_model_dir
-from model.checkpoint import load_checkpoint
 from tests.test_training import FIXTURE, ROOT, small_config
 from training import distributed
+from training.checkpoint import load_checkpoint
 from training.data import load_data_dir
 from training.distributed import Launch, LaunchError
 from training.train import CHECKPOINT, Batches, new_state, train_one_epoch

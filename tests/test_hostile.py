@@ -4,7 +4,7 @@ too many connections, and SIGTERM with work in flight. Every test asserts that n
 that nothing waits without bound (every wait here has a deadline), and, for bodies, that memory stays flat.
 
 The server's timeouts are set short (a second or two) so the suite stays well under a minute or two; the defaults
-are in the README ("Security and limits"). Marked slow: `bash tests/run.sh -m slow -k hostile`.
+are in docs/security.md. Marked slow: `bash tests/run.sh -m slow -k hostile`.
 """
 
 from __future__ import annotations

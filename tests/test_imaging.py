@@ -182,7 +182,7 @@ def test_a_large_non_finite_image_is_refused_after_reduction_too() -> None:
 
 
 def test_small_uploads_decode_exactly_as_stored() -> None:
-    """No reduction below twice DECODE_SIDE: the README's /encode figures (300x300 JPEGs) stay what they were."""
+    """No reduction below twice DECODE_SIDE: the /encode figures (docs/performance.md: 300x300 JPEGs) still hold."""
     img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (300, 2 * DECODE_SIDE - 1, 3), dtype=np.uint8))
     for fmt in ("PNG", "JPEG"):
         data = saved(img, fmt)

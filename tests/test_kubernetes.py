@@ -92,7 +92,7 @@ def test_probes_and_scrape_path_are_routes_of_the_app() -> None:
 
 def test_startup_probe_allows_several_cold_starts() -> None:
     probe = CONTAINER["startupProbe"]
-    assert probe["periodSeconds"] * probe["failureThreshold"] >= 60  # several measured cold starts (README)
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= 60  # several measured cold starts (docs/scaling.md)
 
 
 def test_selectors_match_the_pods() -> None:

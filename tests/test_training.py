@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from model.artifacts import load_model_dir
-from model.checkpoint import load_checkpoint
+from model.network import CVAE, CVAEConfig
 from training import train as train_module
+from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig, parse_config
 from training.data import load_data_dir
 from training.train import CHECKPOINT, main
@@ -208,3 +209,17 @@ def test_training_says_before_it_starts_when_evaluation_must_train_a_judge(tmp_p
         announce_judge(data, tmp_path / "cache")
     assert "first train its judge classifier on the 800 training digits" in caplog.text
     assert "--no-evaluate" in caplog.text
+
+
+def test_checkpoint_round_trips_with_weights_only(tmp_path: Path) -> None:
+    cfg = CVAEConfig(latent_dim=3, hidden=(16,), channels=(4, 8))
+    model = CVAE(cfg)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.rand(2, 1, 28, 28), torch.tensor([1, 2])).logits.sum().backward()
+    opt.step()
+    save_checkpoint(tmp_path / "c.pt", model, {"epochs_done": 3, "history": [{"a": 1.0}]}, opt.state_dict())
+    loaded, payload = load_checkpoint(tmp_path / "c.pt")
+    assert loaded.cfg == cfg and payload["meta"]["epochs_done"] == 3
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind

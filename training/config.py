@@ -97,14 +97,14 @@ class TrainConfig:
         default=0.4,
         metadata=doc(
             "standard deviation of the kernel each of those posteriors is widened by: narrower gives more samples "
-            "of the right digit, wider a better held-out likelihood (README: Sample quality)"
+            "of the right digit, wider a better held-out likelihood (docs/quality.md)"
         ),
     )
     sample_temperature: float = field(
         default=0.8,
         metadata=doc(
             "the temperature the service samples at by default (recorded in the manifest; evaluation samples at it): "
-            "it scales each sample's distance from the mean style (README: Sample quality)"
+            "it scales each sample's distance from the mean style (docs/quality.md)"
         ),
     )
     eval_k: int = field(default=100, metadata=doc("importance samples for the NLL bound computed at export"))

@@ -1,11 +1,7 @@
-"""Training on several processes with PyTorch's own launcher, torchrun, and DistributedDataParallel.
+"""Training under torchrun: the launch read from its environment, the process group, each process's share of a batch.
 
-Without torchrun there is one process and nothing here does anything. Under torchrun (its environment variables
-RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), every process joins one process group (NCCL on CUDA, one
-GPU per process picked by LOCAL_RANK; gloo on CPU) and trains on its share of every global batch: the rows
-rank, rank + W, rank + 2W, ... of it, W being the world size. Every process holds the whole (small) dataset and
-draws the same permutation and noise from the same seeds, so the shares need no communication, and together they
-are exactly the batch a single process would train on.
+Without torchrun there is one process and nothing here does anything. How the shares add up to one process's step:
+docs/training.md ("On several GPUs or machines").
 """
 
 from __future__ import annotations

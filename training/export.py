@@ -78,7 +78,6 @@ def export_model_dir(
     """
     out_dir = Path(out_dir)
     model = model.to("cpu").eval()
-    cfg = model.cfg
     with quiet_torchscript():
         encoder = torch.jit.script(model.encoder)
         decoder = torch.jit.script(model.decoder)
@@ -91,25 +90,15 @@ def export_model_dir(
             torch.jit.save(encoder, str(tmp / ENCODER_FILE))
             torch.jit.save(decoder, str(tmp / DECODER_FILE))
             check_scripted(model, torch.jit.load(str(tmp / ENCODER_FILE)), torch.jit.load(str(tmp / DECODER_FILE)))
-        files = [DECODER_FILE, ENCODER_FILE]
-        if isinstance(prior, AggregatePosteriorPrior):
-            torch.save(prior.to_tensors(), tmp / PRIOR_FILE)
-            files.append(PRIOR_FILE)
-            prior_spec: dict[str, Any] = {
-                "kind": prior.kind,
-                "file": PRIOR_FILE,
-                "components_per_class": prior.components,
-            }
-        else:
-            prior_spec = prior.to("cpu").to_dict()
-        prior_spec["temperature"] = temperature
+        prior_spec = _save_prior(prior, tmp, temperature)
+        files = [DECODER_FILE, ENCODER_FILE, *([PRIOR_FILE] if isinstance(prior, AggregatePosteriorPrior) else [])]
         artifacts = {name: sha256_file(tmp / name) for name in files}
         manifest = {
             "format_version": FORMAT_VERSION,
             "id": f"cvae-{artifacts[DECODER_FILE][:12]}",
-            "latent_dim": cfg.latent_dim,
-            "image_shape": [1, cfg.image_size, cfg.image_size],
-            "labels": [str(i) for i in range(cfg.num_classes)],
+            "latent_dim": model.cfg.latent_dim,
+            "image_shape": [1, model.cfg.image_size, model.cfg.image_size],
+            "labels": [str(i) for i in range(model.cfg.num_classes)],
             "pixel_model": "independent Bernoulli on grey values in [0, 1]",
             "training_prior": "standard_normal",
             "prior": prior_spec,
@@ -122,18 +111,34 @@ def export_model_dir(
             "reproduce": reproduce,
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        os.chmod(tmp, 0o755)
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-        if old is not None:
-            shutil.rmtree(old)
+        _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _save_prior(prior: Prior, folder: Path, temperature: float) -> dict[str, Any]:
+    """The manifest's `prior`; an aggregate posterior's tensors go to folder/prior.pt (the spec names the file)."""
+    if isinstance(prior, AggregatePosteriorPrior):
+        torch.save(prior.to_tensors(), folder / PRIOR_FILE)
+        spec: dict[str, Any] = {"kind": prior.kind, "file": PRIOR_FILE, "components_per_class": prior.components}
+    else:
+        spec = prior.to("cpu").to_dict()
+    spec["temperature"] = temperature
+    return spec
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Make the finished `tmp` out_dir: its files synced first, the old out_dir (if any) renamed away, then removed."""
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    os.chmod(tmp, 0o755)
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old)

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,13 +29,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from model.checkpoint import load_checkpoint, save_checkpoint
 from model.imaging import encode_png, tile_grid
 from model.inference import label_log_probs
 from model.loss import kl_to_standard_normal, label_invariance_penalty, reconstruction_nll
 from model.network import CVAE, LabelAdversary
 from model.prior import AggregatePosteriorPrior, GaussianPrior, Prior, sample_latents
 from training import distributed
+from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.data import DataSplits, Digits, download_mnist, load_data_dir
 from training.distributed import SINGLE_PROCESS, Launch
@@ -220,16 +221,7 @@ def train_one_epoch(
         if label_rows > 0:
             loss = loss + cfg.label_weight * label_nll * (w / label_rows)
         if state.adversary is not None and adversary is not None:
-            # The adversary learns to read the label from the posterior mean; then, frozen, it scores what the mean
-            # still gives away. The mean, not the sampled z: from z the encoder could hide the label behind noise
-            # (wider posteriors) instead of moving every digit's posteriors into one region (README: the model).
-            adversary_loss = F.cross_entropy(adversary(mean.detach()), y, reduction="sum") * (w / batch)
-            state.adversary.optimizer.zero_grad(set_to_none=True)
-            adversary_loss.backward()
-            state.adversary.optimizer.step()
-            net = state.adversary.net.requires_grad_(False)
-            penalty = label_invariance_penalty(net(mean)).sum() * (w / batch)
-            net.requires_grad_(True)
+            penalty = adversary_step(state.adversary, adversary, mean, y, scale=w / batch)
             loss = loss + cfg.adversary_weight * penalty
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -246,6 +238,23 @@ def train_one_epoch(
         bar.close()
     loss, recon, kl = (distributed.all_sum(launch, sums) / len(data)).tolist()
     return {"train_nelbo": loss, "train_recon": recon, "train_kl": kl}
+
+
+def adversary_step(adversary: Adversary, module: nn.Module, mean: Tensor, y: Tensor, scale: float) -> Tensor:
+    """One step of the label adversary on this process's posterior means (`module`: its net, DDP-wrapped under
+    torchrun), then, frozen, its penalty on what the means still give away (times `scale`), for the encoder's loss.
+
+    The adversary reads the posterior mean, not the sampled z: from z the encoder could hide the label behind noise
+    (wider posteriors) instead of moving every digit's posteriors into one region (docs/quality.md: the frontier).
+    """
+    adversary_loss = F.cross_entropy(module(mean.detach()), y, reduction="sum") * scale
+    adversary.optimizer.zero_grad(set_to_none=True)
+    adversary_loss.backward()
+    adversary.optimizer.step()
+    net = adversary.net.requires_grad_(False)
+    penalty = label_invariance_penalty(net(mean)).sum() * scale
+    net.requires_grad_(True)
+    return penalty
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
@@ -346,7 +355,6 @@ def main(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any] | No
 
 
 def _main(cfg: TrainConfig, argv: list[str] | None, launch: Launch, device: torch.device) -> dict[str, Any] | None:
-    run_dir = cfg.resolved_run_dir
     command = shlex.join(["python", "-m", "training", *(argv if argv is not None else sys.argv[1:])])
     data = load_data(cfg, launch)
     distributed.check_batches(
@@ -354,25 +362,41 @@ def _main(cfg: TrainConfig, argv: list[str] | None, launch: Launch, device: torc
     )
     train, val = Batches.from_digits(data.train, device), Batches.from_digits(data.val, device)
     if launch.is_main:
-        log.info("data: %d train, %d held-out (%s) on %s", len(train), len(val), data.info["val_source"], device)
-        if launch.distributed:
-            log.info(
-                "%d processes (%s): global batch %d = %d per process; learning rate %g",
-                launch.world_size, launch.backend, cfg.batch_size, cfg.batch_size // launch.world_size, cfg.lr,
-            )  # fmt: skip
-
+        log_setup(cfg, launch, data, len(train), len(val), device)
     state = new_state(cfg, device)
-    model = state.model
     start_epoch, history = 0, list[dict[str, Any]]()
-    ckpt_path = run_dir / CHECKPOINT
     if cfg.resume:
-        start_epoch, history = resume(state, ckpt_path, launch, device)
+        start_epoch, history = resume(state, cfg.resolved_run_dir / CHECKPOINT, launch, device)
     if launch.is_main and cfg.evaluate:
         from training.judge import announce_judge, default_cache_dir
 
         announce_judge(data, default_cache_dir(), cfg.seed)
+    record = run_record(cfg, command, launch, device, data, state.model)
+    if launch.is_main:
+        (cfg.resolved_run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        (cfg.resolved_run_dir / "run.json").write_text(json.dumps(record, indent=1) + "\n")
+    train_epochs(state, train, val, cfg, launch, device, start_epoch, history)
+    if not launch.is_main:
+        return None  # rank 0 alone fits the prior, evaluates and exports, over all the data
+    return finish(state.final, train, val, data, cfg, history, command, record)
 
-    record = {
+
+def log_setup(
+    cfg: TrainConfig, launch: Launch, data: DataSplits, n_train: int, n_val: int, device: torch.device
+) -> None:
+    log.info("data: %d train, %d held-out (%s) on %s", n_train, n_val, data.info["val_source"], device)
+    if launch.distributed:
+        log.info(
+            "%d processes (%s): global batch %d = %d per process; learning rate %g",
+            launch.world_size, launch.backend, cfg.batch_size, cfg.batch_size // launch.world_size, cfg.lr,
+        )  # fmt: skip
+
+
+def run_record(
+    cfg: TrainConfig, command: str, launch: Launch, device: torch.device, data: DataSplits, model: CVAE
+) -> dict[str, Any]:
+    """What run.json says of a run: its config, command line, git commit, torch, device, processes and data."""
+    return {
         "config": cfg.to_dict(),
         "command": command,
         "git_commit": git_commit(),
@@ -387,65 +411,89 @@ def _main(cfg: TrainConfig, argv: list[str] | None, launch: Launch, device: torc
         "data": data.info,
         "model_parameters": sum(p.numel() for p in model.parameters()),
     }
-    if launch.is_main:
-        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        (run_dir / "run.json").write_text(json.dumps(record, indent=1) + "\n")
 
-    def checkpoint(epochs_done: int) -> None:
-        meta = {"epochs_done": epochs_done, "history": history, "train_config": cfg.to_dict(), **launch.to_dict()}
-        adversary_state = None
-        if state.adversary is not None:
-            adversary_state = {
-                "state_dict": state.adversary.net.state_dict(),
-                "optimizer": state.adversary.optimizer.state_dict(),
-            }
-        save_checkpoint(
-            ckpt_path,
-            state.model,
-            meta,
-            state.optimizer.state_dict(),
-            state.ema.state_dict() if state.ema is not None else None,
-            adversary_state,
-        )
 
-    epoch = start_epoch
+def train_epochs(
+    state: TrainState,
+    train: Batches,
+    val: Batches,
+    cfg: TrainConfig,
+    launch: Launch,
+    device: torch.device,
+    start_epoch: int,
+    history: list[dict[str, Any]],
+) -> None:
+    """Epochs start_epoch..cfg.epochs; after each, rank 0 validates, records it (appended to `history`) and writes
+    the checkpoint. Ctrl-C leaves the last whole epoch's checkpoint, never one of half an epoch."""
+    ckpt_path = cfg.resolved_run_dir / CHECKPOINT
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             stats = train_one_epoch(state, train, cfg, epoch, device, launch)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            seconds = time.perf_counter() - t0
             if launch.is_main:
-                stats.update({f"val_{k}": v for k, v in validate(state.final, val, seed=cfg.seed).items()})
-                stats.update(epoch=epoch + 1, seconds=seconds, samples_per_s=len(train) / seconds)
-                history.append(stats)
-                with open(run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(stats) + "\n")
-                standard = GaussianPrior.standard(model.cfg.num_classes, model.cfg.latent_dim)
-                (run_dir / "samples" / f"epoch-{epoch + 1:03d}.png").write_bytes(sample_grid_png(state.final, standard))
-                checkpoint(epoch + 1)
-                log.info(
-                    "epoch %d/%d  train -ELBO %.2f  val -ELBO %.2f (recon %.2f + KL %.2f)  %.1fs (%.0f img/s)",
-                    epoch + 1, cfg.epochs, stats["train_nelbo"], stats["val_nelbo"], stats["val_recon"],
-                    stats["val_kl"], seconds, stats["samples_per_s"],
-                )  # fmt: skip
+                end_epoch(state, val, cfg, launch, epoch, stats, time.perf_counter() - t0, len(train), history)
             distributed.barrier(launch)
     except KeyboardInterrupt:
         if launch.is_main:
-            # Never a checkpoint of half an epoch: the one written at the end of the last whole epoch stands.
             if ckpt_path.is_file():
                 log.warning("interrupted: the last epoch's checkpoint is in %s; continue with --resume", ckpt_path)
             else:
                 log.warning("interrupted before the first epoch ended: no checkpoint to resume from")
         raise
 
-    if not launch.is_main:
-        return None  # rank 0 alone fits the prior, evaluates and exports, over all the data
-    return finish(state.final, train, val, data, cfg, history, command, record)
+
+def end_epoch(
+    state: TrainState,
+    val: Batches,
+    cfg: TrainConfig,
+    launch: Launch,
+    epoch: int,
+    stats: dict[str, Any],
+    seconds: float,
+    n_train: int,
+    history: list[dict[str, Any]],
+) -> None:
+    """Rank 0 after an epoch: validation, metrics.jsonl, the epoch's sample grid, the checkpoint, one log line."""
+    run_dir = cfg.resolved_run_dir
+    stats.update({f"val_{k}": v for k, v in validate(state.final, val, seed=cfg.seed).items()})
+    stats.update(epoch=epoch + 1, seconds=seconds, samples_per_s=n_train / seconds)
+    history.append(stats)
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(stats) + "\n")
+    standard = GaussianPrior.standard(state.model.cfg.num_classes, state.model.cfg.latent_dim)
+    (run_dir / "samples" / f"epoch-{epoch + 1:03d}.png").write_bytes(sample_grid_png(state.final, standard))
+    save_state(run_dir / CHECKPOINT, state, cfg, launch, epoch + 1, history)
+    log.info(
+        "epoch %d/%d  train -ELBO %.2f  val -ELBO %.2f (recon %.2f + KL %.2f)  %.1fs (%.0f img/s)",
+        epoch + 1, cfg.epochs, stats["train_nelbo"], stats["val_nelbo"], stats["val_recon"],
+        stats["val_kl"], seconds, stats["samples_per_s"],
+    )  # fmt: skip
 
 
-def resume(state: TrainState, path: Any, launch: Launch, device: torch.device) -> tuple[int, list[dict[str, Any]]]:
+def save_state(
+    path: Path, state: TrainState, cfg: TrainConfig, launch: Launch, epochs_done: int, history: list[dict[str, Any]]
+) -> None:
+    """The epoch checkpoint: everything `resume` needs to continue as if the run had never stopped."""
+    meta = {"epochs_done": epochs_done, "history": history, "train_config": cfg.to_dict(), **launch.to_dict()}
+    adversary_state = None
+    if state.adversary is not None:
+        adversary_state = {
+            "state_dict": state.adversary.net.state_dict(),
+            "optimizer": state.adversary.optimizer.state_dict(),
+        }
+    save_checkpoint(
+        path,
+        state.model,
+        meta,
+        state.optimizer.state_dict(),
+        state.ema.state_dict() if state.ema is not None else None,
+        adversary_state,
+    )
+
+
+def resume(state: TrainState, path: Path, launch: Launch, device: torch.device) -> tuple[int, list[dict[str, Any]]]:
     """Load an epoch checkpoint into `state`. -> (epochs done, their history). SystemExit if it does not fit."""
     if not path.is_file():
         raise SystemExit(f"--resume: no checkpoint at {path}")
