@@ -1,7 +1,7 @@
 """The private APIs of uvicorn and FastAPI that app/ builds on, checked where they live.
 
-app/connections.py subclasses uvicorn's H11Protocol (its per-connection state and hooks), app/__main__.py overrides
-uvicorn.Server's signal and tick hooks, app/parsing.py reads FastAPI's route internals. None of these is a public
+app/http/connections.py subclasses uvicorn's H11Protocol (its per-connection state and hooks), app/__main__.py overrides
+uvicorn.Server's signal and tick hooks, app/api/parsing.py reads FastAPI's route internals. None of these is a public
 API: a release that moves one would leave the service running without its connection guards, or its drain, or its
 strict parsing. pyproject.toml bounds uvicorn and fastapi to the minors tested and requirements/*.txt pin them;
 before raising either, these tests must pass on the new release.
@@ -21,8 +21,8 @@ from uvicorn.server import ServerState
 
 # Where app/ uses them today (to be repointed when app/ is reorganised).
 from app.__main__ import Server
-from app.connections import GuardedProtocol
-from app.parsing import StrictRoute
+from app.http.connections import GuardedProtocol
+from app.api.parsing import StrictRoute
 
 
 def parameters(function: Any) -> list[str]:
@@ -39,7 +39,7 @@ def test_guarded_protocol_overrides_only_hooks_uvicorns_h11_protocol_still_has()
     assert set(overridden) >= {"connection_made", "data_received", "on_response_complete", "connection_lost"}
     for name in overridden:
         base = getattr(H11Protocol, name, None)
-        assert base is not None, f"uvicorn's H11Protocol has no {name}() any more: app/connections.py overrides it"
+        assert base is not None, f"uvicorn's H11Protocol has no {name}() any more: app/http/connections.py overrides it"
         assert parameters(base) == parameters(getattr(GuardedProtocol, name)), f"H11Protocol.{name}'s signature moved"
 
 
@@ -131,7 +131,7 @@ def test_server_overrides_only_hooks_uvicorns_server_still_has() -> None:
 
 
 def test_fastapi_route_internals_that_strict_parsing_reads() -> None:
-    # app/parsing.py's StrictRoute: get_route_handler, body_field.field_info (params.Form for a form route) and
+    # app/api/parsing.py's StrictRoute: get_route_handler, body_field.field_info (params.Form for a form route) and
     # dependant.body_params' aliases.
     assert "get_route_handler" in own_public_methods(StrictRoute)
     assert parameters(APIRoute.get_route_handler) == parameters(StrictRoute.get_route_handler)
