@@ -86,6 +86,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     service = DigitService(model, service_options(settings))
     engine: Engine = process if process is not None else ThreadEngine(service)
     metrics.set_model(model)
+    metrics.inference_process.watch(process)
     threads_before = torch.get_num_threads()  # process-wide: put back at shutdown (tests run many apps)
     torch.set_num_threads(settings.torch_threads)
     runtime = Runtime(service, engine, settings, metrics)

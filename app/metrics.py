@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
+from app.process_metrics import InferenceProcessCollector
 from model.artifacts import LoadedModel
 
 # Seconds: most requests here take a millisecond or a few; the tail reaches seconds only under overload.
@@ -21,6 +22,7 @@ class Metrics:
     def __init__(self, namespace: str = "cvae") -> None:
         self.registry = r = CollectorRegistry()
         ProcessCollector(registry=r)
+        self.inference_process = InferenceProcessCollector(namespace, r)  # watches the engine the lifespan starts
         self.requests = Counter(
             "http_requests", "HTTP requests answered, by route template and status",
             ["method", "route", "status"], namespace=namespace, registry=r,
