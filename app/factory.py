@@ -87,6 +87,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine: Engine = process if process is not None else ThreadEngine(service)
     metrics.set_model(model)
     metrics.inference_process.watch(process)
+    metrics.ready.set_function(lambda: float(ops.not_ready(state) is None))  # what /readyz answers, at each scrape
     threads_before = torch.get_num_threads()  # process-wide: put back at shutdown (tests run many apps)
     torch.set_num_threads(settings.torch_threads)
     runtime = Runtime(service, engine, settings, metrics)
@@ -99,13 +100,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
         state.runtime = runtime
         state.ready = True
-        metrics.ready.set(1)
         where = f"inference process {process.pid}" if process is not None else "inference thread"
         log.info("serving model %s (latent_dim %d) from %s (%s)", model.id, model.latent_dim, model.path, where)
         yield
     finally:
         state.ready = False
-        metrics.ready.set(0)
         await runtime.stop()
         torch.set_num_threads(threads_before)
 

@@ -59,7 +59,7 @@ class Metrics:
             namespace=namespace, registry=r,
         )  # fmt: skip
         self.model_info = Info("model", "The model being served", namespace=namespace, registry=r)
-        self.ready = Gauge("ready", "1 when /readyz answers 200", namespace=namespace, registry=r)
+        self.ready = Gauge("ready", "1 when /readyz answers 200, else 0", namespace=namespace, registry=r)
         # Children looked up once, not per request.
         self._images_by_digit = {d: self.images.labels(str(d)) for d in range(10)}
         self._by_operation = {

@@ -1,5 +1,6 @@
 """The inference process in /metrics (app/process_metrics.py): its memory, CPU seconds, start time and restarts,
-read from /proc, counted across a SIGKILL, absent in thread mode, and valid for `promtool check metrics`."""
+read from /proc, counted across a SIGKILL, absent in thread mode, and valid for `promtool check metrics`; and
+cvae_ready, which follows /readyz (0 while the inference process restarts and while draining)."""
 
 from __future__ import annotations
 
@@ -43,13 +44,17 @@ def test_the_inference_process_memory_cpu_and_start_are_its_own(tiny_model_dir: 
         assert metric(c, P + "restarts_total") == 0
 
 
-def test_a_sigkilled_inference_process_counts_one_restart(tiny_model_dir: Path):
+def test_a_sigkilled_inference_process_counts_one_restart_and_is_not_ready_meanwhile(tiny_model_dir: Path):
     with TestClient(create_app(Settings(model_dir=tiny_model_dir))) as c:
         engine = c.app.state.runtime.engine
         first, started = engine.pid, metric(c, P + "start_time_seconds")
         time.sleep(0.05)  # start times are in clock ticks (1/100 s)
+        assert metric(c, "cvae_ready") == 1
         os.kill(first, signal.SIGKILL)
-        wait_for(lambda: engine.pid != first and c.get("/readyz").status_code == 200, 30)
+        wait_for(lambda: metric(c, "cvae_ready") == 0, 10)  # as /readyz: 503 while restarting
+        assert c.get("/readyz").status_code == 503 or engine.pid != first
+        wait_for(lambda: metric(c, "cvae_ready") == 1, 30)
+        assert engine.pid != first and c.get("/readyz").status_code == 200
         assert metric(c, P + "restarts_total") == 1
         assert metric(c, P + "start_time_seconds") > started  # the figures are the new process's
         assert abs(metric(c, P + "resident_memory_bytes") - rss_of(engine.pid)) < 0.1 * rss_of(engine.pid)
@@ -109,3 +114,13 @@ def test_metrics_with_the_inference_process_pass_promtool_check_metrics(client):
     assert P.encode() + b"restarts_total 0.0" in text
     checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=30)
     assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
+
+
+def test_cvae_ready_says_what_readyz_says_while_draining(client):
+    assert metric(client, "cvae_ready") == 1 and client.get("/readyz").status_code == 200
+    client.app.state.draining = True  # as a SIGTERM sets it
+    try:
+        assert metric(client, "cvae_ready") == 0 and client.get("/readyz").status_code == 503
+    finally:
+        client.app.state.draining = False
+    assert metric(client, "cvae_ready") == 1
