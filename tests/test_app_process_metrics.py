@@ -52,7 +52,6 @@ def test_a_sigkilled_inference_process_counts_one_restart_and_is_not_ready_meanw
         assert metric(c, "cvae_ready") == 1
         os.kill(first, signal.SIGKILL)
         wait_for(lambda: metric(c, "cvae_ready") == 0, 10)  # as /readyz: 503 while restarting
-        assert c.get("/readyz").status_code == 503 or engine.pid != first
         wait_for(lambda: metric(c, "cvae_ready") == 1, 30)
         assert engine.pid != first and c.get("/readyz").status_code == 200
         assert metric(c, P + "restarts_total") == 1
