@@ -59,8 +59,8 @@ class InferenceProcessCollector(Collector):
                 status = {k: v for k, _, v in (line.partition(b":") for line in f.read().splitlines())}
         except OSError:  # it has just died; its replacement is counted once it is ready
             return found
-        # stat's fields after the name, from 0 (proc(5) numbers them from 1, the name being 2): 11 utime, 12 stime,
-        # 19 starttime (clock ticks since boot), 20 vsize (bytes). status's VmRSS is in kB; a zombie has none.
+        # stat[i] is proc(5)'s field i + 3 (the fields after the name): 11 utime, 12 stime, 19 starttime (clock
+        # ticks since boot), 20 vsize (bytes). status's VmRSS is in kB; a zombie has none.
         cpu = (int(stat[11]) + int(stat[12])) / self._ticks
         found.append(CounterMetricFamily(p + "cpu_seconds", f"User and system CPU time of {OF}, in seconds (from zero "
                                          "again after a restart)", value=cpu))  # fmt: skip
