@@ -92,22 +92,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     metrics: Metrics = state.metrics
     card = read_card(settings.model_dir)  # ModelDirError names the file; start-up fails
     metrics.set_model(card)
+    metrics.ready.set_function(lambda: float(ops.not_ready(state) is None))  # what /readyz answers, at each scrape
     state.access = access_of(settings)
     body_limit = min(settings.max_upload_bytes, max_generate_body_bytes(card.latent_dim))
     state.body_limits = BodyLimits(default=settings.max_upload_bytes, by_path={paths.GENERATE: body_limit})
     engine = engine_of(settings)  # the last step that can fail before the engine is closed below
+    metrics.inference_process.watch(engine if isinstance(engine, ProcessEngine) else None)
     runtime = Runtime(card, engine, settings, metrics)
     try:
         await runtime.start()
         state.runtime = runtime
         state.ready = True
-        metrics.ready.set(1)
         where = f"inference process {engine.pid}" if isinstance(engine, ProcessEngine) else "inference thread"
         log.info("serving model %s (latent_dim %d) from %s (%s)", card.id, card.latent_dim, card.path, where)
         yield
     finally:
         state.ready = False
-        metrics.ready.set(0)
         await runtime.stop()
 
 

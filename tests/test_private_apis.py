@@ -19,10 +19,10 @@ from fastapi.routing import APIRoute
 from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-# Where app/ uses them today (to be repointed when app/ is reorganised).
+# Where app/ uses them.
 from app.__main__ import Server
-from app.http.connections import GuardedProtocol
 from app.api.parsing import StrictRoute
+from app.http.connections import GuardedProtocol
 
 
 def parameters(function: Any) -> list[str]:

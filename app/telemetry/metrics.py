@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.engine.card import ModelCard
 from app.http.middleware import ResponseStatus
 from app.paths import route_label
+from app.telemetry.process import InferenceProcessCollector
 
 # Seconds: most requests here take a millisecond or a few; the tail reaches seconds only under overload.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -27,6 +28,7 @@ class Metrics:
     def __init__(self, namespace: str = "cvae") -> None:
         self.registry = r = CollectorRegistry()
         ProcessCollector(registry=r)
+        self.inference_process = InferenceProcessCollector(namespace, r)  # watches the engine the lifespan starts
         self.requests = Counter(
             "http_requests", "HTTP requests answered, by route template and status",
             ["method", "route", "status"], namespace=namespace, registry=r,
@@ -63,7 +65,7 @@ class Metrics:
             namespace=namespace, registry=r,
         )  # fmt: skip
         self.model_info = Info("model", "The model being served", namespace=namespace, registry=r)
-        self.ready = Gauge("ready", "1 when /readyz answers 200", namespace=namespace, registry=r)
+        self.ready = Gauge("ready", "1 when /readyz answers 200, else 0", namespace=namespace, registry=r)
         # Children looked up once, not per request.
         self._images_by_digit = {d: self.images.labels(str(d)) for d in range(10)}
         self._by_operation = {

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import State
 
 from app import paths
 from app.api.deps import runtime_of
@@ -31,13 +32,20 @@ async def livez() -> dict[str, str]:
     responses={503: {"model": Problem, "description": "Not ready (starting or shutting down)"}},
 )
 async def readyz(request: Request) -> dict[str, str]:
-    state = request.app.state
+    reason = not_ready(request.app.state)
+    if reason is not None:
+        raise unavailable(f"not ready: {reason}", kind="not-ready")
+    return {"status": "ready", "model_id": request.app.state.runtime.card.id}
+
+
+def not_ready(state: State) -> str | None:
+    """Why /readyz answers 503 (starting, restarting, shutting down), or None: it answers 200. The cvae_ready gauge
+    reads it too."""
     runtime: Runtime | None = state.runtime
     restarting = runtime is not None and not runtime.available
     if runtime is None or not state.ready or state.draining or restarting:
-        reason = "shutting down" if state.draining else "restarting" if restarting else "starting"
-        raise unavailable(f"not ready: {reason}", kind="not-ready")
-    return {"status": "ready", "model_id": runtime.card.id}
+        return "shutting down" if state.draining else "restarting" if restarting else "starting"
+    return None
 
 
 # What GET /model shows of the model directory's manifest.json: what a client needs to use the model and judge it.
