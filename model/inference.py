@@ -68,14 +68,15 @@ def label_log_probs(
     all_labels = getattr(encoder, "all_labels", None)  # the image's features once (model dirs from 2026-11 on)
     mean, log_var = all_labels(x) if all_labels is not None else encoder(xs, ys)
     mean, log_var = mean.float(), log_var.float()
+    weight = 1.0 if reader is None else float(reader.generative_weight)
+    if reader is not None and weight == 0:  # the reader alone decides: no decoder pass under every label
+        return reader(x).float(), mean.view(n, c, -1), log_var.view(n, c, -1)
     # The ELBO at z = the posterior mean: the KL estimated there (in closed form where the prior has one).
     recon = reconstruction_nll(decoder.logits(mean, ys).float(), xs).view(n, c)
     mean, log_var = mean.view(n, c, -1), log_var.view(n, c, -1)
     log_probs = (-(recon + prior.kl_each_label(mean, log_var))).log_softmax(dim=1)
     if reader is not None:
-        weight = float(reader.generative_weight)
-        read = reader(x).float()
-        log_probs = read if weight == 0 else (read + weight * log_probs).log_softmax(dim=1)
+        log_probs = (reader(x).float() + weight * log_probs).log_softmax(dim=1)
     return log_probs, mean, log_var
 
 

@@ -193,14 +193,14 @@ class CVAE(nn.Module):
 class ReaderConfig:
     image_size: int = 28  # images are (1, image_size, image_size) as to_mnist makes them
     num_classes: int = 10
-    channels: tuple[int, int] = (32, 64)  # two conv blocks of two 3x3 convolutions each, at full and half size
-    hidden: int = 256  # width of the layer before the logits
+    channels: tuple[int, int, int] = (32, 64, 64)  # 3x3 convolutions at full, half and quarter size
+    hidden: int = 128  # width of the layer before the logits
     temperature: float = 1.0  # logits are divided by it (fitted after training, so that probabilities are calibrated)
     generative_weight: float = 0.0  # how much of the generative label score is added to the reader's log-probs
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
-        if len(self.channels) != 2 or min(self.channels) < 1 or self.hidden < 1 or self.image_size % 4:
+        if len(self.channels) != 3 or min(self.channels) < 1 or self.hidden < 1 or self.image_size % 4:
             raise ValueError(f"invalid reader config: {self}")
         if not (self.temperature > 0 and self.generative_weight >= 0):
             raise ValueError(f"invalid reader config: {self}")
@@ -219,21 +219,19 @@ class Reader(nn.Module):
 
     def __init__(self, cfg: ReaderConfig) -> None:
         super().__init__()
-        c1, c2 = cfg.channels
+        c1, c2, c3 = cfg.channels
         self.body = nn.Sequential(
             nn.Conv2d(1, c1, 3, padding=1),  # (N, c1, H, W)
-            nn.SiLU(),
-            nn.Conv2d(c1, c1, 3, padding=1),
             nn.SiLU(),
             nn.MaxPool2d(2),  # (N, c1, H/2, W/2)
             nn.Conv2d(c1, c2, 3, padding=1),
             nn.SiLU(),
-            nn.Conv2d(c2, c2, 3, padding=1),
-            nn.SiLU(),
             nn.MaxPool2d(2),  # (N, c2, H/4, W/4)
+            nn.Conv2d(c2, c3, 3, padding=1),
+            nn.SiLU(),
             nn.Flatten(),
             nn.Dropout(0.3),
-            nn.Linear(c2 * (cfg.image_size // 4) ** 2, cfg.hidden),
+            nn.Linear(c3 * (cfg.image_size // 4) ** 2, cfg.hidden),
             nn.SiLU(),
             nn.Dropout(0.3),
             nn.Linear(cfg.hidden, cfg.num_classes),  # (N, C)

@@ -28,7 +28,7 @@ from training.evaluate import calibration_error
 from training.export import export_model_dir
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mnist-1000"
-SMALL = ReaderConfig(channels=(4, 8), hidden=16)
+SMALL = ReaderConfig(channels=(4, 8, 8), hidden=16)
 
 
 def digits(n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,7 +108,7 @@ def test_a_generative_weight_adds_the_generative_score(tiny_model_dir, tmp_path)
     out = tmp_path / "weighted"
     shutil.copytree(tiny_model_dir, out)
     torch.manual_seed(0)
-    cfg = ReaderConfig(channels=(4, 8), hidden=16, generative_weight=0.25, temperature=2.0)
+    cfg = ReaderConfig(channels=(4, 8, 8), hidden=16, generative_weight=0.25, temperature=2.0)
     reading.add_reader(out, Reader(cfg).eval(), {"config": cfg.to_dict()})
     model = load_model_dir(out)
     assert model.reader is not None

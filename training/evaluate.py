@@ -154,13 +154,14 @@ def outside_figures(
     judge: Judge,
     *,
     reader: ReaderLike | None = None,
+    reference: Judge | None = None,
     count: int = OUTSIDE_COUNT,
     seed: int = 0,
 ) -> dict[str, Any]:
     """/encode on digits that are not MNIST (training.testsets), per kind: the share read right (an upload refused
-    as blank counts as misread), the same images read by the judge (a plain CNN trained on the same MNIST digits:
-    the reference), the share of the encoded hand re-drawn as all ten digits that the judge reads as the digit asked
-    for, and the calibration error of the probabilities."""
+    as blank counts as misread), the same images read by `reference` (default: the judge, a plain CNN trained on
+    the same MNIST digits), the share of the encoded hand re-drawn as all ten digits that the judge reads as the
+    digit asked for, and the calibration error of the probabilities."""
     out: dict[str, Any] = {}
     c = prior.num_classes
     for kind in KINDS:
@@ -178,14 +179,14 @@ def outside_figures(
                 refused += 1
         x, y = torch.stack(images), torch.tensor(labels)
         probs, mean = read_digits(encoder, decoder, prior, x, reader)
-        reference, _ = predict(judge, x)
+        reference_read, _ = predict(reference or judge, x)
         asked = torch.arange(c).repeat(len(x))
         redrawn, _ = predict(judge, decoder(mean.repeat_interleave(c, dim=0), asked))
         out[kind] = {
             "count": count,
             "refused": refused,
             "encode_accuracy": float((probs.argmax(1) == y).sum()) / count,
-            "reference_accuracy": float((reference == y).sum()) / count,
+            "reference_accuracy": float((reference_read == y).sum()) / count,
             "redrawn_accuracy": (redrawn == asked).float().mean().item(),
             "calibration_error": calibration_error(probs, y),
         }
@@ -329,7 +330,24 @@ def judged_figures(
     out["frechet_set_size"] = half
     out["frechet_generated_1000_vs_all_heldout"] = frechet_distance(gen_feats, real_feats)
 
-    # /encode: digit inference on uploads, as they are and re-drawn; reconstruction from the encoded mean.
+    out.update(encode_figures(encoder, decoder, prior, held, judge, seed=seed, reader=reader))
+    return out
+
+
+@torch.no_grad()
+def encode_figures(
+    encoder: EncoderLike,
+    decoder: DecoderLike,
+    prior: Prior,
+    held: Digits,
+    judge: Judge,
+    *,
+    seed: int,
+    reader: ReaderLike | None = None,
+) -> dict[str, Any]:
+    """/encode on the held-out digits: the digit read from uploads as they are and re-drawn as users upload them
+    (with the calibration error of its probabilities), and reconstruction from the encoded mean."""
+    out: dict[str, Any] = {}
     uploads = preprocess_uploads([encode_png(img) for img in held.images])  # as users upload MNIST digits
     probs, _ = read_digits(encoder, decoder, prior, uploads, reader)
     out["encode_accuracy_real"] = (probs.argmax(1) == held.labels).float().mean().item()

@@ -30,27 +30,31 @@ from torch import Tensor
 from model.artifacts import MANIFEST_FILE, READER_FILE, ModelDirError, load_model_dir, quiet_torchscript, sha256_file
 from model.imaging import ImageError, to_mnist
 from model.network import Reader, ReaderConfig
-from training.data import DataError, load_data_dir
+from training.data import DataError, DataSplits, load_data_dir
+from training.evaluate import OUTSIDE_COUNT, encode_figures, outside_figures
+from training.judge import cached_judge, default_cache_dir
 
 log = logging.getLogger(__name__)
 
 CALIBRATION_SIZE = 500  # training digits kept back to fit the temperature (at most a fifth of them)
 CANVAS = 80  # the side the geometry is varied at (the 28 px digit padded to 40, scaled 2x)
+PLAIN_SHARE = 0.3  # varied digits whose strokes and grey levels are left as MNIST's
 
 
-def varied(images: Tensor, g: torch.Generator, seed: int) -> Tensor:
+def varied(images: Tensor, g: torch.Generator, seed: int, *, plain_share: float = PLAIN_SHARE) -> Tensor:
     """uint8 (N, 28, 28) MNIST digits -> float32 (N, 1, 28, 28): each digit slanted, turned, stretched, warped,
-    thickened or thinned, maybe coarsened, blurred, faded or grained, then pre-processed as /encode does. About one
-    in six comes through with its geometry only. Deterministic for a generator state and seed."""
+    then, but for `plain_share` of them, thickened or thinned, maybe coarsened, blurred, faded or grained; all
+    pre-processed as /encode does. Deterministic for a generator state and seed."""
     n = images.shape[0]
     x = F.pad(images.unsqueeze(1).float() / 255, (6, 6, 6, 6))
     x = F.interpolate(x, size=(CANVAS, CANVAS), mode="bilinear", align_corners=False)
     x = _warp(x, g)
-    x = _stroke_width(x, g)
+    plain = torch.rand(n, generator=g) < plain_share
+    x = torch.where(plain[:, None, None, None], x, _stroke_width(x, g))
     out = torch.empty(n, 1, 28, 28)
     rng = np.random.default_rng(seed)
     for i in range(n):
-        grey = _degrade(x[i, 0].numpy(), rng)
+        grey = x[i, 0].numpy() if plain[i] else _degrade(x[i, 0].numpy(), rng)
         try:
             out[i] = to_mnist(torch.from_numpy(grey))
         except ImageError:  # faded to nothing: the plain digit instead
@@ -212,13 +216,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.reading", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="model directory to add the reader to")
     parser.add_argument("--data-dir", type=Path, required=True, help="folder of MNIST IDX files (the model's data)")
-    parser.add_argument("--epochs", type=int, default=20, help="passes over the varied digits (default 20)")
+    parser.add_argument("--epochs", type=int, default=30, help="passes over the varied digits (default 30)")
     parser.add_argument("--generative-weight", type=float, default=0.0,
                         help="weight of the generative label score beside the reader's (default 0)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument("--outside-count", type=int, default=OUTSIDE_COUNT,
+                        help=f"uploads of each kind not from MNIST measured (default {OUTSIDE_COUNT})")  # fmt: skip
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error("--epochs must be at least 1")
+    if args.outside_count < 0:
+        parser.error("--outside-count must be >= 0")
     if not args.generative_weight >= 0:
         parser.error("--generative-weight must be >= 0")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -256,8 +264,30 @@ def main(argv: list[str] | None = None) -> int:
         "reproduce": " ".join(["python -m training.reading", *(argv if argv is not None else sys.argv[1:])]),
     }
     manifest = add_reader(args.model, reader, record)
-    log.info("reader added to %s (model id %s)", args.model, manifest["id"])
+    log.info("reader added to %s (model id %s); measuring /encode with it", args.model, manifest["id"])
+    record_figures(args.model, data, seed=seed, outside_count=args.outside_count)
     return 0
+
+
+def record_figures(model_dir: Path, data: DataSplits, *, seed: int, outside_count: int) -> dict[str, Any]:
+    """Measure /encode with the model's reader (held-out MNIST digits as uploaded and re-drawn, reconstruction, and
+    the sets that are not MNIST) and record the figures in the manifest's metrics, where they replace those the
+    model was exported with (its reading was then the generative score's). -> the figures."""
+    model = load_model_dir(model_dir)
+    judge, _ = cached_judge(data, default_cache_dir(), seed=seed)
+    figures = encode_figures(model.encoder, model.decoder, model.prior, data.val, judge, seed=seed, reader=model.reader)
+    if outside_count > 0:
+        figures["outside"] = outside_figures(
+            model.encoder, model.decoder, model.prior, judge, reader=model.reader, count=outside_count, seed=seed
+        )
+    path = model_dir / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest["metrics"].update(figures)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    tmp.replace(path)
+    log.info("recorded: %s", json.dumps(figures))
+    return figures
 
 
 if __name__ == "__main__":
