@@ -4,11 +4,14 @@
                                 logits(z, y) -> the same before the sigmoid
     encoder.pt     TorchScript  forward(x: float32[N, 1, 28, 28] in [0, 1], y: int64[N])
                                 -> (mean: float32[N, D], log_var: float32[N, D])
+    reader.pt      (optional, model dirs from 2026-12 on) TorchScript  forward(x: float32[N, 1, 28, 28] in [0, 1])
+                   -> log p(y | x) float32[N, C] from the discriminative reader; attribute generative_weight
     prior.pt       (when the prior is "aggregate_posterior") {"kind", "means": float32[10, M, D],
                    "log_vars": float32[10, M, D]}, plain tensors (torch.load(weights_only=True))
     manifest.json  format_version, id, latent_dim, image_shape, labels, prior, data, config, metrics,
                    artifacts (sha256 of each file above), torch_version, created, reproduce;
-                   prior.temperature: the temperature the service samples at by default (1 when absent)
+                   prior.temperature: the temperature the service samples at by default (1 when absent);
+                   reader (when reader.pt is there): its file, config and how it was trained
 
 Loading verifies every checksum and refuses, naming the file, when anything is missing or differs.
 """
@@ -33,6 +36,7 @@ MANIFEST_FILE = "manifest.json"
 ENCODER_FILE = "encoder.pt"
 DECODER_FILE = "decoder.pt"
 PRIOR_FILE = "prior.pt"
+READER_FILE = "reader.pt"
 REQUIRED_ARTIFACTS = (DECODER_FILE, ENCODER_FILE)
 REQUIRED_KEYS = ("format_version", "id", "latent_dim", "image_shape", "labels", "prior", "artifacts")
 
@@ -66,6 +70,7 @@ class LoadedModel:
     prior: Prior
     manifest: dict[str, Any]
     path: Path
+    reader: torch.jit.ScriptModule | None = None  # None in model directories written before readers existed
 
     @property
     def id(self) -> str:
@@ -134,6 +139,7 @@ def load_model_dir(model_dir: str | Path, device: str | torch.device = "cpu") ->
                 modules.append(torch.jit.load(str(model_dir / name), map_location=device).eval())
         except Exception as e:  # torch raises RuntimeError, ValueError, ... for a bad archive
             raise ModelDirError(f"{model_dir / name}: not a loadable TorchScript module: {e}") from e
+    reader = _load_reader(model_dir, manifest, device)
     prior = _load_prior(model_dir, manifest).to(device)
     temperature = manifest["prior"].get("temperature", 1.0)
     if not is_temperature(temperature):
@@ -143,7 +149,29 @@ def load_model_dir(model_dir: str | Path, device: str | torch.device = "cpu") ->
         )
     if prior.latent_dim != manifest["latent_dim"] or prior.num_classes != len(manifest["labels"]):
         raise ModelDirError(f"{model_dir / MANIFEST_FILE}: prior shape disagrees with latent_dim/labels")
-    return LoadedModel(encoder=modules[0], decoder=modules[1], prior=prior, manifest=manifest, path=model_dir)
+    return LoadedModel(
+        encoder=modules[0], decoder=modules[1], prior=prior, manifest=manifest, path=model_dir, reader=reader
+    )
+
+
+def _load_reader(
+    model_dir: Path, manifest: dict[str, Any], device: str | torch.device
+) -> torch.jit.ScriptModule | None:
+    spec = manifest.get("reader")
+    if spec is None:
+        return None
+    name = spec.get("file") if isinstance(spec, dict) else None
+    if name != READER_FILE or name not in manifest["artifacts"]:
+        raise ModelDirError(f"{model_dir / MANIFEST_FILE}: 'reader' must name {READER_FILE!r}, listed in 'artifacts'")
+    try:
+        with quiet_torchscript():
+            reader = torch.jit.load(str(model_dir / name), map_location=device).eval()
+        weight = float(reader.generative_weight)
+    except Exception as e:  # RuntimeError, ValueError, ... for a bad archive; AttributeError for another module
+        raise ModelDirError(f"{model_dir / name}: not a loadable reader module: {e}") from e
+    if not weight >= 0:
+        raise ModelDirError(f"{model_dir / name}: generative_weight must be >= 0, got {weight}")
+    return reader
 
 
 def _load_prior(model_dir: Path, manifest: dict[str, Any]) -> Prior:

@@ -23,6 +23,13 @@ MNIST_SIZE = 28  # the field the digit is centred in
 MNIST_BOX = 20  # the box the digit is fitted into
 INK_THRESHOLD = 0.1  # normalised grey level above which a pixel counts as ink when cropping
 NOISE_FLOOR = 0.05  # normalised grey levels below this (paper texture, JPEG ringing) become background
+# Photos: images at least FLAT_FIELD_MIN_SIDE on their long side whose ground's light varies by more than
+# UNEVEN_LIGHT grey levels have the light divided out first, estimated at about LIGHT_SIDE px on the long side.
+FLAT_FIELD_MIN_SIDE = 256
+UNEVEN_LIGHT = 0.06
+LIGHT_SIDE = 256
+LIGHT_MEDIAN = 7  # the median filter's window, at half LIGHT_SIDE: wider than twice a pencil line there
+PHOTO_INK = 0.3  # reduced-scale ink above this fraction of the way from the grain to the darkest is a stroke
 # Uploads larger than twice this on their long side are reduced while decoding, to a long side of at least this: the
 # digit ends up in 20x20 pixels, and an image this size keeps even a digit drawn small in one corner of a photo
 # many times that. Smaller uploads decode exactly as they are (the README's /encode figures are on 300x300 images).
@@ -169,7 +176,11 @@ def to_mnist(grey: Tensor) -> Tensor:
     border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
     middle = (border.size - 1) // 2  # torch's median of an even count is the lower of the two middle values
     background = np.partition(border, middle)[middle]
-    if background > 0.5:
+    light = _uneven_light(a) if max(a.shape) >= FLAT_FIELD_MIN_SIDE else None
+    if light is not None:  # a photo: the paper's light divided out first, so that shadows are not taken for ink
+        a = _photo_crop(a, *light)
+        background = np.median(a)  # the grain's level: mostly paper, even inside the digit's box
+    elif background > 0.5:
         a, background = 1.0 - a, 1.0 - background
     peak = a.max()
     if peak - background < 0.1:
@@ -186,7 +197,9 @@ def to_mnist(grey: Tensor) -> Tensor:
         s = MNIST_BOX / max(h, w)
         size = (max(1, round(h * s)), max(1, round(w * s)))
         x = F.interpolate(x[None, None], size=size, mode="bilinear", antialias=s < 1, align_corners=False)[0, 0]
-        x = x.clamp(0.0, 1.0)
+        # Reduced, a line much thinner than MNIST's strokes (a pencil, a fine pen) averages out to a faint grey:
+        # its darkest point is made full ink again, as MNIST's strokes are.
+        x = x.clamp(0.0, 1.0) / x.max().clamp(min=1e-6) if s < 1 else x.clamp(0.0, 1.0)
     # Centre of mass to pixel (14, 14) of the field, by an integer shift, where MNIST's digits have it.
     h, w = x.shape
     total = x.sum()
@@ -197,6 +210,110 @@ def to_mnist(grey: Tensor) -> Tensor:
     out = torch.zeros(1, MNIST_SIZE, MNIST_SIZE)
     out[0, top : top + h, left : left + w] = x
     return out
+
+
+def _shrunk(a: np.ndarray, factor: int) -> np.ndarray:
+    """Box-average by an integer factor (the edges that do not fill a block dropped). (H, W) -> (H/f, W/f)"""
+    h, w = (a.shape[0] // factor) * factor, (a.shape[1] // factor) * factor
+    return a[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3), dtype=np.float32)
+
+
+def _uneven_light(a: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(the image, the light on its paper), both reduced to about LIGHT_SIDE px on the long side, for a photographed
+    digit; None when the ground is even.
+
+    The image is box-averaged to about LIGHT_SIDE px (the grain averages away), then to half that, where a median
+    filter removes the ink (a pencil line covers far less than half of its window) but keeps the light's slopes and
+    the edges of shadows, whatever their profile (a median keeps a monotone edge where it is); that is scaled back
+    up. The ground is uneven when the reduced image's border spans more than UNEVEN_LIGHT grey levels (a drawing
+    on a white canvas, a scan or a document has an even ground: None).
+    """
+    small = _shrunk(a, _light_factor(a))
+    border = np.concatenate([small[0], small[-1], small[:, 0], small[:, -1]])
+    lo, hi = np.percentile(border, [5, 95])
+    if hi - lo <= UNEVEN_LIGHT:
+        return None
+    coarse = _shrunk(small, 2)
+    r = LIGHT_MEDIAN // 2
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(coarse, r, mode="edge"), (LIGHT_MEDIAN, LIGHT_MEDIAN))
+    light = np.median(windows.reshape(*coarse.shape, -1), axis=-1).astype(np.float32)
+    h, w = small.shape
+    return small, np.asarray(Image.fromarray(light).resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def _light_factor(a: np.ndarray) -> int:
+    return max(1, max(a.shape) // LIGHT_SIDE)
+
+
+def _ink_of(a: np.ndarray, light: np.ndarray, dark_ink: bool) -> np.ndarray:
+    """Ink, light on dark (0 = paper), of a under `light` of the same shape: for dark ink what the paper lost of
+    its light (1 - a / light), for light ink what it gained."""
+    if dark_ink:
+        return np.clip(1.0 - a / np.maximum(light, np.float32(1e-3)), 0.0, 1.0).astype(np.float32)
+    return np.clip(a - light, 0.0, 1.0).astype(np.float32)
+
+
+def _photo_crop(a: np.ndarray, reduced: np.ndarray, light: np.ndarray) -> np.ndarray:
+    """The flat-fielded ink of a photo, cropped to the digit: the largest stroke (by ink) found at the reduced
+    scale, with every stroke near it (a 4's or a 7's second stroke), found where the reduced ink stands out from
+    the grain; then the crop's ink at full resolution under the light scaled up to it."""
+    f = _light_factor(a)
+    # The ink's polarity: what departs further from the paper's light, darker or lighter (the border's level says
+    # little here: a dim photo of white paper is darker than half grey).
+    dark_ink = float((light - reduced).max()) >= float((reduced - light).max())
+    small = _ink_of(reduced, light, dark_ink)
+    grain = float(np.median(small))
+    if float(small.max()) - grain < 0.1:  # as to_mnist's own test, on ink whose grain is averaged away
+        raise ImageError("blank", "no digit found: the photo has no ink that stands out from the paper")
+    mask = small > grain + PHOTO_INK * (float(small.max()) - grain)
+    near = _dilated(mask, LIGHT_SIDE // 64)
+    labels = _components(near)
+    weights = np.bincount(labels.ravel(), weights=(small * mask).ravel())
+    weights[0] = 0.0
+    rows, cols = np.nonzero(labels == int(weights.argmax()))
+    top, bottom, left, right = rows.min() * f, (rows.max() + 1) * f, cols.min() * f, (cols.max() + 1) * f
+    region = a[top:bottom, left:right]
+    lit = Image.fromarray(light).resize(
+        (right - left, bottom - top), Image.Resampling.BILINEAR, box=(left / f, top / f, right / f, bottom / f)
+    )  # the light over the crop alone, scaled up to full resolution
+    return _ink_of(region, np.asarray(lit, dtype=np.float32), dark_ink)
+
+
+def _dilated(mask: np.ndarray, r: int) -> np.ndarray:
+    """mask grown by r pixels (a (2r+1)-square), so that strokes r apart join one component."""
+    p = np.pad(mask, r)
+    h, w = mask.shape
+    out = np.zeros_like(mask)
+    for dy in range(2 * r + 1):
+        for dx in range(2 * r + 1):
+            out |= p[dy : dy + h, dx : dx + w]
+    return out
+
+
+def _components(mask: np.ndarray) -> np.ndarray:
+    """4-connected components of a small boolean mask -> int labels (0 = background), by union of runs."""
+    labels = np.zeros(mask.shape, dtype=np.int64)
+    parent = [0]
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for r in range(mask.shape[0]):
+        row = mask[r]
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], row.view(np.int8), [0]])))
+        for start, stop in zip(edges[::2], edges[1::2], strict=True):
+            parent.append(len(parent))
+            label = len(parent) - 1
+            labels[r, start:stop] = label
+            if r:
+                for above in np.unique(labels[r - 1, start:stop]):
+                    if above:
+                        parent[find(int(above))] = find(label)
+    roots = np.array([find(i) for i in range(len(parent))])
+    return roots[labels]
 
 
 def to_uint8(images: Tensor) -> Tensor:

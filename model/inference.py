@@ -42,13 +42,23 @@ def elbo_terms(
     return reconstruction_nll(decoder.logits(z, y).float(), x), prior.kl_estimate(mean, log_var, z, y), mean, log_var
 
 
+class ReaderLike(Protocol):
+    generative_weight: float
+
+    def __call__(self, x: Tensor) -> Tensor: ...
+
+
 def label_log_probs(
-    encoder: EncoderLike, decoder: DecoderLike, prior: Prior, x: Tensor
+    encoder: EncoderLike, decoder: DecoderLike, prior: Prior, x: Tensor, reader: ReaderLike | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """log p(y | x) for every label, by Bayes' rule with a uniform p(y) and the ELBO (at the posterior mean)
     standing in for log p(x | y): the label under which the model explains the image best wins. The one rule for
     labels: /encode infers digits by it (with the model's prior), and training's label-discrimination term is its
     cross-entropy (with the N(0, I) the network trains against).
+
+    With a reader (a model directory's reader.pt), the reader's calibrated log-probabilities decide, with the
+    generative score added at the reader's generative_weight (a product of experts, renormalised): the generative
+    score alone misreads digits unlike MNIST's (docs: quality).
 
     x: (N, 1, H, W) -> (log_probs (N, C), mean (N, C, D), log_var (N, C, D)); deterministic.
     """
@@ -58,10 +68,15 @@ def label_log_probs(
     all_labels = getattr(encoder, "all_labels", None)  # the image's features once (model dirs from 2026-11 on)
     mean, log_var = all_labels(x) if all_labels is not None else encoder(xs, ys)
     mean, log_var = mean.float(), log_var.float()
+    weight = 1.0 if reader is None else float(reader.generative_weight)
+    if reader is not None and weight == 0:  # the reader alone decides: no decoder pass under every label
+        return reader(x).float(), mean.view(n, c, -1), log_var.view(n, c, -1)
     # The ELBO at z = the posterior mean: the KL estimated there (in closed form where the prior has one).
     recon = reconstruction_nll(decoder.logits(mean, ys).float(), xs).view(n, c)
     mean, log_var = mean.view(n, c, -1), log_var.view(n, c, -1)
     log_probs = (-(recon + prior.kl_each_label(mean, log_var))).log_softmax(dim=1)
+    if reader is not None:
+        log_probs = (reader(x).float() + weight * log_probs).log_softmax(dim=1)
     return log_probs, mean, log_var
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.test_serve import ROOT, free_port, serving
+from training.testsets import hand_strokes
 
 pytestmark = pytest.mark.slow
 
@@ -139,12 +141,13 @@ def console_errors(driver: WebDriver) -> list[dict]:
     return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
-def draw(driver: WebDriver, strokes: list[list[tuple[int, int]]]) -> None:
-    """Draws with the mouse (pointer events); points are offsets from the pad's centre, in CSS pixels."""
+def draw(driver: WebDriver, strokes: list[list[tuple[int, int]]], move_ms: int = 250) -> None:
+    """Draws with the mouse (pointer events); points are offsets from the pad's centre, in CSS pixels; each move
+    between points takes move_ms (Selenium's default 250 ms; a person's pointer reports every 10-20 ms)."""
     pad = driver.find_element(By.CSS_SELECTOR, "[data-testid=pad]")
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", pad)
     for (x, y), *rest in strokes:
-        actions = ActionChains(driver).move_to_element_with_offset(pad, x, y).click_and_hold()
+        actions = ActionChains(driver, duration=move_ms).move_to_element_with_offset(pad, x, y).click_and_hold()
         for (x0, y0), (x1, y1) in zip([(x, y), *rest[:-1]], rest, strict=True):
             actions.move_by_offset(x1 - x0, y1 - y0)
         actions.release().perform()
@@ -210,6 +213,50 @@ def test_page_shows_a_grid_reads_a_drawing_and_redraws_its_hand(browser, base, t
     path = Path(os.environ.get("CVAE_PAGE_SCREENSHOT") or tmp_path / "page.png")
     path.write_bytes(full_page_png(browser))
     assert path.stat().st_size > 20_000
+
+
+PAGE_DIGITS = 40  # drawn through the page: 4 of each digit, in every letterform the drawn set has
+
+
+def test_digits_drawn_with_the_mouse_on_the_page_are_read_as_the_goal_asks(browser, base):
+    """Digits of the drawn set's kind (training.testsets: letterforms, slant, wobble, fast and slow strokes), drawn
+    with the mouse through the real page and read by the shipped model: at least 95% read right (issue 18)."""
+    open_page(browser, base + "/")
+    pad = browser.find_element(By.CSS_SELECTOR, "[data-testid=pad]")
+    side = browser.execute_script("return arguments[0].getBoundingClientRect().width", pad)
+    rng = random.Random("page")
+    misread = []
+    for i in range(PAGE_DIGITS):
+        digit = i % 10
+        height = side * rng.uniform(0.55, 0.8)
+        strokes = [[(round((x - 0.5) * height), round((y - 0.5) * height)) for x, y in stroke]
+                   for stroke in hand_strokes(digit, rng)]  # fmt: skip
+        by_id(browser, "clear").click()
+        browser.execute_script("document.getElementById('inferred').textContent = ''")
+        draw(browser, strokes, move_ms=10)
+        browser.find_element(By.CSS_SELECTOR, "[data-testid=encode]").click()
+        wait(browser, lambda d: re.search(r"reads an? \d", by_id(d, "inferred").text), "no reading")
+        if read_digit(browser) != digit:
+            misread.append((digit, by_id(browser, "inferred").text))
+    assert len(misread) <= 0.05 * PAGE_DIGITS, misread
+    assert console_errors(browser) == []
+
+
+def test_the_page_says_how_sure_the_model_is_and_names_the_runner_up(browser, base):
+    open_page(browser, base + "/")
+    words = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "import(new URL('static/page.js', document.baseURI)).then((page) => done(["
+        "  page.readingInWords(6, [0, 0, 0, 0, 0, 0.01, 0.97, 0, 0.02, 0]),"
+        "  page.readingInWords(6, [0, 0, 0, 0, 0, 0.05, 0.7, 0, 0.25, 0]),"
+        "  page.readingInWords(1, [0, 0.4, 0, 0, 0, 0, 0, 0.35, 0.25, 0]),"
+        "]));"
+    )
+    assert words == [
+        {"certainty": "sure", "text": "The model reads a 6 (97.0%)."},
+        {"certainty": "likely", "text": "The model reads a 6, or perhaps an 8 (70.0% against 25.0%)."},
+        {"certainty": "unsure", "text": "The model is not sure: it reads a 1, or perhaps a 7 (40.0% against 35.0%)."},
+    ]
 
 
 def test_style_sliders_redraw_the_hand_live_with_one_request_in_flight(browser, base):

@@ -25,15 +25,25 @@ from PIL import Image
 from torch import Tensor
 
 from model.artifacts import ModelDirError, load_model_dir
-from model.imaging import decode_image, encode_png, to_mnist
-from model.inference import DecoderLike, EncoderLike, elbo_terms, importance_weighted_nll, label_log_probs
+from model.imaging import ImageError, decode_image, encode_png, to_mnist
+from model.inference import (
+    DecoderLike,
+    EncoderLike,
+    ReaderLike,
+    elbo_terms,
+    importance_weighted_nll,
+    label_log_probs,
+)
 from model.prior import MAX_TEMPERATURE, GaussianPrior, Prior, is_temperature, sample_latents
 from training.data import DataError, DataSplits, Digits, load_data_dir
 from training.judge import Judge, cached_judge, default_cache_dir, predict
+from training.testsets import KINDS, make_set
 
 log = logging.getLogger(__name__)
 
 SAMPLES_PER_DIGIT = 100  # 1,000 generated digits in all
+OUTSIDE_COUNT = 300  # uploads of each kind of digit that is not MNIST's (training.testsets)
+CALIBRATION_BINS = 15
 MAX_PIXELS = 10_000_000
 
 
@@ -104,10 +114,83 @@ def preprocess_uploads(uploads: list[bytes]) -> Tensor:
 
 
 @torch.no_grad()
-def inferred_labels(encoder: EncoderLike, decoder: DecoderLike, prior: Prior, x: Tensor) -> Tensor:
-    return torch.cat(
-        [label_log_probs(encoder, decoder, prior, x[i : i + 200])[0].argmax(1) for i in range(0, len(x), 200)]
-    )
+def read_digits(
+    encoder: EncoderLike, decoder: DecoderLike, prior: Prior, x: Tensor, reader: ReaderLike | None = None
+) -> tuple[Tensor, Tensor]:
+    """/encode's reading of each image: (probabilities (N, C), the posterior mean under the digit read (N, D))."""
+    probs, means = [], []
+    for i in range(0, len(x), 200):
+        log_probs, mean, _ = label_log_probs(encoder, decoder, prior, x[i : i + 200], reader)
+        best = log_probs.argmax(1)
+        probs.append(log_probs.exp())
+        means.append(mean[torch.arange(len(best)), best])
+    return torch.cat(probs), torch.cat(means)
+
+
+def inferred_labels(
+    encoder: EncoderLike, decoder: DecoderLike, prior: Prior, x: Tensor, reader: ReaderLike | None = None
+) -> Tensor:
+    return read_digits(encoder, decoder, prior, x, reader)[0].argmax(1)
+
+
+def calibration_error(probs: Tensor, labels: Tensor, bins: int = CALIBRATION_BINS) -> float:
+    """Expected calibration error of the top probability (Guo et al. 2017, eq. 3): over equal-width confidence
+    bins, the gap between accuracy and mean confidence, weighted by the bin's share of the images. 0 is perfect."""
+    confidence, predicted = probs.max(dim=1)
+    correct = (predicted == labels).double()
+    which = (confidence.double() * bins).long().clamp(max=bins - 1)
+    total = 0.0
+    for b in which.unique().tolist():
+        rows = which == b
+        total += float(rows.double().mean() * (correct[rows].mean() - confidence[rows].double().mean()).abs())
+    return total
+
+
+@torch.no_grad()
+def outside_figures(
+    encoder: EncoderLike,
+    decoder: DecoderLike,
+    prior: Prior,
+    judge: Judge,
+    *,
+    reader: ReaderLike | None = None,
+    reference: Judge | None = None,
+    count: int = OUTSIDE_COUNT,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """/encode on digits that are not MNIST (training.testsets), per kind: the share read right (an upload refused
+    as blank counts as misread), the same images read by `reference` (default: the judge, a plain CNN trained on
+    the same MNIST digits), the share of the encoded hand re-drawn as all ten digits that the judge reads as the
+    digit asked for, and the calibration error of the probabilities."""
+    out: dict[str, Any] = {}
+    c = prior.num_classes
+    for kind in KINDS:
+        try:
+            samples = make_set(kind, count, seed=seed)
+        except FileNotFoundError as e:
+            out[kind] = {"skipped": str(e)}
+            continue
+        images, labels, refused = [], [], 0
+        for data, digit in samples:
+            try:
+                images.append(to_mnist(decode_image(data, MAX_PIXELS)))
+                labels.append(digit)
+            except ImageError:
+                refused += 1
+        x, y = torch.stack(images), torch.tensor(labels)
+        probs, mean = read_digits(encoder, decoder, prior, x, reader)
+        reference_read, _ = predict(reference or judge, x)
+        asked = torch.arange(c).repeat(len(x))
+        redrawn, _ = predict(judge, decoder(mean.repeat_interleave(c, dim=0), asked))
+        out[kind] = {
+            "count": count,
+            "refused": refused,
+            "encode_accuracy": float((probs.argmax(1) == y).sum()) / count,
+            "reference_accuracy": float((reference_read == y).sum()) / count,
+            "redrawn_accuracy": (redrawn == asked).float().mean().item(),
+            "calibration_error": calibration_error(probs, y),
+        }
+    return out
 
 
 @torch.no_grad()
@@ -150,9 +233,13 @@ def evaluate_model(
     full: bool = True,
     cache_dir: Path | None = None,
     temperature: float = 1.0,
+    reader: ReaderLike | None = None,
+    outside_count: int = 0,
 ) -> dict[str, Any]:
     """All figures on data.val (the held-out digits); samples drawn at `temperature` (the service's default is the
-    model's, LoadedModel.temperature). full=False: likelihoods only (no judge)."""
+    model's, LoadedModel.temperature); /encode read with `reader` (a model directory's, when it has one), and
+    `outside_count` digits of each kind that is not MNIST's (training.testsets) when > 0. full=False: likelihoods
+    only (no judge)."""
     held = data.val
     out: dict[str, Any] = {"heldout_source": data.info.get("val_source")}
     out.update(likelihood_metrics(encoder, decoder, prior, held, k=k, seed=seed))
@@ -162,9 +249,19 @@ def evaluate_model(
     judge, _ = cached_judge(data, cache_dir or default_cache_dir(), seed=seed)
     out.update(
         judged_figures(
-            encoder, decoder, prior, held, judge, seed=seed, temperature=temperature, train_images=data.train.images
+            encoder,
+            decoder,
+            prior,
+            held,
+            judge,
+            seed=seed,
+            temperature=temperature,
+            train_images=data.train.images,
+            reader=reader,
         )
     )
+    if outside_count > 0:
+        out["outside"] = outside_figures(encoder, decoder, prior, judge, reader=reader, count=outside_count, seed=seed)
     return out
 
 
@@ -179,6 +276,7 @@ def judged_figures(
     seed: int,
     temperature: float,
     train_images: Tensor | None = None,
+    reader: ReaderLike | None = None,
 ) -> dict[str, Any]:
     """Everything the judge measures on the held-out digits `held`; the copying figures too when the training
     digits are given."""
@@ -232,14 +330,32 @@ def judged_figures(
     out["frechet_set_size"] = half
     out["frechet_generated_1000_vs_all_heldout"] = frechet_distance(gen_feats, real_feats)
 
-    # /encode: digit inference on uploads, as they are and re-drawn; reconstruction from the encoded mean.
+    out.update(encode_figures(encoder, decoder, prior, held, judge, seed=seed, reader=reader))
+    return out
+
+
+@torch.no_grad()
+def encode_figures(
+    encoder: EncoderLike,
+    decoder: DecoderLike,
+    prior: Prior,
+    held: Digits,
+    judge: Judge,
+    *,
+    seed: int,
+    reader: ReaderLike | None = None,
+) -> dict[str, Any]:
+    """/encode on the held-out digits: the digit read from uploads as they are and re-drawn as users upload them
+    (with the calibration error of its probabilities), and reconstruction from the encoded mean."""
+    out: dict[str, Any] = {}
     uploads = preprocess_uploads([encode_png(img) for img in held.images])  # as users upload MNIST digits
-    inferred = inferred_labels(encoder, decoder, prior, uploads)
-    out["encode_accuracy_real"] = (inferred == held.labels).float().mean().item()
+    probs, _ = read_digits(encoder, decoder, prior, uploads, reader)
+    out["encode_accuracy_real"] = (probs.argmax(1) == held.labels).float().mean().item()
+    out["encode_calibration_error_real"] = calibration_error(probs, held.labels)
     rng = random.Random(seed)
     redrawn = preprocess_uploads([redrawn_jpeg(img, rng) for img in held.images])
     out["encode_accuracy_redrawn"] = (
-        (inferred_labels(encoder, decoder, prior, redrawn) == held.labels).float().mean().item()
+        (inferred_labels(encoder, decoder, prior, redrawn, reader) == held.labels).float().mean().item()
     )
     mean, _ = encoder(uploads, held.labels)
     recon_pred, _ = predict(judge, decoder(mean, held.labels))
@@ -258,7 +374,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--temperature", type=float, default=None, help="sampling temperature (default: the model's, as the service)"
     )
+    parser.add_argument(
+        "--outside-count", type=int, default=OUTSIDE_COUNT,
+        help=f"uploads of each kind not from MNIST (training.testsets); 0: none (default {OUTSIDE_COUNT})",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.outside_count < 0:
+        parser.error("--outside-count must be >= 0")
     if args.k < 1:
         parser.error("--k must be at least 1")
     if args.temperature is not None and not is_temperature(args.temperature):
@@ -283,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=seed,
         cache_dir=args.cache_dir,
         temperature=model.temperature if args.temperature is None else args.temperature,
+        reader=model.reader,
+        outside_count=args.outside_count,
     )
     metrics["model_id"] = model.id
     print(json.dumps(metrics, indent=1))

@@ -60,6 +60,16 @@ def check_scripted(model: CVAE, encoder: Any, decoder: Any, n: int = 64, seed: i
     _check_equal("encoder.all_labels", encoder.all_labels(x[:8]), model.encoder.all_labels(x[:8]))
 
 
+@torch.no_grad()
+def check_reader_scripted(reader: Any, scripted: Any, n: int = 64, seed: int = 0) -> None:
+    """Raise ExportError unless the scripted reader gives the eager one's log-probabilities on random inputs."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 28, 28, generator=g)
+    _check_equal("reader", scripted(x), reader.eval()(x))
+    if float(scripted.generative_weight) != float(reader.generative_weight):
+        raise ExportError("reader: scripted generative_weight differs from eager")
+
+
 def export_model_dir(
     model: CVAE,
     prior: Prior,

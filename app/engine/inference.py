@@ -228,7 +228,7 @@ class Inference:
         m, n = self.model, x.shape[0]
         if n < SCORE_MIN_ROWS:  # rows do not depend on one another: the blank ones change no other row's figures
             x = torch.cat([x, x.new_zeros((SCORE_MIN_ROWS - n, *x.shape[1:]))])
-        log_probs, mean, log_var = label_log_probs(m.encoder, m.decoder, m.prior, x)
+        log_probs, mean, log_var = label_log_probs(m.encoder, m.decoder, m.prior, x, m.reader)
         return log_probs[:n], mean[:n], log_var[:n]
 
 

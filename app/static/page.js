@@ -8,6 +8,7 @@ const TILE = 28; // pixels of one digit in a /generate grid, before `scale`
 const GRID_PADDING = 2; // /generate's default padding, which the page does not change
 const INK = 20; // stroke width on the 280 px pad: about MNIST's stroke-to-digit proportion
 const PEN_STEP = 14; // canvas pixels per arrow key press
+const SURE = 0.9; // a reading at least this probable is said without a runner-up
 
 const KEY_STORAGE = "cvae-api-key"; // sessionStorage: the key lives as long as the tab
 
@@ -289,9 +290,26 @@ async function read(blob, filename, what) {
   }
 }
 
+/** "a 6", "an 8". */
+const aDigit = (d) => `${d === 8 ? "an" : "a"} ${d}`;
+
+/** The reading in words: a bare verdict only when the model is sure (the probabilities are calibrated: of the
+ * readings given at 90%, about nine in ten are right); below that, the runner-up is named beside it. */
+export function readingInWords(digit, probabilities) {
+  const percent = (p) => `${(100 * p).toFixed(p > 0.995 || p < 0.005 ? 0 : 1)}%`;
+  const top = probabilities[digit];
+  if (top >= SURE) return { certainty: "sure", text: `The model reads ${aDigit(digit)} (${percent(top)}).` };
+  const runnerUp = DIGITS.filter((d) => d !== digit).reduce((a, b) => (probabilities[b] > probabilities[a] ? b : a));
+  const both = `${aDigit(digit)}, or perhaps ${aDigit(runnerUp)} (${percent(top)} against ${percent(probabilities[runnerUp])})`;
+  if (top >= 0.5) return { certainty: "likely", text: `The model reads ${both}.` };
+  return { certainty: "unsure", text: `The model is not sure: it reads ${both}.` };
+}
+
 function showReading({ digit, probabilities }) {
   const percent = (p) => `${(100 * p).toFixed(p > 0.995 || p < 0.005 ? 0 : 1)}%`;
-  $("inferred").textContent = `The model reads a ${digit} (${percent(probabilities[digit])}).`;
+  const { certainty, text } = readingInWords(digit, probabilities);
+  $("inferred").textContent = text;
+  $("inferred").dataset.certainty = certainty;
   const list = $("probabilities");
   list.replaceChildren(
     ...probabilities.map((p, d) => {

@@ -1,0 +1,294 @@
+"""The digit reader: MNIST digits varied the way people's digits vary, the reader trained on them, calibrated, and
+added to a model directory.
+
+    python -m training.reading --model artifacts/default --data-dir ../shared/data/mnist-8500
+
+Only the model's own training digits are used (its held-out digits stay held out): the reader trains on all but the
+last CALIBRATION_SIZE of them and its temperature is fitted on those, varied the same way. Every variant passes
+through the service's own pre-processing (model.imaging.to_mnist), so the reader learns what /encode will show it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageFilter
+from torch import Tensor
+
+from model.artifacts import MANIFEST_FILE, READER_FILE, ModelDirError, load_model_dir, quiet_torchscript, sha256_file
+from model.imaging import ImageError, to_mnist
+from model.network import Reader, ReaderConfig
+from training.data import DataError, DataSplits, load_data_dir
+from training.evaluate import OUTSIDE_COUNT, encode_figures, outside_figures
+from training.judge import cached_judge, default_cache_dir
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_SIZE = 500  # training digits kept back to fit the temperature (at most a fifth of them)
+CANVAS = 80  # the side the geometry is varied at (the 28 px digit padded to 40, scaled 2x)
+PLAIN_SHARE = 0.3  # varied digits whose strokes and grey levels are left as MNIST's
+
+
+def varied(images: Tensor, g: torch.Generator, seed: int, *, plain_share: float = PLAIN_SHARE) -> Tensor:
+    """uint8 (N, 28, 28) MNIST digits -> float32 (N, 1, 28, 28): each digit slanted, turned, stretched, warped,
+    then, but for `plain_share` of them, thickened or thinned, maybe coarsened, blurred, faded or grained; all
+    pre-processed as /encode does. Deterministic for a generator state and seed."""
+    n = images.shape[0]
+    x = F.pad(images.unsqueeze(1).float() / 255, (6, 6, 6, 6))
+    x = F.interpolate(x, size=(CANVAS, CANVAS), mode="bilinear", align_corners=False)
+    x = _warp(x, g)
+    plain = torch.rand(n, generator=g) < plain_share
+    x = torch.where(plain[:, None, None, None], x, _stroke_width(x, g))
+    out = torch.empty(n, 1, 28, 28)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        grey = x[i, 0].numpy() if plain[i] else _degrade(x[i, 0].numpy(), rng)
+        try:
+            out[i] = to_mnist(torch.from_numpy(grey))
+        except ImageError:  # faded to nothing: the plain digit instead
+            out[i] = to_mnist(images[i].float() / 255)
+    return out
+
+
+def _warp(x: Tensor, g: torch.Generator) -> Tensor:
+    """Rotation up to 15 degrees, slant (shear up to 0.45), width 0.7-1.25x, height 0.85-1.15x, and a smooth
+    elastic wobble, in one resampling."""
+    n = x.shape[0]
+    u = torch.rand(n, 4, generator=g) * 2 - 1
+    angle, shear = u[:, 0] * math.radians(15), u[:, 1] * 0.45
+    sx, sy = 1 / (0.975 + u[:, 2] * 0.275), 1 / (1 + u[:, 3] * 0.15)  # output -> input coordinates
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    zero = torch.zeros(n)
+    theta = torch.stack(
+        [torch.stack([cos * sx, (shear - sin) * sx, zero], 1), torch.stack([sin * sy, cos * sy, zero], 1)], 1
+    )
+    grid = F.affine_grid(theta, [n, 1, CANVAS, CANVAS], align_corners=False)
+    wobble = torch.randn(n, 2, 4, 4, generator=g) * 0.035
+    grid = grid + F.interpolate(wobble, size=(CANVAS, CANVAS), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _stroke_width(x: Tensor, g: torch.Generator) -> Tensor:
+    """Each digit's strokes: as they are, thickened (a pen: 1-3 px more on each side at this scale), thinned to a
+    fine line (a pencil, a thin pen), or made crisp (a pen's hard edge)."""
+    choice = torch.randint(0, 6, (x.shape[0],), generator=g)
+    out = x.clone()
+    for k, size in ((1, 3), (2, 5), (3, 7)):
+        rows = choice == k
+        if rows.any():
+            out[rows] = F.max_pool2d(x[rows], size, stride=1, padding=size // 2)
+    thin = choice == 4
+    if thin.any():
+        level = 0.35 + 0.4 * torch.rand(int(thin.sum()), 1, 1, 1, generator=g)
+        out[thin] = ((x[thin] - level) / (1 - level)).clamp(0, 1)
+    crisp = choice == 5
+    if crisp.any():
+        out[crisp] = (x[crisp] > 0.3 + 0.4 * torch.rand(int(crisp.sum()), 1, 1, 1, generator=g)).float()
+    return out
+
+
+def _degrade(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One digit (white on black, CANVAS px) as a scan or a photo could show it: coarsened, blurred, faded, grainy,
+    either polarity."""
+    if rng.random() < 0.3:  # a coarse scan scaled up
+        side = int(rng.integers(14, 34))
+        img = Image.fromarray(a).resize((side, side), Image.Resampling.BOX)
+        up = Image.Resampling.NEAREST if rng.random() < 0.5 else Image.Resampling.BILINEAR
+        a = np.asarray(img.resize((CANVAS, CANVAS), up), dtype=np.float32)
+    if rng.random() < 0.3:
+        img = Image.fromarray((np.clip(a, 0, 1) * 255).astype(np.uint8))  # Pillow blurs 8-bit images
+        a = np.asarray(img.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.5))), dtype=np.float32) / 255
+    a = np.clip(a, 0.0, 1.0) ** rng.uniform(0.6, 1.6)
+    if rng.random() < 0.4:  # faded ink on a grey ground, with grain
+        ink, ground = rng.uniform(0.25, 0.9), rng.uniform(0.0, 0.2)
+        a = ground + ink * a + rng.normal(0, rng.uniform(0.0, 0.025), a.shape)
+    if rng.random() < 0.5:
+        a = 1.0 - a
+    return np.clip(a, 0.0, 1.0).astype(np.float32)
+
+
+@torch.enable_grad()
+def train_reader(images: Tensor, labels: Tensor, cfg: ReaderConfig, *, epochs: int, seed: int) -> Reader:
+    """Train on varied copies of images (uint8 (N, 28, 28)), fresh ones every epoch."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    reader = Reader(cfg)
+    batch = 128
+    opt = torch.optim.AdamW(reader.parameters(), lr=2e-3, weight_decay=1e-4)
+    steps = epochs * -(-len(images) // batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    for epoch in range(epochs):
+        x = varied(images, g, seed * 1000 + epoch)
+        reader.train()
+        order = torch.randperm(len(x), generator=g)
+        total = 0.0
+        for i in range(0, len(x), batch):
+            idx = order[i : i + batch]
+            loss = F.cross_entropy(reader.logits(x[idx]), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        log.info("reader epoch %d/%d: loss %.4f", epoch + 1, epochs, total / len(x))
+    return reader.eval()
+
+
+@torch.no_grad()
+def fit_temperature(reader: Reader, x: Tensor, y: Tensor) -> float:
+    """The temperature that minimises the negative log-likelihood of y (Guo et al. 2017, temperature scaling), by a
+    golden-section search over [0.25, 8]."""
+    logits = reader.logits(x)
+
+    def nll(t: float) -> float:
+        return float(F.cross_entropy(logits / t, y))
+
+    lo, hi = math.log(0.25), math.log(8.0)
+    ratio = (math.sqrt(5) - 1) / 2
+    for _ in range(40):
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        if nll(math.exp(a)) < nll(math.exp(b)):
+            hi = b
+        else:
+            lo = a
+    return math.exp((lo + hi) / 2)
+
+
+def add_reader(model_dir: Path, reader: Reader, record: dict[str, Any]) -> dict[str, Any]:
+    """Write reader.pt into model_dir (scripted, checked against eager) and list it in the manifest, replacing the
+    directory only once everything is written. The model's id changes with its reader. -> the manifest."""
+    from training.export import check_reader_scripted
+
+    manifest = json.loads((model_dir / MANIFEST_FILE).read_text())
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.partial-", dir=model_dir.parent))
+    try:
+        for f in model_dir.iterdir():
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+        with quiet_torchscript():
+            scripted = torch.jit.script(reader)
+            torch.jit.save(scripted, str(tmp / READER_FILE))
+            check_reader_scripted(reader, torch.jit.load(str(tmp / READER_FILE)))
+        manifest["artifacts"][READER_FILE] = sha256_file(tmp / READER_FILE)
+        manifest["reader"] = {"file": READER_FILE, **record}
+        manifest["id"] = model_id(manifest["artifacts"])
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, 0o755)
+        old = model_dir.with_name(f".{model_dir.name}.old-{os.getpid()}")
+        model_dir.rename(old)
+        tmp.rename(model_dir)
+        shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def model_id(artifacts: dict[str, str]) -> str:
+    """cvae- and 12 hex digits: the decoder's sha256 alone (what every model without a reader has), or, with a
+    reader, a digest of both (a new reader answers /encode differently: a new id)."""
+    from model.artifacts import DECODER_FILE
+
+    if READER_FILE not in artifacts:
+        return f"cvae-{artifacts[DECODER_FILE][:12]}"
+    import hashlib
+
+    both = hashlib.sha256(f"{artifacts[DECODER_FILE]}:{artifacts[READER_FILE]}".encode()).hexdigest()
+    return f"cvae-{both[:12]}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.reading", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="model directory to add the reader to")
+    parser.add_argument("--data-dir", type=Path, required=True, help="folder of MNIST IDX files (the model's data)")
+    parser.add_argument("--epochs", type=int, default=30, help="passes over the varied digits (default 30)")
+    parser.add_argument("--generative-weight", type=float, default=0.0,
+                        help="weight of the generative label score beside the reader's (default 0)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument("--outside-count", type=int, default=OUTSIDE_COUNT,
+                        help=f"uploads of each kind not from MNIST measured (default {OUTSIDE_COUNT})")  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.epochs < 1:
+        parser.error("--epochs must be at least 1")
+    if args.outside_count < 0:
+        parser.error("--outside-count must be >= 0")
+    if not args.generative_weight >= 0:
+        parser.error("--generative-weight must be >= 0")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        model = load_model_dir(args.model)
+        training_cfg = model.manifest.get("config", {}).get("training", {})
+        seed, val_size = int(training_cfg.get("seed", 0)), int(training_cfg.get("val_size", 1000))
+        data = load_data_dir(args.data_dir, val_size=val_size, seed=seed)
+    except (ModelDirError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if data.info.get("files") != model.manifest.get("data", {}).get("files"):
+        print(f"error: {args.data_dir} is not the data {args.model} was trained on", file=sys.stderr)
+        return 2
+    images, labels = data.train.images, data.train.labels
+    kept = min(CALIBRATION_SIZE, len(images) // 5)
+    fit, keep = slice(0, len(images) - kept), slice(len(images) - kept, None)
+    cfg = ReaderConfig(num_classes=model.num_classes, generative_weight=args.generative_weight)
+    reader = train_reader(images[fit], labels[fit], cfg, epochs=args.epochs, seed=seed)
+    calibration = varied(images[keep], torch.Generator().manual_seed(seed + 1), seed + 1)
+    temperature = fit_temperature(reader, calibration, labels[keep])
+    reader.temperature = temperature
+    cfg = ReaderConfig(**{**cfg.to_dict(), "temperature": temperature})
+    accuracy = float((reader(calibration).argmax(1) == labels[keep]).float().mean())
+    log.info("reader: temperature %.3f, %.1f%% of varied calibration digits right", temperature, 100 * accuracy)
+    record = {
+        "config": cfg.to_dict(),
+        "trained_on": f"{len(images) - kept} training digits of {data.info.get('name')}, varied",
+        "calibrated_on": f"the last {kept} training digits, varied",
+        "calibration_accuracy": accuracy,
+        "epochs": args.epochs,
+        "seed": seed,
+        "reproduce": " ".join(["python -m training.reading", *(argv if argv is not None else sys.argv[1:])]),
+    }
+    manifest = add_reader(args.model, reader, record)
+    log.info("reader added to %s (model id %s); measuring /encode with it", args.model, manifest["id"])
+    record_figures(args.model, data, seed=seed, outside_count=args.outside_count)
+    return 0
+
+
+def record_figures(model_dir: Path, data: DataSplits, *, seed: int, outside_count: int) -> dict[str, Any]:
+    """Measure /encode with the model's reader (held-out MNIST digits as uploaded and re-drawn, reconstruction, and
+    the sets that are not MNIST) and record the figures in the manifest's metrics, where they replace those the
+    model was exported with (its reading was then the generative score's). -> the figures."""
+    model = load_model_dir(model_dir)
+    judge, _ = cached_judge(data, default_cache_dir(), seed=seed)
+    figures = encode_figures(model.encoder, model.decoder, model.prior, data.val, judge, seed=seed, reader=model.reader)
+    if outside_count > 0:
+        figures["outside"] = outside_figures(
+            model.encoder, model.decoder, model.prior, judge, reader=model.reader, count=outside_count, seed=seed
+        )
+    path = model_dir / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest["metrics"].update(figures)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    tmp.replace(path)
+    log.info("recorded: %s", json.dumps(figures))
+    return figures
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
