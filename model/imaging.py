@@ -229,6 +229,8 @@ def _uneven_light(a: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     on a white canvas, a scan or a document has an even ground: None).
     """
     small = _shrunk(a, _light_factor(a))
+    if min(small.shape) < 2 * LIGHT_MEDIAN:  # a strip, not a photo of a sheet
+        return None
     border = np.concatenate([small[0], small[-1], small[:, 0], small[:, -1]])
     lo, hi = np.percentile(border, [5, 95])
     if hi - lo <= UNEVEN_LIGHT:
