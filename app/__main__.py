@@ -22,11 +22,12 @@ from typing import Any
 
 import uvicorn
 
-from app.engine.card import ModelDirError, read_card
+from app.engine.card import read_card
 from app.factory import create_app
 from app.http.connections import ConnectionLimits, protocol_class
 from app.settings import Settings
 from app.telemetry.logs import logging_config
+from model.manifest import ModelDirError
 
 log = logging.getLogger("app")
 

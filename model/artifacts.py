@@ -13,14 +13,13 @@
                    prior.temperature: the temperature the service samples at by default (1 when absent);
                    reader (when reader.pt is there): its file, config and how it was trained
 
-Loading verifies every checksum and refuses, naming the file, when anything is missing or differs.
+Loading verifies every checksum (model/manifest.py, torch-free) and refuses, naming the file, when anything is missing
+or differs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,20 +28,15 @@ from typing import Any
 
 import torch
 
-from model.prior import MAX_TEMPERATURE, AggregatePosteriorPrior, GaussianPrior, Prior, is_temperature
-
-FORMAT_VERSION = 1
-MANIFEST_FILE = "manifest.json"
-ENCODER_FILE = "encoder.pt"
-DECODER_FILE = "decoder.pt"
-PRIOR_FILE = "prior.pt"
-READER_FILE = "reader.pt"
-REQUIRED_ARTIFACTS = (DECODER_FILE, ENCODER_FILE)
-REQUIRED_KEYS = ("format_version", "id", "latent_dim", "image_shape", "labels", "prior", "artifacts")
-
-
-class ModelDirError(RuntimeError):
-    """The model directory cannot be used; the message names the file and what is wrong with it."""
+from model.manifest import (
+    DECODER_FILE,
+    ENCODER_FILE,
+    MANIFEST_FILE,
+    READER_FILE,
+    ModelDirError,
+    verify_model_dir,
+)
+from model.prior import AggregatePosteriorPrior, GaussianPrior, Prior
 
 
 @contextlib.contextmanager
@@ -53,14 +47,6 @@ def quiet_torchscript() -> Iterator[None]:
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
         warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=DeprecationWarning)
         yield
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -90,45 +76,6 @@ class LoadedModel:
         return float(self.manifest["prior"].get("temperature", 1.0))
 
 
-def read_manifest(model_dir: str | Path) -> dict[str, Any]:
-    path = Path(model_dir) / MANIFEST_FILE
-    if not Path(model_dir).is_dir():
-        raise ModelDirError(f"{model_dir}: model directory does not exist")
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise ModelDirError(f"{path}: missing (not a model directory?)") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelDirError(f"{path}: unreadable: {e}") from e
-    if not isinstance(manifest, dict):
-        raise ModelDirError(f"{path}: expected a JSON object")
-    missing = [k for k in REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise ModelDirError(f"{path}: missing keys {missing}")
-    if manifest["format_version"] != FORMAT_VERSION:
-        raise ModelDirError(f"{path}: format_version {manifest['format_version']!r}, this code reads {FORMAT_VERSION}")
-    return manifest
-
-
-def verify_model_dir(model_dir: str | Path) -> dict[str, Any]:
-    """Check the manifest and the sha256 of every artifact it lists -> the manifest."""
-    manifest = read_manifest(model_dir)
-    listed = manifest["artifacts"]
-    for name in REQUIRED_ARTIFACTS:
-        if name not in listed:
-            raise ModelDirError(f"{Path(model_dir) / MANIFEST_FILE}: no checksum listed for {name}")
-    for name, expected in listed.items():
-        path = Path(model_dir) / name
-        if Path(name).name != name:
-            raise ModelDirError(f"{Path(model_dir) / MANIFEST_FILE}: artifact {name!r} is not a plain file name")
-        if not path.is_file():
-            raise ModelDirError(f"{path}: missing")
-        actual = sha256_file(path)
-        if actual != expected:
-            raise ModelDirError(f"{path}: sha256 {actual} does not match the manifest's {expected}")
-    return manifest
-
-
 def load_model_dir(model_dir: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     manifest = verify_model_dir(model_dir)
     model_dir = Path(model_dir)
@@ -141,12 +88,6 @@ def load_model_dir(model_dir: str | Path, device: str | torch.device = "cpu") ->
             raise ModelDirError(f"{model_dir / name}: not a loadable TorchScript module: {e}") from e
     reader = _load_reader(model_dir, manifest, device)
     prior = _load_prior(model_dir, manifest).to(device)
-    temperature = manifest["prior"].get("temperature", 1.0)
-    if not is_temperature(temperature):
-        raise ModelDirError(
-            f"{model_dir / MANIFEST_FILE}: prior.temperature must be a number in [0, {MAX_TEMPERATURE:g}], "
-            f"got {temperature!r}"
-        )
     if prior.latent_dim != manifest["latent_dim"] or prior.num_classes != len(manifest["labels"]):
         raise ModelDirError(f"{model_dir / MANIFEST_FILE}: prior shape disagrees with latent_dim/labels")
     return LoadedModel(

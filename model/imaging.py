@@ -8,16 +8,16 @@ Decoding uses Pillow; everything after it is torch.
 
 from __future__ import annotations
 
-import io
 import struct
-import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import ExifTags, Image, UnidentifiedImageError
+from PIL import ExifTags, Image
 from torch import Tensor
 from zlib_ng import zlib_ng  # zlib's API and format, faster (README, "Performance")
+
+from model.uploads import DECODE_SIDE, ImageError, open_image, undecodable
 
 MNIST_SIZE = 28  # the field the digit is centred in
 MNIST_BOX = 20  # the box the digit is fitted into
@@ -30,10 +30,6 @@ UNEVEN_LIGHT = 0.06
 LIGHT_SIDE = 256
 LIGHT_MEDIAN = 7  # the median filter's window, at half LIGHT_SIDE: wider than twice a pencil line there
 PHOTO_INK = 0.3  # reduced-scale ink above this fraction of the way from the grain to the darkest is a stroke
-# Uploads larger than twice this on their long side are reduced while decoding, to a long side of at least this: the
-# digit ends up in 20x20 pixels, and an image this size keeps even a digit drawn small in one corner of a photo
-# many times that. Smaller uploads decode exactly as they are (the README's /encode figures are on 300x300 images).
-DECODE_SIDE = 1024
 REDUCIBLE_MODES = frozenset({"L", "LA", "La", "RGB", "RGBA", "RGBa", "I", "F", "CMYK", "YCbCr", "PA", "LAB", "HSV"})
 EXIF_TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -44,55 +40,6 @@ EXIF_TRANSPOSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-
-
-class ImageError(ValueError):
-    """The upload is not a usable picture of a digit. `reason` is one of: undecodable, too_large, non_finite,
-    blank."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-def open_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Bytes of any format Pillow reads -> the image, its header read and nothing decoded yet, refused
-    (ImageError "too_large") when it would decode to more than `max_pixels` pixels.
-
-    A JPEG larger than twice DECODE_SIDE on its long side is set to decode at a reduced scale (Pillow's draft:
-    the DCT scaled by 1/2, 1/4 or 1/8, long side still at least DECODE_SIDE), so a phone photo costs a fraction of
-    its full decode; what counts against `max_pixels` is what will be decoded. Other formats decode at full size.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if img.format == "JPEG" and max(w, h) >= 2 * DECODE_SIDE:
-                side = max(w, h)
-                img.draft(img.mode, (max(1, w * DECODE_SIDE // side), max(1, h * DECODE_SIDE // side)))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError("too_large", f"image refused as a decompression bomb: {e}") from e
-    except UnidentifiedImageError as e:
-        raise ImageError(
-            "undecodable", "not an image in a format Pillow can read (PNG, JPEG, BMP, GIF, WebP, ...)"
-        ) from e
-    except Exception as e:  # see UNDECODABLE
-        raise _undecodable(e) from e
-    dw, dh = img.size
-    if dw * dh > max_pixels:
-        decoded = f" (it would decode at {dw}x{dh})" if (dw, dh) != (w, h) else ""
-        raise ImageError(
-            "too_large", f"image is {w}x{h} = {w * h} pixels{decoded}; the limit is {max_pixels} decoded pixels"
-        )
-    return img
-
-
-def decoded_pixels(data: bytes, max_pixels: int) -> int:
-    """How many pixels decode_image(data, max_pixels) would decode, from the header alone (cheap: what a server
-    can check, and cost an upload by, before queueing it). ImageError as open_image raises it."""
-    w, h = open_image(data, max_pixels).size
-    return w * h
 
 
 def decode_image(data: bytes, max_pixels: int) -> Tensor:
@@ -114,14 +61,7 @@ def decode_image(data: bytes, max_pixels: int) -> Tensor:
     except ImageError:
         raise
     except Exception as e:  # see UNDECODABLE
-        raise _undecodable(e) from e
-
-
-def _undecodable(e: Exception) -> ImageError:
-    """UNDECODABLE: Pillow's format plugins raise many kinds of exception on malformed bytes, not only OSError and
-    ValueError (NotImplementedError, AttributeError, struct.error, ...: found by fuzzing, tests/test_imaging.py), so
-    any failure while Pillow opens or decodes an upload is the upload's: it could not be decoded."""
-    return ImageError("undecodable", f"image could not be decoded (truncated or corrupt?): {type(e).__name__}: {e}")
+        raise undecodable(e) from e
 
 
 def _reduced(img: Image.Image) -> Image.Image:

@@ -28,13 +28,6 @@ from torch import Tensor
 
 from model.loss import kl_to_standard_normal
 
-MAX_TEMPERATURE = 5.0  # the largest sampling temperature a model or a request may ask for
-
-
-def is_temperature(value: object) -> bool:
-    """Whether value is a sampling temperature a model or a run may ask for: a number in [0, MAX_TEMPERATURE]."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= MAX_TEMPERATURE
-
 
 class GaussianPrior:
     """N(mean[y], scale_tril[y] @ scale_tril[y].T) for each label y."""

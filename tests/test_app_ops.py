@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.engine.card import ModelDirError
 from app.engine.process import ProcessEngine
 from app.factory import create_app
 from app.settings import Settings, default_model_dir
+from model.manifest import ModelDirError
 from tests.conftest import MAX_UPLOAD_BYTES, drawing, encoded, metric, problem, upload
 
 ENDPOINTS = {("post", "/generate"), ("post", "/encode"), ("get", "/livez"), ("get", "/readyz"), ("get", "/model"),

@@ -4,6 +4,7 @@ may be imported, and that modules stay small and the top level stays short."""
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,10 @@ FORBIDDEN = {
     "serving": {"api", "factory"},
     "api": {"factory"},
 }
-TORCH_HOME = APP / "engine" / "inference.py"  # the one module that imports torch and model/ at import time
+TORCH_HOME = APP / "engine" / "inference.py"  # the one module that imports torch and all of model/ at import time
+MODEL = APP.parent / "model"
+# model/'s torch-free modules, which any room of app may import: the manifest's checks and an upload's header.
+TORCH_FREE = {"model.manifest", "model.uploads"}
 
 
 def room(path: Path) -> str:
@@ -51,7 +55,17 @@ def test_each_room_imports_only_the_rooms_below_it(path: Path):
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(APP)))
 def test_only_the_inference_module_imports_torch_or_the_model_at_import_time(path: Path):
     heavy = {n for n in imports(path, top_level_only=True) if n.split(".")[0] in ("torch", "numpy", "model")}
+    heavy -= TORCH_FREE
     assert not heavy or path == TORCH_HOME, f"{path.relative_to(APP)} imports {sorted(heavy)}"
+
+
+@pytest.mark.parametrize("name", sorted(TORCH_FREE))
+def test_the_torch_free_model_modules_import_only_the_standard_library_and_pillow(name: str):
+    path = MODEL / f"{name.removeprefix('model.')}.py"
+    allowed = set(sys.stdlib_module_names) | {"PIL"}
+    for imported in imports(path, top_level_only=False):
+        top = imported.split(".")[0]
+        assert top in allowed or imported in TORCH_FREE, f"{path.name} imports {imported}"
 
 
 def test_modules_are_small_and_the_top_level_short():

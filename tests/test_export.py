@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.artifacts import ModelDirError, load_model_dir, quiet_torchscript, sha256_file
+from model.artifacts import load_model_dir, quiet_torchscript
+from model.manifest import ModelDirError, sha256_file
 from model.network import CVAE
 from tests.conftest import TINY, make_model_dir
 from training import export

@@ -11,16 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model.imaging import (
-    DECODE_SIDE,
-    ImageError,
-    decode_image,
-    decoded_pixels,
-    encode_png,
-    tile_grid,
-    to_mnist,
-    to_uint8,
-)
+from model.imaging import decode_image, encode_png, tile_grid, to_mnist, to_uint8
+from model.uploads import DECODE_SIDE, ImageError, decoded_pixels
 from training.data import load_pair
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mnist-1000"

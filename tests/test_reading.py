@@ -16,9 +16,10 @@ from fastapi.testclient import TestClient
 
 from app.factory import create_app
 from app.settings import Settings
-from model.artifacts import READER_FILE, ModelDirError, load_model_dir
+from model.artifacts import load_model_dir
 from model.imaging import decode_image, to_mnist
 from model.inference import label_log_probs
+from model.manifest import READER_FILE, ModelDirError
 from model.network import CVAE, Reader, ReaderConfig
 from model.prior import GaussianPrior
 from tests.conftest import TINY, drawing, encoded, upload

@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model.imaging import ImageError, decode_image, to_mnist
+from model.imaging import decode_image, to_mnist
+from model.uploads import ImageError
 from training.testsets import (
     KINDS,
     PAD,

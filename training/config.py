@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+from model.manifest import MAX_TEMPERATURE, is_temperature
 from model.network import CVAEConfig
-from model.prior import MAX_TEMPERATURE, is_temperature
 
 
 def doc(text: str) -> dict[str, str]:

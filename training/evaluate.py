@@ -24,8 +24,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from model.artifacts import ModelDirError, load_model_dir
-from model.imaging import ImageError, decode_image, encode_png, to_mnist
+from model.artifacts import load_model_dir
+from model.imaging import decode_image, encode_png, to_mnist
 from model.inference import (
     DecoderLike,
     EncoderLike,
@@ -34,7 +34,9 @@ from model.inference import (
     importance_weighted_nll,
     label_log_probs,
 )
-from model.prior import MAX_TEMPERATURE, GaussianPrior, Prior, is_temperature, sample_latents
+from model.manifest import MAX_TEMPERATURE, ModelDirError, is_temperature
+from model.prior import GaussianPrior, Prior, sample_latents
+from model.uploads import ImageError
 from training.data import DataError, DataSplits, Digits, load_data_dir
 from training.judge import Judge, cached_judge, default_cache_dir, predict
 from training.testsets import KINDS, make_set

@@ -17,15 +17,8 @@ from typing import Any
 
 import torch
 
-from model.artifacts import (
-    DECODER_FILE,
-    ENCODER_FILE,
-    FORMAT_VERSION,
-    MANIFEST_FILE,
-    PRIOR_FILE,
-    quiet_torchscript,
-    sha256_file,
-)
+from model.artifacts import quiet_torchscript
+from model.manifest import DECODER_FILE, ENCODER_FILE, FORMAT_VERSION, MANIFEST_FILE, PRIOR_FILE, sha256_file
 from model.network import CVAE
 from model.prior import AggregatePosteriorPrior, Prior
 

@@ -27,9 +27,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 from torch import Tensor
 
-from model.artifacts import MANIFEST_FILE, READER_FILE, ModelDirError, load_model_dir, quiet_torchscript, sha256_file
-from model.imaging import ImageError, to_mnist
+from model.artifacts import load_model_dir, quiet_torchscript
+from model.imaging import to_mnist
+from model.manifest import MANIFEST_FILE, READER_FILE, ModelDirError, sha256_file
 from model.network import Reader, ReaderConfig
+from model.uploads import ImageError
 from training.data import DataError, DataSplits, load_data_dir
 from training.evaluate import OUTSIDE_COUNT, encode_figures, outside_figures
 from training.judge import cached_judge, default_cache_dir
@@ -202,7 +204,7 @@ def add_reader(model_dir: Path, reader: Reader, record: dict[str, Any]) -> dict[
 def model_id(artifacts: dict[str, str]) -> str:
     """cvae- and 12 hex digits: the decoder's sha256 alone (what every model without a reader has), or, with a
     reader, a digest of both (a new reader answers /encode differently: a new id)."""
-    from model.artifacts import DECODER_FILE
+    from model.manifest import DECODER_FILE
 
     if READER_FILE not in artifacts:
         return f"cvae-{artifacts[DECODER_FILE][:12]}"

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from app.engine.card import MAX_TEMPERATURE
+from model.manifest import MAX_TEMPERATURE
 
 MAX_DIGITS = 32  # most digits (grid rows) in one /generate request; repeats allowed
 MAX_N = 256  # most samples per digit

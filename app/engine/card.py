@@ -1,14 +1,12 @@
 """The model card: what the server knows of the model it serves, read from the model directory's manifest.json
-(torch-free), and the checks a request gets against it before it is queued.
+(model/manifest.py, torch-free), and the checks a request gets against it before it is queued.
 
-read_card() refuses a model directory as model/artifacts.py's loader does (the same messages, naming the file), so
-that `python -m app` stops before binding its port; the engine loads the weights themselves.
+read_card() refuses a model directory with model/manifest.py's checks (ModelDirError, naming the file), so that
+`python -m app` stops before binding its port; the engine loads the weights themselves.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,19 +14,10 @@ from typing import Any
 
 from app.engine.interface import GenerateSpec
 from app.http.problems import ServiceError, field_error
+from model.manifest import verify_model_dir
 
 MAX_OUTPUT_PIXELS = 4096 * 4096  # largest PNG /generate writes (width * height)
 RANDOM_SEED_BITS = 53  # seeds drawn for requests without one stay exact in JSON / JavaScript numbers
-MAX_TEMPERATURE = 5.0  # model.prior.MAX_TEMPERATURE (tests check they agree)
-# model/artifacts.py's names and the keys it requires.
-FORMAT_VERSION = 1
-MANIFEST_FILE = "manifest.json"
-REQUIRED_ARTIFACTS = ("decoder.pt", "encoder.pt")
-REQUIRED_KEYS = ("format_version", "id", "latent_dim", "image_shape", "labels", "prior", "artifacts")
-
-
-class ModelDirError(RuntimeError):
-    """The model directory cannot be used; the message names the file and what is wrong with it."""
 
 
 @dataclass(frozen=True)
@@ -144,52 +133,4 @@ class ModelCard:
 def read_card(model_dir: str | Path) -> ModelCard:
     """The card of a model directory, its manifest and every artifact's sha256 checked. ModelDirError names the file
     and what is wrong with it."""
-    model_dir = Path(model_dir)
-    path = model_dir / MANIFEST_FILE
-    if not model_dir.is_dir():
-        raise ModelDirError(f"{model_dir}: model directory does not exist")
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise ModelDirError(f"{path}: missing (not a model directory?)") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelDirError(f"{path}: unreadable: {e}") from e
-    if not isinstance(manifest, dict):
-        raise ModelDirError(f"{path}: expected a JSON object")
-    missing = [k for k in REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise ModelDirError(f"{path}: missing keys {missing}")
-    if manifest["format_version"] != FORMAT_VERSION:
-        raise ModelDirError(f"{path}: format_version {manifest['format_version']!r}, this code reads {FORMAT_VERSION}")
-    _check_artifacts(model_dir, manifest["artifacts"])
-    temperature = manifest["prior"].get("temperature", 1.0) if isinstance(manifest["prior"], dict) else None
-    if not (isinstance(temperature, int | float) and not isinstance(temperature, bool)) or not (
-        0 <= temperature <= MAX_TEMPERATURE
-    ):
-        raise ModelDirError(
-            f"{path}: prior.temperature must be a number in [0, {MAX_TEMPERATURE:g}], got {temperature!r}"
-        )
-    return ModelCard(manifest=manifest, path=model_dir)
-
-
-def _check_artifacts(model_dir: Path, listed: dict[str, str]) -> None:
-    for name in REQUIRED_ARTIFACTS:
-        if name not in listed:
-            raise ModelDirError(f"{model_dir / MANIFEST_FILE}: no checksum listed for {name}")
-    for name, expected in listed.items():
-        path = model_dir / name
-        if Path(name).name != name:
-            raise ModelDirError(f"{model_dir / MANIFEST_FILE}: artifact {name!r} is not a plain file name")
-        if not path.is_file():
-            raise ModelDirError(f"{path}: missing")
-        actual = _sha256(path)
-        if actual != expected:
-            raise ModelDirError(f"{path}: sha256 {actual} does not match the manifest's {expected}")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return ModelCard(manifest=verify_model_dir(model_dir), path=Path(model_dir))

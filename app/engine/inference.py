@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from PIL import UnidentifiedImageError
 from torch import Tensor
 
 from app.engine.card import ModelCard
@@ -18,9 +17,10 @@ from app.engine.images import image_refusal
 from app.engine.interface import Drawing, EncodeResult, GenerateSpec, InferenceOptions, Prepared, Upload, freeze_heap
 from app.http.problems import ServiceError
 from model.artifacts import LoadedModel, load_model_dir
-from model.imaging import ImageError, decode_image, encode_png, tile_grid, to_mnist, to_uint8
+from model.imaging import decode_image, encode_png, tile_grid, to_mnist, to_uint8
 from model.inference import label_log_probs
 from model.prior import sample_latents, sample_latents_many
+from model.uploads import ImageError
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class Inference:
         try:
             return to_mnist(decode_image(data, self.options.max_image_pixels))[None]
         except ImageError as e:
-            raise image_refusal(e.reason, str(e), unidentified=isinstance(e.__cause__, UnidentifiedImageError)) from e
+            raise image_refusal(e) from e
 
     def _score(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(N, 1, H, W) -> log p(y | x) (N, C), and the posterior's mean and log_var (N, C, D) under each label."""
