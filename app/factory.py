@@ -71,6 +71,7 @@ def engine_of(settings: Settings) -> Engine:
         max_encode_batch=settings.max_encode_batch,
         png_compress_level=settings.png_compress_level,
         max_image_pixels=settings.max_image_pixels,
+        model_format=settings.model_format,
     )
     if not settings.inference_process:
         return ThreadEngine(settings.model_dir, options, settings.torch_threads)

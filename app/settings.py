@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.manifest import ModelFormat
+
 MIN_KEY_LENGTH = 16
 KEY_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
 
@@ -46,6 +48,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CVAE_", frozen=True, extra="ignore", hide_input_in_errors=True)
 
     model_dir: Path = Field(default_factory=default_model_dir, description="model directory to serve")
+    model_format: ModelFormat = Field(
+        "torchscript", description="load the networks from the TorchScript files (.pt) or the torch.export programs "
+        "(.pt2); a model directory without programs loads from TorchScript either way",
+    )  # fmt: skip
     host: str = Field("127.0.0.1", description="interface `python -m app` binds (flag --host overrides)")
     port: int = Field(8000, ge=0, le=65535, description="TCP port `python -m app` binds (flag --port overrides)")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

@@ -6,6 +6,9 @@
                                 -> (mean: float32[N, D], log_var: float32[N, D])
     reader.pt      (optional, model dirs from 2026-12 on) TorchScript  forward(x: float32[N, 1, 28, 28] in [0, 1])
                    -> log p(y | x) float32[N, C] from the discriminative reader; attribute generative_weight
+    *.pt2          (model dirs from 2026-12 on) the same networks as torch.export programs (torch.export.save), one
+                   per method: encoder.pt2, encoder.all_labels.pt2, decoder.pt2, decoder.logits.pt2 and, with a
+                   reader, reader.pt2 (its generative_weight in the archive's extra file "generative_weight")
     prior.pt       (when the prior is "aggregate_posterior") {"kind", "means": float32[10, M, D],
                    "log_vars": float32[10, M, D]}, plain tensors (torch.load(weights_only=True))
     manifest.json  format_version, id, latent_dim, image_shape, labels, prior, data, config, metrics,
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +35,10 @@ from model.manifest import (
     DECODER_FILE,
     ENCODER_FILE,
     MANIFEST_FILE,
+    PROGRAM_FILES,
     READER_FILE,
     ModelDirError,
+    ModelFormat,
     verify_model_dir,
 )
 from model.prior import AggregatePosteriorPrior, GaussianPrior, Prior
@@ -49,14 +54,39 @@ def quiet_torchscript() -> Iterator[None]:
         yield
 
 
+GENERATIVE_WEIGHT = "generative_weight"  # the reader's attribute, and the extra file of reader.pt2 holding it
+
+
+class ExportedNetwork:
+    """A network loaded from its torch.export programs, called as its TorchScript module is: `net(...)` runs forward,
+    `net.logits(...)` / `net.all_labels(...)` the other methods, `net.generative_weight` a reader's attribute."""
+
+    def __init__(self, methods: dict[str, Callable[..., Any]], attributes: dict[str, float]) -> None:
+        self._methods = methods
+        self._attributes = attributes
+
+    def __call__(self, *inputs: Any, **named: Any) -> Any:
+        return self._methods["forward"](*inputs, **named)
+
+    def __getattr__(self, name: str) -> Any:
+        members = {**self.__dict__.get("_methods", {}), **self.__dict__.get("_attributes", {})}
+        if name == "forward" or name not in members:
+            raise AttributeError(name)
+        return members[name]
+
+
+Network = torch.jit.ScriptModule | ExportedNetwork
+
+
 @dataclass(frozen=True)
 class LoadedModel:
-    encoder: torch.jit.ScriptModule
-    decoder: torch.jit.ScriptModule
+    encoder: Network
+    decoder: Network
     prior: Prior
     manifest: dict[str, Any]
     path: Path
-    reader: torch.jit.ScriptModule | None = None  # None in model directories written before readers existed
+    reader: Network | None = None  # None in model directories written before readers existed
+    format: ModelFormat = "torchscript"  # what the networks were loaded from
 
     @property
     def id(self) -> str:
@@ -76,28 +106,72 @@ class LoadedModel:
         return float(self.manifest["prior"].get("temperature", 1.0))
 
 
-def load_model_dir(model_dir: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+def has_programs(manifest: dict[str, Any]) -> bool:
+    """Whether the model directory lists a torch.export program for every method of every network it has."""
+    networks = [ENCODER_FILE, DECODER_FILE, *([READER_FILE] if manifest.get("reader") is not None else [])]
+    return all(f in manifest["artifacts"] for name in networks for f in PROGRAM_FILES[name].values())
+
+
+def load_model_dir(
+    model_dir: str | Path, device: str | torch.device = "cpu", model_format: ModelFormat = "torchscript"
+) -> LoadedModel:
+    """The model directory, checked and loaded. model_format "export" loads the torch.export programs when the
+    directory has them (has_programs), else the TorchScript modules, as "torchscript" always does: LoadedModel.format
+    says which."""
     manifest = verify_model_dir(model_dir)
     model_dir = Path(model_dir)
-    modules = []
-    for name in (ENCODER_FILE, DECODER_FILE):
-        try:
-            with quiet_torchscript():
-                modules.append(torch.jit.load(str(model_dir / name), map_location=device).eval())
-        except Exception as e:  # torch raises RuntimeError, ValueError, ... for a bad archive
-            raise ModelDirError(f"{model_dir / name}: not a loadable TorchScript module: {e}") from e
-    reader = _load_reader(model_dir, manifest, device)
+    loaded_format: ModelFormat = "export" if model_format == "export" and has_programs(manifest) else "torchscript"
+    load = _load_programs if loaded_format == "export" else _load_torchscript
+    encoder, decoder = (load(model_dir, name, device) for name in (ENCODER_FILE, DECODER_FILE))
+    reader = _load_reader(model_dir, manifest, device, load)
     prior = _load_prior(model_dir, manifest).to(device)
     if prior.latent_dim != manifest["latent_dim"] or prior.num_classes != len(manifest["labels"]):
         raise ModelDirError(f"{model_dir / MANIFEST_FILE}: prior shape disagrees with latent_dim/labels")
     return LoadedModel(
-        encoder=modules[0], decoder=modules[1], prior=prior, manifest=manifest, path=model_dir, reader=reader
+        encoder=encoder,
+        decoder=decoder,
+        prior=prior,
+        manifest=manifest,
+        path=model_dir,
+        reader=reader,
+        format=loaded_format,
     )
 
 
+def _load_torchscript(model_dir: Path, name: str, device: str | torch.device) -> Network:
+    try:
+        with quiet_torchscript():
+            module: torch.jit.ScriptModule = torch.jit.load(str(model_dir / name), map_location=device).eval()
+    except Exception as e:  # torch raises RuntimeError, ValueError, ... for a bad archive
+        raise ModelDirError(f"{model_dir / name}: not a loadable TorchScript module: {e}") from e
+    return module
+
+
+def _load_programs(model_dir: Path, name: str, device: str | torch.device) -> Network:
+    """The torch.export programs of the network whose TorchScript file is `name`, one per method."""
+    methods: dict[str, Callable[..., Any]] = {}
+    attributes: dict[str, float] = {}
+    for method, file in PROGRAM_FILES[name].items():
+        extra = {GENERATIVE_WEIGHT: ""}  # filled in only from a reader's archive
+        try:
+            program = torch.export.load(str(model_dir / file), extra_files=extra)
+            methods[method] = program.module().to(device)
+        except Exception as e:  # torch raises RuntimeError, ValueError, zipfile errors, ... for a bad archive
+            raise ModelDirError(f"{model_dir / file}: not a loadable torch.export program: {e}") from e
+        if name == READER_FILE:
+            try:
+                attributes[GENERATIVE_WEIGHT] = float(extra[GENERATIVE_WEIGHT])
+            except ValueError as e:
+                raise ModelDirError(f"{model_dir / file}: no {GENERATIVE_WEIGHT} in the archive") from e
+    return ExportedNetwork(methods, attributes)
+
+
 def _load_reader(
-    model_dir: Path, manifest: dict[str, Any], device: str | torch.device
-) -> torch.jit.ScriptModule | None:
+    model_dir: Path,
+    manifest: dict[str, Any],
+    device: str | torch.device,
+    load: Callable[[Path, str, str | torch.device], Network],
+) -> Network | None:
     spec = manifest.get("reader")
     if spec is None:
         return None
@@ -105,10 +179,11 @@ def _load_reader(
     if name != READER_FILE or name not in manifest["artifacts"]:
         raise ModelDirError(f"{model_dir / MANIFEST_FILE}: 'reader' must name {READER_FILE!r}, listed in 'artifacts'")
     try:
-        with quiet_torchscript():
-            reader = torch.jit.load(str(model_dir / name), map_location=device).eval()
+        reader = load(model_dir, name, device)
         weight = float(reader.generative_weight)
-    except Exception as e:  # RuntimeError, ValueError, ... for a bad archive; AttributeError for another module
+    except ModelDirError:
+        raise
+    except Exception as e:  # AttributeError for another module
         raise ModelDirError(f"{model_dir / name}: not a loadable reader module: {e}") from e
     if not weight >= 0:
         raise ModelDirError(f"{model_dir / name}: generative_weight must be >= 0, got {weight}")

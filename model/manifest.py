@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -18,6 +18,14 @@ ENCODER_FILE = "encoder.pt"
 DECODER_FILE = "decoder.pt"
 PRIOR_FILE = "prior.pt"
 READER_FILE = "reader.pt"
+# torch.export programs (torch.export.save), one per method, beside the TorchScript files (model directories from
+# 2026-12 on; model/artifacts.py loads either): TorchScript file -> {method: program file}.
+PROGRAM_FILES = {
+    ENCODER_FILE: {"forward": "encoder.pt2", "all_labels": "encoder.all_labels.pt2"},
+    DECODER_FILE: {"forward": "decoder.pt2", "logits": "decoder.logits.pt2"},
+    READER_FILE: {"forward": "reader.pt2"},
+}
+ModelFormat = Literal["torchscript", "export"]  # what a model directory's networks are loaded from
 REQUIRED_ARTIFACTS = (DECODER_FILE, ENCODER_FILE)
 REQUIRED_KEYS = ("format_version", "id", "latent_dim", "image_shape", "labels", "prior", "artifacts")
 MAX_TEMPERATURE = 5.0  # the largest sampling temperature a model or a request may ask for

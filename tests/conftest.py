@@ -33,9 +33,15 @@ MAX_IMAGE_PIXELS = 1_000_000
 
 
 def make_model_dir(
-    out: Path, cfg: CVAEConfig = TINY, seed: int = 0, temperature: float = 1.0, prior: Prior | None = None
+    out: Path,
+    cfg: CVAEConfig = TINY,
+    seed: int = 0,
+    temperature: float = 1.0,
+    prior: Prior | None = None,
+    programs: bool = False,
 ) -> Path:
-    """A model directory of random weights; its prior N(0, I) for every digit unless `prior` is given."""
+    """A model directory of random weights; its prior N(0, I) for every digit unless `prior` is given. programs: with
+    the torch.export programs (seconds to write each time), else TorchScript only, as directories written before."""
     torch.manual_seed(seed)
     model = CVAE(cfg).eval()
     export_model_dir(
@@ -47,14 +53,15 @@ def make_model_dir(
         metrics={},
         reproduce="tests/conftest.py: make_model_dir",
         temperature=temperature,
+        programs=programs,
     )
     return out
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model directory (random weights, latent_dim 4) shared by the whole session; do not modify it."""
-    return make_model_dir(tmp_path_factory.mktemp("models") / "tiny")
+    """A model directory (random weights, latent_dim 4, both formats) shared by the whole session; do not modify it."""
+    return make_model_dir(tmp_path_factory.mktemp("models") / "tiny", programs=True)
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,10 @@ from training import export
 
 
 def test_model_dir_honours_the_contract(tiny_model_dir: Path) -> None:
-    assert sorted(p.name for p in tiny_model_dir.iterdir()) == ["decoder.pt", "encoder.pt", "manifest.json"]
+    assert sorted(p.name for p in tiny_model_dir.iterdir()) == [
+        "decoder.logits.pt2", "decoder.pt", "decoder.pt2", "encoder.all_labels.pt2", "encoder.pt", "encoder.pt2",
+        "manifest.json",
+    ]  # fmt: skip
     manifest = json.loads((tiny_model_dir / "manifest.json").read_text())
     for key in ("format_version", "id", "latent_dim", "image_shape", "labels", "prior", "data", "config", "metrics"):
         assert key in manifest

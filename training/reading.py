@@ -29,8 +29,8 @@ from torch import Tensor
 
 from model.artifacts import load_model_dir, quiet_torchscript
 from model.imaging import to_mnist
-from model.manifest import MANIFEST_FILE, READER_FILE, ModelDirError, sha256_file
-from model.network import Reader, ReaderConfig
+from model.manifest import ENCODER_FILE, MANIFEST_FILE, PROGRAM_FILES, READER_FILE, ModelDirError, sha256_file
+from model.network import CVAEConfig, Reader, ReaderConfig
 from model.uploads import ImageError
 from training.data import DataError, DataSplits, load_data_dir
 from training.evaluate import OUTSIDE_COUNT, encode_figures, outside_figures
@@ -169,9 +169,10 @@ def fit_temperature(reader: Reader, x: Tensor, y: Tensor) -> float:
 
 
 def add_reader(model_dir: Path, reader: Reader, record: dict[str, Any]) -> dict[str, Any]:
-    """Write reader.pt into model_dir (scripted, checked against eager) and list it in the manifest, replacing the
-    directory only once everything is written. The model's id changes with its reader. -> the manifest."""
-    from training.export import check_reader_scripted
+    """Write reader.pt into model_dir (scripted, checked against eager), and reader.pt2 (its torch.export program)
+    when the directory has the other networks' programs, and list them in the manifest, replacing the directory only
+    once everything is written. The model's id changes with its reader. -> the manifest."""
+    from training.export import check_reader_scripted, export_programs
 
     manifest = json.loads((model_dir / MANIFEST_FILE).read_text())
     tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.partial-", dir=model_dir.parent))
@@ -184,6 +185,10 @@ def add_reader(model_dir: Path, reader: Reader, record: dict[str, Any]) -> dict[
             torch.jit.save(scripted, str(tmp / READER_FILE))
             check_reader_scripted(reader, torch.jit.load(str(tmp / READER_FILE)))
         manifest["artifacts"][READER_FILE] = sha256_file(tmp / READER_FILE)
+        if PROGRAM_FILES[ENCODER_FILE]["forward"] in manifest["artifacts"]:
+            cfg = CVAEConfig.from_dict(manifest["config"]["model"])
+            for file in export_programs({READER_FILE: reader}, tmp, cfg):
+                manifest["artifacts"][file] = sha256_file(tmp / file)
         manifest["reader"] = {"file": READER_FILE, **record}
         manifest["id"] = model_id(manifest["artifacts"])
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")

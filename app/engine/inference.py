@@ -6,6 +6,7 @@ runs the model imports it. Why passes are sized as they are (answers independent
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -233,8 +234,14 @@ class Inference:
 
 
 def load_inference(model_dir: Path, options: InferenceOptions) -> Inference:
-    """The model loaded for inference: what both engines run. ModelDirError names a file that is wrong."""
-    return Inference(load_model_dir(model_dir), options)
+    """The model loaded for inference (from the format options.model_format names, or TorchScript where the directory
+    has no torch.export programs): what both engines run. ModelDirError names a file that is wrong."""
+    started = time.perf_counter()
+    model = load_model_dir(model_dir, model_format=options.model_format)
+    loaded = "torch.export programs" if model.format == "export" else "TorchScript modules"
+    absent = " (the directory has no torch.export programs)" if model.format != options.model_format else ""
+    log.info("model %s loaded from its %s in %.2f s%s", model.id, loaded, time.perf_counter() - started, absent)
+    return Inference(model, options)
 
 
 def prepare_here(inference: Inference) -> Prepared:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from app.http.problems import ServiceError
+from model.manifest import ModelFormat
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class InferenceOptions:
     max_encode_batch: int  # the most inferred-digit uploads scored in one pass, if prepare() allows it
     png_compress_level: int  # zlib level of the PNGs
     max_image_pixels: int  # largest upload in pixels, checked from its header before decoding
+    model_format: ModelFormat = "torchscript"  # what the networks are loaded from
 
 
 class GenerateSpec(NamedTuple):
