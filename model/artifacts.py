@@ -70,7 +70,7 @@ class ExportedNetwork:
 
     def __getattr__(self, name: str) -> Any:
         members = {**self.__dict__.get("_methods", {}), **self.__dict__.get("_attributes", {})}
-        if name == "forward" or name not in members:
+        if name not in members:
             raise AttributeError(name)
         return members[name]
 
