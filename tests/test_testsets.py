@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,3 +126,9 @@ def test_an_even_ground_is_not_flat_fielded() -> None:
     from model.imaging import _uneven_light
 
     assert _uneven_light(grey.numpy()) is None
+
+
+def test_ci_installs_every_font_the_typed_set_uses() -> None:
+    ci = (Path(__file__).parent.parent / ".ci" / "run").read_text()
+    line = next(line for line in ci.splitlines() if line.startswith('stage "test dependencies (fonts)"'))
+    assert set(line.split()[5:]) == set(font_packages())
