@@ -79,7 +79,7 @@ class Command:
             ("serve", r"^(\.venv/bin/)?python3? -m app\b"),
             ("parse", r"^(\.venv/bin/)?python3? -m training .*--device cuda\b|^torchrun\b"),
             ("train", r"^(\.venv/bin/)?python3? -m training\b(?!\.)"),
-            ("help", r"^python3? -m (tests\.bench\.\w+|training\.evaluate|training\.reading)\b"),
+            ("help", r"^(\.venv/bin/)?python3? -m (tests\.bench\.\w+|training\.evaluate|training\.reading)\b"),
             ("suite", r"^bash tests/run\.sh\b"),
             ("static", r"^(docker|kubectl|cd deploy/)"),
             ("as written", r"^python3 requirements/lock\.py --help$"),
