@@ -133,6 +133,16 @@ def test_a_request_refused_before_the_engine_is_its_server_span_alone(traced):
     assert set(trace_of(exporter, server)) == {"POST /generate"}
 
 
+def test_a_request_its_caller_sampled_out_records_nothing(traced):
+    c, exporter = traced
+    exporter.clear()
+    headers = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-00"}  # flags 00: not sampled (the default sampler obeys)
+    assert c.post("/generate", json={"digit": 5, "seed": 2}, headers=headers).status_code == 200
+    assert c.get("/livez").status_code == 200
+    wait_for(lambda: len(servers(exporter, "GET /livez")) == 1, 5)
+    assert [s.name for s in exporter.get_finished_spans()] == ["GET /livez"]
+
+
 def test_traces_are_asked_for_by_the_otel_environment_only():
     assert not asked({}) and from_environment({}) is None
     assert not asked({"OTEL_SERVICE_NAME": "x"})  # naming the service asks for nothing

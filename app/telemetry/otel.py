@@ -82,7 +82,10 @@ class Tracing:
                 span = self.tracer.start_span("batch", parent, links=links, start_time=started, attributes=attributes)
                 batches.append(span)
             contexts = [s.get_span_context() for s in batches]
-            trace = BatchTrace([f"00-{c.trace_id:032x}-{c.span_id:016x}-{c.trace_flags:02x}" for c in contexts])
+            # A batch of requests all sampled out is sent untimed: nothing would record its stages.
+            recorded = any(s.is_recording() for s in batches)
+            traceparents = [f"00-{c.trace_id:032x}-{c.span_id:016x}-{c.trace_flags:02x}" for c in contexts]
+            trace = BatchTrace(traceparents) if recorded else None
             try:
                 results = await run([j.job for j in jobs], trace)
             except BaseException as e:
@@ -91,7 +94,7 @@ class Tracing:
                     span.set_status(Status(StatusCode.ERROR, f"{type(e).__name__}: {e}"))
                     span.end()
                 raise
-            for stage in trace.stages:  # a stage of the whole batch appears in every job's batch span
+            for stage in trace.stages if trace is not None else ():  # a whole batch's stage: in every job's batch
                 for i in range(len(batches)) if stage.item is None else (stage.item,):
                     parent = set_span_in_context(batches[i])
                     self.tracer.start_span(stage.name, context=parent, start_time=stage.start_ns).end(stage.end_ns)
