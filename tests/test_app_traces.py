@@ -112,6 +112,19 @@ def test_requests_that_shared_a_batch_are_linked_to_one_another(traced):
         assert len(inference) == 1
 
 
+def test_the_engine_in_a_thread_records_the_same_stages(tiny_model_dir: Path):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    settings = Settings(model_dir=tiny_model_dir, inference_process=False)
+    with TestClient(create_app(settings, tracing=Tracing(provider))) as c:
+        assert c.post("/generate", json={"digit": 2, "seed": 3}).status_code == 200
+    (server,) = servers(exporter, "POST /generate")
+    spans = trace_of(exporter, server)
+    assert children(spans, server) == {"parse", "queue", "batch"}
+    assert children(spans, spans["batch"][0]) == {"inference", "png"}
+
+
 def test_an_encode_request_records_its_image_and_inference(traced):
     c, exporter = traced
     exporter.clear()
