@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -28,6 +28,10 @@ from app.http.problems import PROBLEM_MEDIA_TYPE
 from app.serving.runtime import Runtime
 from app.settings import Settings, origins, read_keys
 from app.telemetry.metrics import Metrics, MetricsMiddleware
+from app.telemetry.tracing import from_environment
+
+if TYPE_CHECKING:
+    from app.telemetry.otel import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +102,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.body_limits = BodyLimits(default=settings.max_upload_bytes, by_path={paths.GENERATE: body_limit})
     engine = engine_of(settings)  # the last step that can fail before the engine is closed below
     metrics.inference_process.watch(engine if isinstance(engine, ProcessEngine) else None)
-    runtime = Runtime(card, engine, settings, metrics)
+    runtime = Runtime(card, engine, settings, metrics, state.tracing)
     try:
         await runtime.start()
         state.runtime = runtime
@@ -142,10 +146,11 @@ def problem_errors(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, tracing: Tracing | None = None) -> FastAPI:
     """The application. Cheap: the settings (None: from the environment) are read, and the engine started, by the
     lifespan. Kept on app.state, not in app.dependency_overrides: while that dict is not empty, FastAPI rebuilds
-    every route's sub-dependencies on every request."""
+    every route's sub-dependencies on every request. Traced by tracing, or (None) as the OTEL_* environment asks
+    (app/telemetry/tracing.py): by default not at all."""
     app = ServiceApp(
         title="cvae-digits",
         version=_version(),
@@ -172,6 +177,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestGuard)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestContextMiddleware)
+    app.state.tracing = tracing = tracing or from_environment()
+    if tracing is not None:
+        tracing.install(app)  # outermost: a request's span holds all of its answer
     app.include_router(generate.router)
     app.include_router(encode.router)
     app.include_router(ops.router)

@@ -18,7 +18,16 @@ import sys
 import time
 from pathlib import Path
 
-from app.engine.interface import Drawing, EncodeResult, GenerateSpec, InferenceOptions, Prepared, Upload, freeze_heap
+from app.engine.interface import (
+    BatchTrace,
+    Drawing,
+    EncodeResult,
+    GenerateSpec,
+    InferenceOptions,
+    Prepared,
+    Upload,
+    freeze_heap,
+)
 from app.engine.wire import (
     BatchFailed,
     DrawBatch,
@@ -92,14 +101,20 @@ class ProcessEngine:
         freeze_heap()
         return prepared
 
-    async def draw(self, specs: list[GenerateSpec]) -> list[Drawing]:
-        reply = await self._send(DrawBatch(batch_id=self._new_id(), specs=specs))
+    async def draw(self, specs: list[GenerateSpec], trace: BatchTrace | None = None) -> list[Drawing]:
+        traceparents = trace.traceparents if trace is not None else None
+        reply = await self._send(DrawBatch(batch_id=self._new_id(), specs=specs, traceparents=traceparents))
         assert isinstance(reply, Drawn)
+        if trace is not None and reply.stages is not None:
+            trace.stages.extend(reply.stages)
         return reply.drawings
 
-    async def encode(self, uploads: list[Upload]) -> list[EncodeResult | ServiceError]:
-        reply = await self._send(EncodeBatch(batch_id=self._new_id(), uploads=uploads))
+    async def encode(self, uploads: list[Upload], trace: BatchTrace | None = None) -> list[EncodeResult | ServiceError]:
+        traceparents = trace.traceparents if trace is not None else None
+        reply = await self._send(EncodeBatch(batch_id=self._new_id(), uploads=uploads, traceparents=traceparents))
         assert isinstance(reply, Encoded)
+        if trace is not None and reply.stages is not None:
+            trace.stages.extend(reply.stages)
         return reply.outcomes
 
     async def close(self, timeout_s: float = 10.0) -> None:
