@@ -157,6 +157,10 @@ class ProcessEngine:
             writer.close()
             self._kill()
             raise RuntimeError(f"the inference process did not start: {type(e).__name__} {e}") from e
+        except asyncio.CancelledError:  # a reload that gave up waiting (app/serving/reload.py)
+            writer.close()
+            self._kill()
+            raise
         if not isinstance(message, Ready) or message.version != wire_version():
             writer.close()
             self._kill()

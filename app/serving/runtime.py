@@ -78,6 +78,7 @@ class Runtime:
         """-> the request's drawing (a spec from card.make_spec)."""
         drawing = await self.scheduler.submit(self._draws, spec, spec.tiles, generate_work(spec))
         self.metrics.count_images(spec.digits, spec.n)
+        self.metrics.count_answer(self.card.id, "generate")
         return drawing
 
     async def encode(self, upload: Upload) -> EncodeResult:
@@ -89,4 +90,5 @@ class Runtime:
         outcome = await self.scheduler.submit(self._encodes, upload, 1, encode_work(pixels), size=len(upload.data))
         if isinstance(outcome, ServiceError):
             raise outcome
+        self.metrics.count_answer(self.card.id, "encode")
         return outcome
