@@ -18,7 +18,7 @@ from app import paths
 from app.api.fastpath import FastPath, route_encode, route_generate
 from app.api.routes import encode, generate, ops, page
 from app.api.schemas import max_generate_body_bytes
-from app.engine.card import read_card
+from app.engine.card import ModelCard, read_card
 from app.engine.interface import Engine, InferenceOptions
 from app.engine.process import ProcessEngine
 from app.engine.thread import ThreadEngine
@@ -111,8 +111,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
         state.runtime = runtime
         state.reloader = reloader = Reloader(
-            state=state, build=partial(runtime_of_dir, settings, metrics), metrics=metrics,
-            timeout_s=settings.reload_timeout_s,
+            state=state, read=lambda: read_card(settings.model_dir.resolve()),
+            build=partial(new_runtime, settings, metrics), metrics=metrics, timeout_s=settings.reload_timeout_s,
         )  # fmt: skip
         state.ready = True
         where = f"inference process {engine.pid}" if isinstance(engine, ProcessEngine) else "inference thread"
@@ -125,10 +125,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await (state.runtime or runtime).stop()
 
 
-def runtime_of_dir(settings: Settings, metrics: Metrics) -> Runtime:
-    """A runtime for what CVAE_MODEL_DIR holds now (a symlink followed once, so that the card and the engine read
-    the same directory), its engine started: a reload's new model. ModelDirError names what is wrong."""
-    card = read_card(settings.model_dir.resolve())
+def new_runtime(settings: Settings, metrics: Metrics, card: ModelCard) -> Runtime:
+    """A runtime for the model directory of `card`, its engine started: a reload's new model. CVAE_MODEL_DIR is
+    read with its symlinks followed once (resolve()), so that the card and the engine read the same directory."""
     return Runtime(card, engine_of(settings, card.path), settings, metrics)
 
 

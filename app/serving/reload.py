@@ -31,12 +31,22 @@ class ReloadOutcome(NamedTuple):
 
 
 class Reloader:
-    """Replaces state.runtime with a runtime built by `build` (which reads the card and starts its engine; the old
-    runtime keeps serving meanwhile), one reload at a time. A request holds the runtime it was admitted by until it
-    is answered: the old runtime finishes its queued requests before its engine is closed."""
+    """Replaces state.runtime with a runtime built by `build` for the card `read` returns (the card checked first,
+    then its engine started; the old runtime keeps serving meanwhile), one reload at a time. A request holds the
+    runtime it was admitted by until it is answered: the old runtime finishes its queued requests before its engine
+    is closed."""
 
-    def __init__(self, *, state: Any, build: Callable[[], Runtime], metrics: Metrics, timeout_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        state: Any,
+        read: Callable[[], ModelCard],
+        build: Callable[[ModelCard], Runtime],
+        metrics: Metrics,
+        timeout_s: float,
+    ) -> None:
         self.state = state  # app.state: its runtime is the one serving
+        self.read = read
         self.build = build
         self.metrics = metrics
         self.timeout_s = timeout_s
@@ -63,10 +73,11 @@ class Reloader:
             log.info("reload (%s): reading the model directory again; model %s keeps serving", source, old.card.id)
             new: Runtime | None = None
             try:
-                new = await asyncio.to_thread(self.build)  # hashing the artifacts: off the event loop
-                incompatible = self._incompatible(old.card, new.card)
+                card = await asyncio.to_thread(self.read)  # hashing the artifacts: off the event loop
+                incompatible = self._incompatible(old.card, card)
                 if incompatible:
                     raise ModelDirError(incompatible)
+                new = self.build(card)
                 await asyncio.wait_for(new.start(), self.timeout_s)
             except (ModelDirError, RuntimeError, TimeoutError, OSError) as e:
                 reason = f"not ready within CVAE_RELOAD_TIMEOUT_S ({self.timeout_s:g} s)" if isinstance(
