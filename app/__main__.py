@@ -89,7 +89,7 @@ class Server(uvicorn.Server):
         process would end by SIGTERM (143), as if killed. Here that handler does nothing, so main() returns 0;
         SIGINT keeps its KeyboardInterrupt."""
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
-        previous_hup = signal.signal(signal.SIGHUP, self.handle_reload)
+        previous_hup = signal.signal(signal.SIGHUP, self._reload_on_signal)
         try:
             with super().capture_signals():
                 yield
@@ -97,7 +97,7 @@ class Server(uvicorn.Server):
             signal.signal(signal.SIGTERM, previous)
             signal.signal(signal.SIGHUP, previous_hup)
 
-    def handle_reload(self, sig: int, frame: FrameType | None) -> None:
+    def _reload_on_signal(self, sig: int, frame: FrameType | None) -> None:
         """SIGHUP: reload the model (app/serving/reload.py), in the event loop, without waiting for it here."""
         reloader = self.app_state.reloader
         if reloader is None or self.app_state.draining:
