@@ -127,15 +127,20 @@ def test_a_model_that_cannot_be_served_is_refused_and_the_old_one_keeps_serving(
     assert served.status_code == 200 and served.headers["x-model-id"] == a
 
 
+def test_the_reload_path_is_post_only(admin):
+    assert problem(admin.get("/admin/reload", headers=ADMIN), 405)["detail"] == "GET is not allowed on /admin/reload"
+
+
 def test_the_reload_path_needs_the_admin_key(admin):
     assert problem(admin.post("/admin/reload"), 401)["type"].endswith("missing-api-key")
     assert problem(admin.post("/admin/reload", headers={"X-API-Key": "not-the-admin-key-000"}), 401)
 
 
-def test_without_an_admin_key_the_reload_path_does_not_exist(client):
-    missing = problem(client.post("/admin/reload"), 404)
-    assert missing["detail"] == "no route for POST /admin/reload"
-    assert missing["type"] == problem(client.post("/admin/reloads"), 404)["type"]
+@pytest.mark.parametrize("method", ["POST", "GET", "DELETE"])
+def test_without_an_admin_key_the_reload_path_does_not_exist(client, method):
+    missing = problem(client.request(method, "/admin/reload"), 404)
+    assert missing["detail"] == f"no route for {method} /admin/reload"
+    assert missing["type"] == problem(client.request(method, "/admin/reloads"), 404)["type"]
     assert "/admin/reload" not in client.get("/openapi.json").json()["paths"]
 
 

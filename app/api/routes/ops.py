@@ -89,13 +89,17 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.post(paths.RELOAD, include_in_schema=False)  # exists only with CVAE_ADMIN_API_KEYS: not in the public document
+# Every method routed here, so that without CVAE_ADMIN_API_KEYS each is the 404 of a path that does not exist (a
+# POST-only route would answer other methods 405, telling that it does); not in the public document either.
+@router.api_route(paths.RELOAD, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
 async def reload(request: Request) -> dict[str, str]:
     """Read CVAE_MODEL_DIR again and serve what it holds once it is checked and warmed up in a new inference process
     (SIGHUP does the same). 200 when switched, 409 (the reason; the old model keeps serving) when refused."""
     state = request.app.state
     if state.settings is None or not state.settings.admin_api_keys.get_secret_value():
         raise HTTPException(404)
+    if request.method != "POST":
+        raise HTTPException(405, headers={"Allow": "POST"})
     reloader: Reloader | None = state.reloader
     if reloader is None:
         raise unavailable("the model is not loaded yet", kind="not-ready")
