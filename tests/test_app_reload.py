@@ -127,6 +127,21 @@ def test_a_model_that_cannot_be_served_is_refused_and_the_old_one_keeps_serving(
     assert served.status_code == 200 and served.headers["x-model-id"] == a
 
 
+def test_a_directory_that_changes_while_it_is_read_is_refused(admin, models):
+    # The card says model b, but the inference process finds model a: what copying over a served directory can do.
+    a, b = model_id(models["a"]), model_id(models["b"])
+    reloader = admin.app.state.reloader
+    read = reloader.read
+    b_card_of_a = ModelCard(manifest=json.loads((models["b"] / "manifest.json").read_text()), path=models["a"])
+    reloader.read = lambda: b_card_of_a
+    try:
+        body = problem(admin.post("/admin/reload", headers=ADMIN), 409)
+    finally:
+        reloader.read = read
+    assert f"changed while it was read (model {b}, then {a})" in body["detail"]
+    assert admin.get("/model").json()["id"] == a
+
+
 def test_the_reload_path_is_post_only(admin):
     assert problem(admin.get("/admin/reload", headers=ADMIN), 405)["detail"] == "GET is not allowed on /admin/reload"
 

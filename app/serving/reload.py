@@ -79,6 +79,10 @@ class Reloader:
                     raise ModelDirError(incompatible)
                 new = self.build(card)
                 await asyncio.wait_for(new.start(), self.timeout_s)
+                loaded = new.engine.model_id if isinstance(new.engine, ProcessEngine) else card.id
+                if loaded != card.id:  # the directory's contents were replaced while the card and the child read it
+                    raise ModelDirError(f"{card.path} changed while it was read (model {card.id}, then {loaded}): "
+                                        "replace a model directory by repointing a symlink")  # fmt: skip
             except (ModelDirError, RuntimeError, TimeoutError, OSError) as e:
                 reason = f"not ready within CVAE_RELOAD_TIMEOUT_S ({self.timeout_s:g} s)" if isinstance(
                     e, TimeoutError
