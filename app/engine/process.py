@@ -74,6 +74,7 @@ class ProcessEngine:
         self.batch_timeout_s = batch_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self.model_id: str | None = None  # the id of the model the child loaded, from its Ready
         self._socket: socket.socket | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -172,6 +173,10 @@ class ProcessEngine:
             writer.close()
             self._kill()
             raise RuntimeError(f"the inference process did not start: {type(e).__name__} {e}") from e
+        except asyncio.CancelledError:  # a reload that gave up waiting (app/serving/reload.py)
+            writer.close()
+            self._kill()
+            raise
         if not isinstance(message, Ready) or message.version != wire_version():
             writer.close()
             self._kill()
@@ -179,6 +184,7 @@ class ProcessEngine:
                 raise RuntimeError(f"the inference process could not load the model: {message.reason}")
             raise RuntimeError(f"the inference process runs other code (its first message: {message!r:.200})")
         self._writer = writer
+        self.model_id = message.model_id
         self._reader_task = asyncio.get_running_loop().create_task(self._read(reader), name="inference-reader")
         log.info(
             "inference process %s ready (decoder passes of up to %d rows, up to %d uploads scored together)",

@@ -86,6 +86,7 @@ class Runtime:
         job = spec if self.tracing is None else self.tracing.job(spec)
         drawing = await self.scheduler.submit(self._draws, job, spec.tiles, generate_work(spec))
         self.metrics.count_images(spec.digits, spec.n)
+        self.metrics.count_answer(self.card.id, "generate")
         return drawing
 
     async def encode(self, upload: Upload) -> EncodeResult:
@@ -98,4 +99,5 @@ class Runtime:
         outcome = await self.scheduler.submit(self._encodes, job, 1, encode_work(pixels), size=len(upload.data))
         if isinstance(outcome, ServiceError):
             raise outcome
+        self.metrics.count_answer(self.card.id, "encode")
         return outcome
