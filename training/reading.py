@@ -126,8 +126,9 @@ def _degrade(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def train_reader(
     images: Tensor, labels: Tensor, cfg: ReaderConfig, *, epochs: int, plain_epochs: int, seed: int
 ) -> Reader:
-    """The two-member reader (cfg.members == 2): one CNN trained on varied copies of images (uint8 (N, 28, 28)), fresh ones every
-    epoch; one on the images as /encode pre-processes them, lightly moved (the plain recipe of training/judge.py)."""
+    """The two-member reader (cfg.members == 2): one CNN trained on varied copies of images (uint8 (N, 28, 28)),
+    fresh ones every epoch; one on the images as /encode pre-processes them, lightly moved (the plain recipe of
+    training/judge.py)."""
     varied_member = train_member(images, labels, cfg, epochs=epochs, seed=seed, inputs=partial(varied, images))
     plain = torch.stack([to_mnist(img.float() / 255) for img in images])
     plain_member = train_member(
