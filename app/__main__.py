@@ -2,6 +2,7 @@
 shipped artifacts/default) with uvicorn. Other settings come from CVAE_* environment variables.
 
 A missing or corrupt model directory stops it before it binds the port: one log line naming the file, exit 1.
+On SIGHUP, the model directory is read again and its model served once checked (app/serving/reload.py).
 On SIGTERM/SIGINT, /readyz turns 503 at once; after CVAE_SHUTDOWN_DELAY_S the port closes, and in-flight
 requests get CVAE_GRACEFUL_SHUTDOWN_S to finish (those still running then are answered 503); then the process
 exits 0.
@@ -89,11 +90,21 @@ class Server(uvicorn.Server):
         process would end by SIGTERM (143), as if killed. Here that handler does nothing, so main() returns 0;
         SIGINT keeps its KeyboardInterrupt."""
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+        previous_hup = signal.signal(signal.SIGHUP, self._reload_on_signal)
         try:
             with super().capture_signals():
                 yield
         finally:
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGHUP, previous_hup)
+
+    def _reload_on_signal(self, sig: int, frame: FrameType | None) -> None:
+        """SIGHUP: reload the model (app/serving/reload.py), in the event loop, without waiting for it here."""
+        reloader = self.app_state.reloader
+        if reloader is None or self.app_state.draining:
+            log.warning("SIGHUP ignored: the service is %s", "shutting down" if self.app_state.draining else "starting")
+            return
+        reloader.loop.call_soon_threadsafe(reloader.request, "SIGHUP")
 
     async def on_tick(self, counter: int) -> bool:
         if self._exit_at is not None and time.monotonic() >= self._exit_at and not self.should_exit:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -16,7 +18,7 @@ from app import paths
 from app.api.fastpath import FastPath, route_encode, route_generate
 from app.api.routes import encode, generate, ops, page
 from app.api.schemas import max_generate_body_bytes
-from app.engine.card import read_card
+from app.engine.card import ModelCard, read_card
 from app.engine.interface import Engine, InferenceOptions
 from app.engine.process import ProcessEngine
 from app.engine.thread import ThreadEngine
@@ -25,9 +27,14 @@ from app.http.connections import RequestGuard
 from app.http.handlers import install_error_handlers
 from app.http.middleware import BodyLimitMiddleware, BodyLimits, RequestContextMiddleware
 from app.http.problems import PROBLEM_MEDIA_TYPE
+from app.serving.reload import Reloader
 from app.serving.runtime import Runtime
 from app.settings import Settings, origins, read_keys
 from app.telemetry.metrics import Metrics, MetricsMiddleware
+from app.telemetry.tracing import from_environment
+
+if TYPE_CHECKING:
+    from app.telemetry.otel import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +62,20 @@ def access_of(settings: Settings) -> Access:
     return Access(
         api_keys=Keys.of(read_keys(settings.api_keys.get_secret_value(), "CVAE_API_KEYS")),
         metrics_keys=Keys.of(read_keys(settings.metrics_api_keys.get_secret_value(), "CVAE_METRICS_API_KEYS")),
+        admin_keys=Keys.of(read_keys(settings.admin_api_keys.get_secret_value(), "CVAE_ADMIN_API_KEYS")),
         limiter=RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None,
         cors_origins=origins(settings.cors_origins),
         keyed=paths.KEYED,
         metrics=paths.METRICS,
+        admin=paths.RELOAD,
         limited=paths.BATCHED,
     )
 
 
-def engine_of(settings: Settings) -> Engine:
-    """The engine the settings ask for; a process engine's child starts loading the model at once."""
+def engine_of(settings: Settings, model_dir: Path | None = None) -> Engine:
+    """The engine the settings ask for, for model_dir (None: CVAE_MODEL_DIR); a process engine's child starts loading
+    the model at once."""
+    model_dir = settings.model_dir if model_dir is None else model_dir
     options = InferenceOptions(
         decode_chunk=settings.decode_chunk,
         max_pass_rows=settings.max_pass_rows,
@@ -74,9 +85,9 @@ def engine_of(settings: Settings) -> Engine:
         model_format=settings.model_format,
     )
     if not settings.inference_process:
-        return ThreadEngine(settings.model_dir, options, settings.torch_threads)
+        return ThreadEngine(model_dir, options, settings.torch_threads)
     engine = ProcessEngine(
-        model_dir=settings.model_dir,
+        model_dir=model_dir,
         options=options,
         torch_threads=settings.torch_threads,
         log_format=settings.log_format,
@@ -91,25 +102,39 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = state.settings or Settings()  # pydantic's ValidationError names a bad CVAE_* variable
     state.settings = settings
     metrics: Metrics = state.metrics
-    card = read_card(settings.model_dir)  # ModelDirError names the file; start-up fails
+    card = read_card(settings.model_dir.resolve())  # ModelDirError names the file; start-up fails
     metrics.set_model(card)
     metrics.ready.set_function(lambda: float(ops.not_ready(state) is None))  # what /readyz answers, at each scrape
     state.access = access_of(settings)
     body_limit = min(settings.max_upload_bytes, max_generate_body_bytes(card.latent_dim))
     state.body_limits = BodyLimits(default=settings.max_upload_bytes, by_path={paths.GENERATE: body_limit})
-    engine = engine_of(settings)  # the last step that can fail before the engine is closed below
+    engine = engine_of(settings, card.path)  # the last step that can fail before the engine is closed below
     metrics.inference_process.watch(engine if isinstance(engine, ProcessEngine) else None)
-    runtime = Runtime(card, engine, settings, metrics)
+    runtime = Runtime(card, engine, settings, metrics, state.tracing)
+    reloader = None
     try:
         await runtime.start()
         state.runtime = runtime
+        state.reloader = reloader = Reloader(
+            state=state, read=lambda: read_card(settings.model_dir.resolve()),
+            build=partial(new_runtime, settings, metrics, state.tracing), metrics=metrics,
+            timeout_s=settings.reload_timeout_s,
+        )  # fmt: skip
         state.ready = True
         where = f"inference process {engine.pid}" if isinstance(engine, ProcessEngine) else "inference thread"
         log.info("serving model %s (latent_dim %d) from %s (%s)", card.id, card.latent_dim, card.path, where)
         yield
     finally:
         state.ready = False
-        await runtime.stop()
+        if reloader is not None:
+            await reloader.close()
+        await (state.runtime or runtime).stop()
+
+
+def new_runtime(settings: Settings, metrics: Metrics, tracing: Tracing | None, card: ModelCard) -> Runtime:
+    """A runtime for the model directory of `card`, its engine started: a reload's new model. CVAE_MODEL_DIR is
+    read with its symlinks followed once (resolve()), so that the card and the engine read the same directory."""
+    return Runtime(card, engine_of(settings, card.path), settings, metrics, tracing)
 
 
 class ServiceApp(FastAPI):
@@ -143,10 +168,11 @@ def problem_errors(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, tracing: Tracing | None = None) -> FastAPI:
     """The application. Cheap: the settings (None: from the environment) are read, and the engine started, by the
     lifespan. Kept on app.state, not in app.dependency_overrides: while that dict is not empty, FastAPI rebuilds
-    every route's sub-dependencies on every request."""
+    every route's sub-dependencies on every request. Traced by tracing, or (None) as the OTEL_* environment asks
+    (app/telemetry/tracing.py): by default not at all."""
     app = ServiceApp(
         title="cvae-digits",
         version=_version(),
@@ -157,7 +183,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings  # None until the lifespan reads them
-    app.state.runtime = None  # until the model is loaded and prepared
+    app.state.runtime = None  # until the model is loaded and prepared; replaced by each reload
+    app.state.reloader = None  # until then too
     app.state.ready = False
     app.state.body_limits = None  # until the lifespan knows the settings and the model
     app.state.draining = False  # set by python -m app when shutdown is asked for
@@ -173,6 +200,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestGuard)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestContextMiddleware)
+    app.state.tracing = tracing = tracing or from_environment()
+    if tracing is not None:
+        tracing.install(app)  # outermost: a request's span holds all of its answer
     app.include_router(generate.router)
     app.include_router(encode.router)
     app.include_router(ops.router)

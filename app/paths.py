@@ -12,11 +12,12 @@ METRICS = "/metrics"
 PAGE = "/"
 DOCS = "/docs"
 OPENAPI = "/openapi.json"
+RELOAD = "/admin/reload"  # only with CVAE_ADMIN_API_KEYS set; else a 404 like any unknown path
 STATIC = "/static"  # a mount: every file under it is labelled by this prefix
 
 BATCHED = frozenset({GENERATE, ENCODE})  # the endpoints whose work goes through the engine
 KEYED = frozenset({GENERATE, ENCODE, MODEL})  # the endpoints behind CVAE_API_KEYS
-EXACT = frozenset({GENERATE, ENCODE, LIVEZ, READYZ, MODEL, METRICS, PAGE, DOCS, OPENAPI})
+EXACT = frozenset({GENERATE, ENCODE, LIVEZ, READYZ, MODEL, METRICS, PAGE, DOCS, OPENAPI, RELOAD})
 UNMATCHED = "unmatched"  # the route label of a path the service does not answer: never the raw path
 
 

@@ -126,6 +126,11 @@ class Settings(BaseSettings):
     metrics_api_keys: SecretStr = Field(
         SecretStr(""), description="keys for /metrics, as CVAE_API_KEYS; empty: /metrics is open"
     )
+    admin_api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="keys for POST /admin/reload, as CVAE_API_KEYS; empty: that path does not exist (404) and only "
+        "SIGHUP reloads the model",
+    )  # fmt: skip
     cors_origins: str = Field(
         "", description="origins allowed to call the API from a browser (comma-separated, e.g. https://a.example); "
         "empty: no CORS headers",
@@ -133,7 +138,14 @@ class Settings(BaseSettings):
     rate_limit: float = Field(0.0, ge=0, description="requests per second per client to /generate and /encode; 0: off")
     rate_burst: int = Field(10, ge=1, description="requests a client may make at once under CVAE_RATE_LIMIT")
 
-    @field_validator("api_keys", "metrics_api_keys")
+    # Reloading (app/serving/reload.py)
+    reload_timeout_s: float = Field(
+        120.0, gt=0, le=3600,
+        description="longest a reloaded model may take to load, check and warm up in its new inference process; "
+        "slower, it is refused and the serving model kept",
+    )  # fmt: skip
+
+    @field_validator("api_keys", "metrics_api_keys", "admin_api_keys")
     @classmethod
     def _readable_keys(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
         read_keys(value.get_secret_value(), f"CVAE_{(info.field_name or '').upper()}")  # ValueError says what is wrong

@@ -195,12 +195,19 @@ class ReaderConfig:
     num_classes: int = 10
     channels: tuple[int, int, int] = (32, 64, 64)  # 3x3 convolutions at full, half and quarter size
     hidden: int = 128  # width of the layer before the logits
+    members: int = 1  # CNNs in the ensemble
     temperature: float = 1.0  # logits are divided by it (fitted after training, so that probabilities are calibrated)
     generative_weight: float = 0.0  # how much of the generative label score is added to the reader's log-probs
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
-        if len(self.channels) != 3 or min(self.channels) < 1 or self.hidden < 1 or self.image_size % 4:
+        if (
+            len(self.channels) != 3
+            or min(self.channels) < 1
+            or self.hidden < 1
+            or self.image_size % 4
+            or self.members < 1
+        ):
             raise ValueError(f"invalid reader config: {self}")
         if not (self.temperature > 0 and self.generative_weight >= 0):
             raise ValueError(f"invalid reader config: {self}")
@@ -210,38 +217,47 @@ class ReaderConfig:
 
 
 class Reader(nn.Module):
-    """q(y | x): a discriminative digit reader beside the CVAE (the label head of Kingma et al. 2014's M2). Trained on
-    MNIST digits warped, thickened, thinned, blurred and coarsened the way drawings, fonts, scans and photos differ
-    from MNIST, it reads what the generative score alone misreads; /encode combines the two (model.inference).
+    """q(y | x): a discriminative digit reader beside the CVAE (the label head of Kingma et al. 2014's M2), an
+    ensemble of `members` CNNs whose log-probabilities are averaged (a geometric mean). The shipped reader has two:
+    one trained on MNIST digits warped, thickened, thinned, blurred and coarsened the way drawings, fonts, scans and
+    photos differ from MNIST, one on MNIST's digits lightly moved (training.reading).
 
     forward(x: float32[N, 1, H, W] in [0, 1]) -> log-probabilities float32[N, C] (calibrated by `temperature`)
     """
 
     def __init__(self, cfg: ReaderConfig) -> None:
         super().__init__()
-        c1, c2, c3 = cfg.channels
-        self.body = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1),  # (N, c1, H, W)
-            nn.SiLU(),
-            nn.MaxPool2d(2),  # (N, c1, H/2, W/2)
-            nn.Conv2d(c1, c2, 3, padding=1),
-            nn.SiLU(),
-            nn.MaxPool2d(2),  # (N, c2, H/4, W/4)
-            nn.Conv2d(c2, c3, 3, padding=1),
-            nn.SiLU(),
-            nn.Flatten(),
-            nn.Dropout(0.3),
-            nn.Linear(c3 * (cfg.image_size // 4) ** 2, cfg.hidden),
-            nn.SiLU(),
-            nn.Dropout(0.3),
-            nn.Linear(cfg.hidden, cfg.num_classes),  # (N, C)
-        )
+        self.members = nn.ModuleList([_reader_cnn(cfg) for _ in range(cfg.members)])
         self.temperature = cfg.temperature
         self.generative_weight = cfg.generative_weight
 
     @torch.jit.export
     def logits(self, x: Tensor) -> Tensor:
-        return self.body(x)  # (N, C), before the temperature
+        """The members' mean log-probabilities (N, C), before the temperature."""
+        total = torch.zeros(x.shape[0], 1, device=x.device)
+        for member in self.members:
+            total = total + member(x).log_softmax(dim=1)
+        return total / len(self.members)
 
     def forward(self, x: Tensor) -> Tensor:
-        return (self.body(x) / self.temperature).log_softmax(dim=1)
+        return (self.logits(x) / self.temperature).log_softmax(dim=1)
+
+
+def _reader_cnn(cfg: ReaderConfig) -> nn.Sequential:
+    c1, c2, c3 = cfg.channels
+    return nn.Sequential(
+        nn.Conv2d(1, c1, 3, padding=1),  # (N, c1, H, W)
+        nn.SiLU(),
+        nn.MaxPool2d(2),  # (N, c1, H/2, W/2)
+        nn.Conv2d(c1, c2, 3, padding=1),
+        nn.SiLU(),
+        nn.MaxPool2d(2),  # (N, c2, H/4, W/4)
+        nn.Conv2d(c2, c3, 3, padding=1),
+        nn.SiLU(),
+        nn.Flatten(),
+        nn.Dropout(0.3),
+        nn.Linear(c3 * (cfg.image_size // 4) ** 2, cfg.hidden),
+        nn.SiLU(),
+        nn.Dropout(0.3),
+        nn.Linear(cfg.hidden, cfg.num_classes),  # (N, C) logits
+    )

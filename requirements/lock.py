@@ -38,7 +38,7 @@ CUDA_PACKAGES = re.compile(r"^(nvidia-|triton$|cuda-)")  # in a lock, a sign tha
 STAMP = "# pyproject.toml inputs sha256:"  # the line each lock carries: what it was resolved from
 
 # lock file -> the extras it covers, besides the main dependencies
-LOCKS = {"requirements/dev.txt": ("train", "dev"), "requirements/app.txt": ("train",)}
+LOCKS = {"requirements/dev.txt": ("train", "otel", "dev"), "requirements/app.txt": ("train", "otel")}
 
 
 def inputs_digest(pyproject: dict[str, Any]) -> str:

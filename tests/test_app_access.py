@@ -17,7 +17,7 @@ import app.http.access
 from app.factory import create_app
 from app.http.access import Keys, RateLimiter
 from app.settings import Settings, read_keys
-from app.telemetry.logs import REQUEST_ID, JsonFormatter, logging_config
+from app.telemetry.logs import MODEL_ID, REQUEST_ID, JsonFormatter, logging_config
 from tests.conftest import drawing, encoded, problem
 
 KEY = "k" * 20 + "-first"
@@ -220,17 +220,20 @@ def test_an_insane_request_id_is_replaced(client, given):
     assert r.headers["x-request-id"].encode() != given and 8 < len(r.headers["x-request-id"]) < 40
 
 
-def test_access_lines_carry_the_request_id(client, capsys):
+def test_access_lines_carry_the_request_id_and_the_model_that_answered(client, capsys):
     logging.config.dictConfig(logging_config("info"))
     try:
         logger = logging.getLogger("uvicorn.access")
-        token = REQUEST_ID.set("req-42")
+        token, model = REQUEST_ID.set("req-42"), MODEL_ID.set("cvae-0123")
         logger.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "POST", "/generate", "1.1", 200)
         REQUEST_ID.reset(token)
+        MODEL_ID.reset(model)
+        logger.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", "/livez", "1.1", 200)
     finally:
         logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
-    line = capsys.readouterr().out.strip().splitlines()[-1]  # uvicorn's access lines go to stdout
-    assert '"POST /generate HTTP/1.1" 200' in line and line.endswith("request_id=req-42")
+    lines = capsys.readouterr().out.strip().splitlines()[-2:]  # uvicorn's access lines go to stdout
+    assert '"POST /generate HTTP/1.1" 200' in lines[0] and lines[0].endswith("request_id=req-42 model_id=cvae-0123")
+    assert lines[1].endswith("request_id=- model_id=-")  # no model answered /livez
 
 
 def test_json_log_lines_are_one_object_each_with_the_access_fields():

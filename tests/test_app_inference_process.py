@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import app.engine.process
-from app.engine.interface import Drawing, EncodeResult, GenerateSpec, Upload
+from app.engine.interface import Drawing, EncodeResult, GenerateSpec, Stage, Upload
 from app.engine.process import ProcessEngine
 from app.engine.wire import (
     MESSAGES,
@@ -37,6 +37,7 @@ from app.http.problems import ServiceError
 from app.settings import Settings
 from tests.conftest import drawing, encoded, upload, wait_for
 
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 BODIES = [{"digit": d % 10, "n": 1 + d % 5, "seed": 200 + d, "padding": d % 3, "scale": 1 + d % 2} for d in range(12)]
 UPLOADS = [(encoded(drawing((50 + 9 * i, 70))), None if i % 2 else str(i)) for i in range(6)] + [(b"junk", None)]
 
@@ -79,23 +80,27 @@ def test_every_message_crosses_the_wire_unchanged():
                         width=62, height=62, with_latents=False)  # fmt: skip
     latent_spec = spec._replace(latent=((0.5, -1.0, 2.0, 0.1), (1e-30, 3.0, -0.0, 4.0)), seed=None, with_latents=True)
     result = EncodeResult(digit=3, inferred=True, probabilities=[0.5, 0.5], mean=[0.1], log_var=[-1.0])
+    drawings = [Drawing(b"png", None, None), Drawing(b"png", [3, 3], [[0.5, 1e-30], [2.0, 0.1]])]
     messages = [
         Ready(version=wire_version(), model_id="m", pass_rows=8, score_uploads=4),
         StartFailed(reason="no model"),
-        DrawBatch(batch_id=1, specs=[spec]),
-        EncodeBatch(batch_id=2, uploads=[Upload(data=b"\x89PNG", digit=None), Upload(data=b"", digit=7)]),
-        Drawn(batch_id=1, drawings=[Drawing(b"png", None, None), Drawing(b"png", [3, 3], [[0.5, 1e-30], [2.0, 0.1]])]),
+        DrawBatch(batch_id=1, specs=[spec], traceparents=None),
+        DrawBatch(batch_id=1, specs=[spec], traceparents=[TRACEPARENT]),
+        EncodeBatch(batch_id=2, uploads=[Upload(b"\x89PNG", None), Upload(b"", 7)], traceparents=[TRACEPARENT] * 2),
+        Drawn(batch_id=1, drawings=drawings, stages=None),
+        Drawn(batch_id=1, drawings=[Drawing(b"png", None, None)], stages=[Stage("inference", None, 10, 20)]),
         BatchFailed(batch_id=3, reason="boom"),
         Stop(),
     ]
     assert {type(m).__name__ for m in messages} | {"Encoded"} == set(MESSAGES)
     for message in messages:
         assert parse(frame(message)[8:]) == message
-    back = parse(frame(DrawBatch(batch_id=4, specs=[latent_spec]))[8:])
+    back = parse(frame(DrawBatch(batch_id=4, specs=[latent_spec], traceparents=None))[8:])
     assert isinstance(back, DrawBatch) and back.specs[0] == latent_spec
     refused = ServiceError(415, "not an image", kind="unsupported-image", title="Not an image")
-    back = parse(frame(Encoded(batch_id=5, outcomes=[result, refused]))[8:])
+    back = parse(frame(Encoded(batch_id=5, outcomes=[result, refused], stages=[Stage("image", 1, 3, 4)]))[8:])
     assert isinstance(back, Encoded) and back.outcomes[0] == result
+    assert back.stages == [Stage("image", 1, 3, 4)] and isinstance(back.stages[0], Stage)
     error = back.outcomes[1]
     assert isinstance(error, ServiceError) and error.body() == refused.body()
 

@@ -6,7 +6,11 @@ The image itself is built and exercised end to end by .ci/compose; these catch d
 from __future__ import annotations
 
 import fnmatch
+import json
+import os
 import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -133,3 +137,25 @@ def test_dockerignore_keeps_what_the_dockerfile_copies(src: str) -> None:
 @pytest.mark.parametrize("path", [".venv/bin/python", ".git/HEAD", "runs/m/x.pt", "data/mnist/x", "tests/conftest.py"])
 def test_dockerignore_leaves_out(path: str) -> None:
     assert not dockerignore_allows(path)
+
+
+def compose_plugin() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not compose_plugin(), reason="needs the docker compose plugin (no engine needed)")
+def test_compose_rollback_is_the_previous_model_dir_set_again() -> None:
+    # docs/operating.md: a compose rollback is CVAE_MODEL_DIR (or the image) set back, then `docker compose up -d`.
+    def rendered(model_dir: str) -> dict[str, str]:
+        env = {**os.environ, "CVAE_MODEL_DIR": model_dir, "CVAE_ADMIN_API_KEYS": ""}
+        out = subprocess.run(["docker", "compose", "config", "--format", "json"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+        return dict(json.loads(out)["services"]["api"]["environment"])
+
+    previous, new = rendered("/models/previous"), rendered("/models/new")
+    assert new["CVAE_MODEL_DIR"] == "/models/new"
+    assert rendered("/models/previous") == previous and {k: v for k, v in new.items() if k != "CVAE_MODEL_DIR"} == {
+        k: v for k, v in previous.items() if k != "CVAE_MODEL_DIR"
+    }

@@ -6,7 +6,8 @@ command needs a rule here. The rules, and what each substitutes:
 
 - curl: run as written, against a real `python -m app` with the shipped model, in one shell per document (so a file
   one command writes, or a variable it sets, the next one reads), in a folder holding `my_digit.jpg` (a fixture
-  digit, black on white). Substituted: `localhost:8000` -> the test server's port, and curl fails on an HTTP error.
+  digit, black on white), with `$ADMIN_KEY` one of the server's CVAE_ADMIN_API_KEYS. Substituted: `localhost:8000`
+  -> the test server's port, and curl fails on an HTTP error.
 - serve (`python -m app`): started with its environment and must answer /readyz 200, then stop on SIGTERM with exit
   status 0. Substituted: the interpreter, `--host`/`--port` (loopback, a free port), and a model directory that
   does not exist yet (`runs/...`, trained by a command further on) -> a copy of the shipped model.
@@ -53,6 +54,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FIXTURE = ROOT / "tests" / "fixtures" / "mnist-1000"
 SHIPPED = ROOT / "artifacts" / "default"
 ENV_PREFIX = re.compile(r"^((?:[A-Z_][A-Z0-9_]*=\S*\s+)*)(.*)$")
+ADMIN_KEY = "documents-admin-key-0123456789"  # the curl commands' $ADMIN_KEY, the service's CVAE_ADMIN_API_KEYS
 SHORT_TRAINING = ["--epochs", "1", "--val-size", "200", "--prior-components", "50", "--no-evaluate", "--threads", "1"]
 
 
@@ -79,7 +81,7 @@ class Command:
             ("serve", r"^(\.venv/bin/)?python3? -m app\b"),
             ("parse", r"^(\.venv/bin/)?python3? -m training .*--device cuda\b|^torchrun\b"),
             ("train", r"^(\.venv/bin/)?python3? -m training\b(?!\.)"),
-            ("help", r"^python3? -m (tests\.bench\.\w+|training\.evaluate|training\.reading)\b"),
+            ("help", r"^(\.venv/bin/)?python3? -m (tests\.bench\.\w+|training\.evaluate|training\.reading)\b"),
             ("suite", r"^bash tests/run\.sh\b"),
             ("static", r"^(docker|kubectl|cd deploy/)"),
             ("as written", r"^python3 requirements/lock\.py --help$"),
@@ -347,7 +349,8 @@ def service(workdir: Path) -> Iterator[int]:
     with open(log, "w") as output:
         proc = subprocess.Popen(
             [sys.executable, "-m", "app", "--port", str(port)], cwd=ROOT, stdout=output, stderr=output,
-            env={**os.environ, "CVAE_MODEL_DIR": str(SHIPPED), "CVAE_SHUTDOWN_DELAY_S": "0"},
+            env={**os.environ, "CVAE_MODEL_DIR": str(SHIPPED), "CVAE_SHUTDOWN_DELAY_S": "0",
+                 "CVAE_ADMIN_API_KEYS": ADMIN_KEY},
         )  # fmt: skip
         try:
             wait_ready(port, proc, log.read_text, timeout_s=120)
@@ -365,4 +368,4 @@ def test_curl_commands_run_against_the_service(doc: str, service: int, workdir: 
     ]
     wrapper = 'curl() { command curl --fail --show-error --max-time 60 "$@"; }'  # an HTTP error fails the command
     script = "\n".join(["set -euo pipefail", wrapper, *commands])
-    run(["bash", "-c", script], cwd=workdir)
+    run(["bash", "-c", script], cwd=workdir, env={"ADMIN_KEY": ADMIN_KEY})

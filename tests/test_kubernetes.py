@@ -173,8 +173,9 @@ def test_api_keys_come_from_an_optional_secret_mounted_as_files_never_from_the_e
     text = (K8S / "configmap.yaml").read_text()
     named = dict(re.findall(r"^\s*#\s+(CVAE_\w*API_KEYS): (\S+)$", text, flags=re.M))
     assert named == {"CVAE_API_KEYS": f"{mount['mountPath']}/api-keys",
-                     "CVAE_METRICS_API_KEYS": f"{mount['mountPath']}/metrics-api-keys"}  # fmt: skip
-    assert set(secret["stringData"]) == {"api-keys", "metrics-api-keys"}
+                     "CVAE_METRICS_API_KEYS": f"{mount['mountPath']}/metrics-api-keys",
+                     "CVAE_ADMIN_API_KEYS": f"{mount['mountPath']}/admin-api-keys"}  # fmt: skip
+    assert set(secret["stringData"]) == {"api-keys", "metrics-api-keys", "admin-api-keys"}
     for placeholder in secret["stringData"].values():  # never usable as they are
         with pytest.raises(ValueError):
             read_keys(placeholder, "CVAE_API_KEYS")

@@ -170,7 +170,8 @@ def test_every_panel_queries_through_the_dashboards_variables():
                  "cvae_queue_events_total", "cvae_batch_size_requests", "cvae_batch_size_samples",
                  "cvae_inference_duration_seconds", "process_resident_memory_bytes", "process_cpu_seconds_total",
                  "cvae_inference_process_resident_memory_bytes", "cvae_inference_process_cpu_seconds_total",
-                 "cvae_inference_process_restarts_total", "cvae_ready", "cvae_model_info"]:  # fmt: skip
+                 "cvae_inference_process_restarts_total", "cvae_ready", "cvae_model_info", "cvae_reloads_total",
+                 "cvae_model_answers_total"]:  # fmt: skip
         assert name in covered, name
 
 

@@ -162,7 +162,8 @@ def _model_on_fixture(out: Path) -> Path:
 @pytest.mark.slow
 def test_the_reading_command_adds_a_calibrated_reader_trained_on_the_models_own_digits(tmp_path) -> None:
     model_dir = _model_on_fixture(tmp_path / "m")
-    assert reading.main(["--model", str(model_dir), "--data-dir", str(FIXTURE), "--epochs", "1"]) == 0
+    args = ["--model", str(model_dir), "--data-dir", str(FIXTURE), "--epochs", "1", "--plain-epochs", "1"]
+    assert reading.main([*args, "--outside-count", "10"]) == 0
     model = load_model_dir(model_dir)
     record = model.manifest["reader"]
     assert model.reader is not None and record["config"]["temperature"] > 0
@@ -183,3 +184,15 @@ def test_the_reading_command_refuses_digits_the_model_was_not_trained_on(tmp_pat
     assert reading.main(["--model", str(model_dir), "--data-dir", str(other), "--epochs", "1"]) == 2
     assert "is not the data" in capsys.readouterr().err
     assert load_model_dir(model_dir).reader is None
+
+
+def test_the_reader_is_the_geometric_mean_of_its_members() -> None:
+    torch.manual_seed(0)
+    reader = Reader(ReaderConfig(channels=(4, 8, 8), hidden=16, members=2, temperature=1.5)).eval()
+    x = torch.rand(6, 1, 28, 28)
+    with torch.no_grad():
+        members = [m(x).log_softmax(1) for m in reader.members]
+        expected = ((members[0] + members[1]) / 2 / 1.5).log_softmax(1)
+        assert torch.allclose(reader(x), expected, atol=1e-6)
+        scripted = torch.jit.script(reader)
+        assert torch.equal(scripted(x), reader(x))

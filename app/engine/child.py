@@ -16,7 +16,7 @@ import socket
 import sys
 from pathlib import Path
 
-from app.engine.interface import InferenceOptions
+from app.engine.interface import InferenceOptions, Stage
 from app.engine.wire import (
     BatchFailed,
     DrawBatch,
@@ -63,13 +63,16 @@ def serve(sock: socket.socket, model_dir: Path, options: InferenceOptions, torch
         if not isinstance(message, DrawBatch | EncodeBatch):
             log.error("the server sent %s, which the inference process does not take; exiting", type(message).__name__)
             return 2
+        stages: list[Stage] | None = [] if message.traceparents is not None else None
         try:
             if isinstance(message, DrawBatch):
-                reply: Message = Drawn(batch_id=message.batch_id, drawings=inference.draw_batch(message.specs))
+                drawings = inference.draw_batch(message.specs, stages)
+                reply: Message = Drawn(batch_id=message.batch_id, drawings=drawings, stages=stages)
             else:
-                reply = Encoded(batch_id=message.batch_id, outcomes=inference.encode_batch(message.uploads))
+                outcomes = inference.encode_batch(message.uploads, stages)
+                reply = Encoded(batch_id=message.batch_id, outcomes=outcomes, stages=stages)
         except Exception as e:  # the batch fails, the process goes on
-            log.exception("a batch failed")
+            log.exception("a batch failed (traces: %s)", message.traceparents or "none")
             reply = BatchFailed(batch_id=message.batch_id, reason=f"{type(e).__name__}: {e}")
         sock.sendall(frame(reply))
 

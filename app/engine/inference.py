@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from time import time_ns
 from typing import NamedTuple
 
 import torch
@@ -15,7 +16,16 @@ from torch import Tensor
 
 from app.engine.card import ModelCard
 from app.engine.images import image_refusal
-from app.engine.interface import Drawing, EncodeResult, GenerateSpec, InferenceOptions, Prepared, Upload, freeze_heap
+from app.engine.interface import (
+    Drawing,
+    EncodeResult,
+    GenerateSpec,
+    InferenceOptions,
+    Prepared,
+    Stage,
+    Upload,
+    freeze_heap,
+)
 from app.http.problems import ServiceError
 from model.artifacts import LoadedModel, load_model_dir
 from model.imaging import decode_image, encode_png, tile_grid, to_mnist, to_uint8
@@ -154,9 +164,10 @@ class Inference:
         return (images[0] if len(images) == 1 else torch.cat(images))[:count]
 
     @torch.inference_mode()
-    def draw_batch(self, specs: list[GenerateSpec]) -> list[Drawing]:
+    def draw_batch(self, specs: list[GenerateSpec], stages: list[Stage] | None = None) -> list[Drawing]:
         """Several requests decoded in shared forward passes -> each one's PNG (and, when asked, its tiles' labels
-        and latents), in order."""
+        and latents), in order. With stages, the work is timed into it."""
+        started = time_ns() if stages is not None else 0
         jobs = self._latents_many(specs)
         if len(jobs) == 1:
             z, labels = jobs[0]
@@ -165,14 +176,22 @@ class Inference:
             labels = torch.cat([j.labels for j in jobs])
         tiles = to_uint8(self.decode(z, labels)).split([j.z.shape[0] for j in jobs])  # one conversion, then views
         level = self.options.png_compress_level
-        return [
-            Drawing(
-                png=encode_png(tile_grid(t, s.columns, s.padding, s.scale), level),
-                labels=j.labels.tolist() if s.with_latents else None,
-                latents=j.z.tolist() if s.with_latents else None,
+        if stages is not None:
+            stages.append(Stage("inference", None, started, time_ns()))
+        drawings = []
+        for i, (s, t, j) in enumerate(zip(specs, tiles, jobs, strict=True)):
+            started = time_ns() if stages is not None else 0
+            png = encode_png(tile_grid(t, s.columns, s.padding, s.scale), level)
+            if stages is not None:
+                stages.append(Stage("png", i, started, time_ns()))
+            drawings.append(
+                Drawing(
+                    png=png,
+                    labels=j.labels.tolist() if s.with_latents else None,
+                    latents=j.z.tolist() if s.with_latents else None,
+                )
             )
-            for s, t, j in zip(specs, tiles, jobs, strict=True)
-        ]
+        return drawings
 
     def _latents_many(self, specs: list[GenerateSpec]) -> list[DecodeJob]:
         """latents(spec) for each spec, bit for bit; the sampled ones drawn together (sample_latents_many)."""
@@ -183,11 +202,15 @@ class Inference:
     # --- /encode -------------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def encode_batch(self, uploads: list[Upload]) -> list[EncodeResult | ServiceError]:
-        """Several uploads -> each one's result, or the error that one upload gets (the others are unaffected)."""
+    def encode_batch(
+        self, uploads: list[Upload], stages: list[Stage] | None = None
+    ) -> list[EncodeResult | ServiceError]:
+        """Several uploads -> each one's result, or the error that one upload gets (the others are unaffected). With
+        stages, the work is timed into it."""
         outcomes: dict[int, EncodeResult | ServiceError] = {}
         to_score: list[tuple[int, Tensor]] = []
         for i, upload in enumerate(uploads):
+            started = time_ns() if stages is not None else 0
             try:
                 x = self._preprocess(upload.data)
             except ServiceError as e:
@@ -197,13 +220,20 @@ class Inference:
                 log.exception("preprocessing an upload failed")
                 outcomes[i] = ServiceError(500, "an unexpected error occurred; it has been logged", kind="internal")
                 continue
+            finally:
+                if stages is not None:
+                    stages.append(Stage("image", i, started, time_ns()))
             if upload.digit is None:
                 to_score.append((i, x))
             else:
+                started = time_ns() if stages is not None else 0
                 mean, log_var = self.model.encoder(x, torch.tensor([upload.digit]))
                 outcomes[i] = EncodeResult(upload.digit, False, None, mean[0].tolist(), log_var[0].tolist())
+                if stages is not None:
+                    stages.append(Stage("inference", i, started, time_ns()))
         step = self.score_uploads
         for start in range(0, len(to_score), step):
+            started = time_ns() if stages is not None else 0
             part = to_score[start : start + step]
             log_probs, means, log_vars = self._score(torch.cat([x for _, x in part]))
             for row, (i, _) in enumerate(part):
@@ -215,6 +245,8 @@ class Inference:
                     mean=means[row, best].tolist(),
                     log_var=log_vars[row, best].tolist(),
                 )
+            if stages is not None:
+                stages.append(Stage("inference", None, started, time_ns()))
         return [outcomes[i] for i in range(len(uploads))]
 
     def _preprocess(self, data: bytes) -> Tensor:

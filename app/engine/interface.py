@@ -4,7 +4,7 @@ engine's side turns them into tensors."""
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from app.http.problems import ServiceError
@@ -68,6 +68,24 @@ class EncodeResult(NamedTuple):
     log_var: list[float]
 
 
+class Stage(NamedTuple):
+    """A step of a batch's work timed by the engine, for traces (app/telemetry/otel.py)."""
+
+    name: str  # "inference", "png" (a /generate drawing's) or "image" (an upload's decoding)
+    item: int | None  # the job it was for, by its index in the batch; None: the whole batch
+    start_ns: int  # time.time_ns(): the wall clock, the same in the server and the inference process
+    end_ns: int
+
+
+@dataclass
+class BatchTrace:
+    """A traced batch: each job's trace context goes in (W3C traceparents, for the engine's logs), the engine's timed
+    stages come out. A batch without one is timed by nobody."""
+
+    traceparents: list[str]
+    stages: list[Stage] = field(default_factory=list)
+
+
 class Prepared(NamedTuple):
     """What prepare() allowed on this machine."""
 
@@ -77,7 +95,7 @@ class Prepared(NamedTuple):
 
 class Engine(Protocol):
     """prepare() once (load, warm up, check reproducibility), then batches: draw() for /generate, encode() for
-    /encode, each answering its items in order; close() at shutdown."""
+    /encode, each answering its items in order (a traced batch's stages added to its trace); close() at shutdown."""
 
     @property
     def available(self) -> bool:
@@ -86,9 +104,11 @@ class Engine(Protocol):
 
     async def prepare(self) -> Prepared: ...
 
-    async def draw(self, specs: list[GenerateSpec]) -> list[Drawing]: ...
+    async def draw(self, specs: list[GenerateSpec], trace: BatchTrace | None = None) -> list[Drawing]: ...
 
-    async def encode(self, uploads: list[Upload]) -> list[EncodeResult | ServiceError]: ...
+    async def encode(
+        self, uploads: list[Upload], trace: BatchTrace | None = None
+    ) -> list[EncodeResult | ServiceError]: ...
 
     async def close(self) -> None: ...
 

@@ -18,7 +18,16 @@ import sys
 import time
 from pathlib import Path
 
-from app.engine.interface import Drawing, EncodeResult, GenerateSpec, InferenceOptions, Prepared, Upload, freeze_heap
+from app.engine.interface import (
+    BatchTrace,
+    Drawing,
+    EncodeResult,
+    GenerateSpec,
+    InferenceOptions,
+    Prepared,
+    Upload,
+    freeze_heap,
+)
 from app.engine.wire import (
     BatchFailed,
     DrawBatch,
@@ -65,6 +74,7 @@ class ProcessEngine:
         self.batch_timeout_s = batch_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self.model_id: str | None = None  # the id of the model the child loaded, from its Ready
         self._socket: socket.socket | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -92,14 +102,20 @@ class ProcessEngine:
         freeze_heap()
         return prepared
 
-    async def draw(self, specs: list[GenerateSpec]) -> list[Drawing]:
-        reply = await self._send(DrawBatch(batch_id=self._new_id(), specs=specs))
+    async def draw(self, specs: list[GenerateSpec], trace: BatchTrace | None = None) -> list[Drawing]:
+        traceparents = trace.traceparents if trace is not None else None
+        reply = await self._send(DrawBatch(batch_id=self._new_id(), specs=specs, traceparents=traceparents))
         assert isinstance(reply, Drawn)
+        if trace is not None and reply.stages is not None:
+            trace.stages.extend(reply.stages)
         return reply.drawings
 
-    async def encode(self, uploads: list[Upload]) -> list[EncodeResult | ServiceError]:
-        reply = await self._send(EncodeBatch(batch_id=self._new_id(), uploads=uploads))
+    async def encode(self, uploads: list[Upload], trace: BatchTrace | None = None) -> list[EncodeResult | ServiceError]:
+        traceparents = trace.traceparents if trace is not None else None
+        reply = await self._send(EncodeBatch(batch_id=self._new_id(), uploads=uploads, traceparents=traceparents))
         assert isinstance(reply, Encoded)
+        if trace is not None and reply.stages is not None:
+            trace.stages.extend(reply.stages)
         return reply.outcomes
 
     async def close(self, timeout_s: float = 10.0) -> None:
@@ -157,6 +173,10 @@ class ProcessEngine:
             writer.close()
             self._kill()
             raise RuntimeError(f"the inference process did not start: {type(e).__name__} {e}") from e
+        except asyncio.CancelledError:  # a reload that gave up waiting (app/serving/reload.py)
+            writer.close()
+            self._kill()
+            raise
         if not isinstance(message, Ready) or message.version != wire_version():
             writer.close()
             self._kill()
@@ -164,6 +184,7 @@ class ProcessEngine:
                 raise RuntimeError(f"the inference process could not load the model: {message.reason}")
             raise RuntimeError(f"the inference process runs other code (its first message: {message!r:.200})")
         self._writer = writer
+        self.model_id = message.model_id
         self._reader_task = asyncio.get_running_loop().create_task(self._read(reader), name="inference-reader")
         log.info(
             "inference process %s ready (decoder passes of up to %d rows, up to %d uploads scored together)",

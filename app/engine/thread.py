@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from app.engine.interface import Drawing, EncodeResult, GenerateSpec, InferenceOptions, Prepared, Upload
+from app.engine.interface import BatchTrace, Drawing, EncodeResult, GenerateSpec, InferenceOptions, Prepared, Upload
 from app.http.problems import ServiceError
 
 if TYPE_CHECKING:
@@ -37,13 +37,13 @@ class ThreadEngine:
     async def prepare(self) -> Prepared:
         return await self._run(self._load_and_prepare)
 
-    async def draw(self, specs: list[GenerateSpec]) -> list[Drawing]:
+    async def draw(self, specs: list[GenerateSpec], trace: BatchTrace | None = None) -> list[Drawing]:
         assert self.inference is not None, "prepare first"
-        return await self._run(self.inference.draw_batch, specs)
+        return await self._run(self.inference.draw_batch, specs, trace.stages if trace is not None else None)
 
-    async def encode(self, uploads: list[Upload]) -> list[EncodeResult | ServiceError]:
+    async def encode(self, uploads: list[Upload], trace: BatchTrace | None = None) -> list[EncodeResult | ServiceError]:
         assert self.inference is not None, "prepare first"
-        return await self._run(self.inference.encode_batch, uploads)
+        return await self._run(self.inference.encode_batch, uploads, trace.stages if trace is not None else None)
 
     async def close(self) -> None:
         self._executor.shutdown(wait=True)

@@ -14,7 +14,7 @@ import struct
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from app.engine.interface import Drawing, EncodeResult, GenerateSpec, Upload
+from app.engine.interface import Drawing, EncodeResult, GenerateSpec, Stage, Upload
 from app.http.problems import ServiceError
 
 HEADER = struct.Struct(">Q")
@@ -58,11 +58,13 @@ class StartFailed(NamedTuple):
 class DrawBatch(NamedTuple):
     batch_id: int
     specs: list[GenerateSpec]
+    traceparents: list[str] | None  # a traced batch's jobs' trace contexts: the child times its work; None: untraced
 
 
 class EncodeBatch(NamedTuple):
     batch_id: int
     uploads: list[Upload]
+    traceparents: list[str] | None
 
 
 class Drawn(NamedTuple):
@@ -70,6 +72,7 @@ class Drawn(NamedTuple):
 
     batch_id: int
     drawings: list[Drawing]
+    stages: list[Stage] | None  # the work timed, when the batch was traced
 
 
 class Encoded(NamedTuple):
@@ -77,6 +80,7 @@ class Encoded(NamedTuple):
 
     batch_id: int
     outcomes: list[EncodeResult | ServiceError]
+    stages: list[Stage] | None
 
 
 class BatchFailed(NamedTuple):
@@ -94,7 +98,7 @@ Message = Ready | StartFailed | DrawBatch | EncodeBatch | Drawn | Encoded | Batc
 MESSAGES: dict[str, type[Message]] = {
     cls.__name__: cls for cls in (Ready, StartFailed, DrawBatch, EncodeBatch, Drawn, Encoded, BatchFailed, Stop)
 }
-PAYLOADS = (GenerateSpec, Upload, Drawing, EncodeResult, Refusal)
+PAYLOADS = (GenerateSpec, Upload, Drawing, EncodeResult, Refusal, Stage)
 # The field of a message holding a list of payloads, and their class: each travels as a plain tuple in its class's
 # field order (pickling the classes would cost several times more per payload; the order cannot drift from the class).
 PAYLOAD_LISTS: dict[type[Message], tuple[str, Any]] = {
@@ -121,6 +125,8 @@ def to_wire(message: Message) -> dict[str, Any]:
         ]
     elif (listed := PAYLOAD_LISTS.get(type(message))) is not None:
         fields[listed[0]] = [tuple(p) for p in fields[listed[0]]]
+    if fields.get("stages") is not None:
+        fields["stages"] = [tuple(s) for s in fields["stages"]]
     return fields
 
 
@@ -133,6 +139,8 @@ def from_wire(name: str, fields: dict[str, Any]) -> Message:
     elif (listed := PAYLOAD_LISTS.get(cls)) is not None:
         field, payload = listed
         fields[field] = [payload._make(p) for p in fields[field]]
+    if fields.get("stages") is not None:
+        fields["stages"] = [Stage._make(s) for s in fields["stages"]]
     return cls(**fields)
 
 

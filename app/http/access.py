@@ -84,13 +84,15 @@ class Access:
     metrics_keys: Keys  # needed on the `metrics` path
     limiter: RateLimiter | None  # applied on the `limited` paths
     cors_origins: tuple[str, ...]
+    admin_keys: Keys = Keys(())  # needed on the `admin` path
     keyed: frozenset[str] = frozenset()
     metrics: str = ""
+    admin: str = ""
     limited: frozenset[str] = frozenset()
 
     @property
     def active(self) -> bool:
-        return bool(self.api_keys or self.metrics_keys or self.limiter or self.cors_origins)
+        return bool(self.api_keys or self.metrics_keys or self.admin_keys or self.limiter or self.cors_origins)
 
 
 class AccessMiddleware:
@@ -126,7 +128,12 @@ class _Checks:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         access = self.access
-        keys = access.api_keys if path in access.keyed else access.metrics_keys if path == access.metrics else None
+        keys = (
+            access.api_keys if path in access.keyed
+            else access.metrics_keys if path == access.metrics
+            else access.admin_keys if path == access.admin
+            else None
+        )  # fmt: skip
         given = key_of(scope) if keys else None
         if keys and (given is None or not keys.accepts(given)):
             await send_problem(send, _unauthorized(given is not None), close=False)

@@ -4,6 +4,7 @@ operation. Async and torch-free; no HTTP."""
 from __future__ import annotations
 
 from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from app.engine.card import ModelCard
 from app.engine.images import header_pixels
@@ -12,6 +13,9 @@ from app.http.problems import ServiceError
 from app.serving.scheduler import Lane, Scheduler
 from app.settings import Settings
 from app.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:
+    from app.telemetry.otel import Tracing
 
 # What a request costs the engine, estimated before it is queued (the scheduler turns it into seconds, starting from
 # the guesses below and learning from the batches it runs): a /generate tile costs the decoder about as much as
@@ -35,25 +39,28 @@ def encode_work(decoded_pixels: int) -> float:
 
 
 class Runtime:
-    def __init__(self, card: ModelCard, engine: Engine, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, card: ModelCard, engine: Engine, settings: Settings, metrics: Metrics, tracing: Tracing | None = None
+    ) -> None:
         self.card = card
         self.engine = engine
         self.metrics = metrics
+        self.tracing = tracing  # None: untraced, and the lanes' jobs are the payloads themselves
         self.max_image_pixels = settings.max_image_pixels
         self.scheduler = Scheduler(
             max_wait_s=settings.max_wait_ms / 1000.0,
             max_queue_s=settings.max_queue_wait_s,
             max_queued_bytes=settings.max_queued_bytes,
         )
-        self._draws: Lane[GenerateSpec, Drawing] = self.scheduler.lane(
-            engine.draw,
+        self._draws: Lane[Any, Drawing] = self.scheduler.lane(
+            engine.draw if tracing is None else tracing.batches("generate", engine.draw),
             max_cost=settings.max_batch,
             seconds_per_unit=GENERATE_SECONDS_PER_TILE,
             on_batch=partial(metrics.on_batch, "generate"),
             on_queue=partial(metrics.on_queue, "generate"),
         )
-        self._encodes: Lane[Upload, EncodeResult | ServiceError] = self.scheduler.lane(
-            engine.encode,
+        self._encodes: Lane[Any, EncodeResult | ServiceError] = self.scheduler.lane(
+            engine.encode if tracing is None else tracing.batches("encode", engine.encode),
             max_cost=settings.max_encode_batch,
             seconds_per_unit=ENCODE_SECONDS_PER_PIXEL,
             on_batch=partial(metrics.on_batch, "encode"),
@@ -76,8 +83,10 @@ class Runtime:
 
     async def generate(self, spec: GenerateSpec) -> Drawing:
         """-> the request's drawing (a spec from card.make_spec)."""
-        drawing = await self.scheduler.submit(self._draws, spec, spec.tiles, generate_work(spec))
+        job = spec if self.tracing is None else self.tracing.job(spec)
+        drawing = await self.scheduler.submit(self._draws, job, spec.tiles, generate_work(spec))
         self.metrics.count_images(spec.digits, spec.n)
+        self.metrics.count_answer(self.card.id, "generate")
         return drawing
 
     async def encode(self, upload: Upload) -> EncodeResult:
@@ -86,7 +95,9 @@ class Runtime:
         if upload.digit is not None:
             self.card.check_digits([upload.digit], ["body", "digit"])
         pixels = header_pixels(upload.data, self.max_image_pixels)
-        outcome = await self.scheduler.submit(self._encodes, upload, 1, encode_work(pixels), size=len(upload.data))
+        job = upload if self.tracing is None else self.tracing.job(upload)
+        outcome = await self.scheduler.submit(self._encodes, job, 1, encode_work(pixels), size=len(upload.data))
         if isinstance(outcome, ServiceError):
             raise outcome
+        self.metrics.count_answer(self.card.id, "encode")
         return outcome

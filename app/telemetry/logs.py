@@ -13,15 +13,20 @@ from typing import Any, Literal
 # The ID of the request being handled (app/http/middleware.py sets it for each request), "-" outside one. uvicorn writes
 # its access line from inside the request's task, so the line sees it.
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# The model that answered the request being handled (set by /generate and /encode as they answer), "-" otherwise:
+# during a reload, each access line says which model made its answer, as the answer's X-Model-Id does.
+MODEL_ID: contextvars.ContextVar[str] = contextvars.ContextVar("model_id", default="-")
 ACCESS_FIELDS = ("client", "method", "path", "http_version", "status")  # uvicorn's access line arguments, in order
 LogFormat = Literal["text", "json"]
 
 
 class RequestIdFilter(logging.Filter):
-    """Adds `request_id` to every record (a filter on the handlers, so every logger's records get it)."""
+    """Adds `request_id` and `model_id` to every record (a filter on the handlers, so every logger's records get
+    them)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = REQUEST_ID.get()
+        record.model_id = MODEL_ID.get()
         return True
 
 
@@ -39,6 +44,9 @@ class JsonFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", "-")
         if request_id != "-":
             entry["request_id"] = request_id
+        model_id = getattr(record, "model_id", "-")
+        if model_id != "-":
+            entry["model_id"] = model_id
         if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
             entry.update(zip(ACCESS_FIELDS, record.args, strict=True))
         if record.exc_info:
@@ -59,7 +67,7 @@ def logging_config(level: str, fmt: LogFormat = "text") -> dict[str, Any]:
         config["formatters"] = {name: {"()": JsonFormatter} for name in config["formatters"]}
     else:
         access = config["formatters"]["access"]
-        access["fmt"] = access["fmt"] + " request_id=%(request_id)s"
+        access["fmt"] = access["fmt"] + " request_id=%(request_id)s model_id=%(model_id)s"
     for name in ("app", "model"):
         config["loggers"][name] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
     return config

@@ -19,6 +19,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1,
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 OPERATIONS = ("generate", "encode")  # the engine's batched operations
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+RELOAD_OUTCOMES = ("reloaded", "refused")
 CLIENT_CLOSED = 499  # status counted for a request whose client went away before its answer (nginx's code)
 
 
@@ -65,6 +66,18 @@ class Metrics:
             namespace=namespace, registry=r,
         )  # fmt: skip
         self.model_info = Info("model", "The model being served", namespace=namespace, registry=r)
+        self.reloads = Counter(
+            "reloads", "Model reloads (SIGHUP, POST /admin/reload) by outcome: reloaded, or refused (the old model "
+            "kept serving; the log says why)", ["outcome"], namespace=namespace, registry=r,
+        )  # fmt: skip
+        for outcome in RELOAD_OUTCOMES:
+            self.reloads.labels(outcome)
+        self.answers = Counter(
+            "model_answers", "Requests answered by each model (the current one and the one before it only), by "
+            "operation", ["model_id", "operation"], namespace=namespace, registry=r,
+        )  # fmt: skip
+        self._answers_by: dict[tuple[str, str], Counter] = {}
+        self._model_ids: list[str] = []  # the models whose answers are counted: the previous one, the current one
         self.ready = Gauge("ready", "1 when /readyz answers 200, else 0", namespace=namespace, registry=r)
         # Children looked up once, not per request.
         self._images_by_digit = {d: self.images.labels(str(d)) for d in range(10)}
@@ -75,6 +88,12 @@ class Metrics:
         self._by_request: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}  # (method, route, status)
 
     def set_model(self, card: ModelCard) -> None:
+        """The model now serving; the answers of models before the previous one are no longer exposed."""
+        if card.id not in self._model_ids:
+            self._model_ids = [*self._model_ids[-1:], card.id]
+        for key in [key for key in self._answers_by if key[0] not in self._model_ids]:
+            del self._answers_by[key]
+            self.answers.remove(*key)
         self.model_info.info(
             {
                 "model_id": card.id,
@@ -83,6 +102,14 @@ class Metrics:
                 "torch_version": str(card.manifest.get("torch_version", "")),
             }
         )
+
+    def count_answer(self, model_id: str, operation: str) -> None:
+        child = self._answers_by.get((model_id, operation))
+        if child is None:
+            if model_id not in self._model_ids:  # a model replaced twice while its request ran: not counted
+                return
+            child = self._answers_by[(model_id, operation)] = self.answers.labels(model_id, operation)
+        child.inc()
 
     def count_images(self, digits: Sequence[int], n: int) -> None:
         for d in digits:

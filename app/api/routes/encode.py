@@ -13,6 +13,7 @@ from app.api.parsing import StrictRoute
 from app.api.schemas import EncodeResponse, Problem, ValidationProblem
 from app.engine.interface import Upload
 from app.serving.runtime import Runtime
+from app.telemetry.logs import MODEL_ID
 
 router = APIRouter(tags=["encode"], route_class=StrictRoute)
 
@@ -27,6 +28,7 @@ router = APIRouter(tags=["encode"], route_class=StrictRoute)
     response_model=EncodeResponse,
     responses={
         400: {"model": Problem, "description": "The image is truncated or corrupt"},
+        200: {"headers": {"X-Model-Id": {"description": "the model that encoded it", "schema": {"type": "string"}}}},
         413: {"model": Problem, "description": "The upload exceeds CVAE_MAX_UPLOAD_BYTES bytes or "
               "CVAE_MAX_IMAGE_PIXELS pixels (refused before decoding)"},
         415: {"model": Problem, "description": "The file is not an image format Pillow reads"},
@@ -39,10 +41,12 @@ async def encode(
     request: Request,
     digit: Annotated[int | None, Form(ge=0, le=9, description="the digit it shows; inferred when absent")] = None,
 ) -> JSONResponse:
-    return await respond(runtime_of(request.app), Upload(data=await file.read(), digit=digit))
+    upload = Upload(data=await file.read(), digit=digit)
+    return await respond(runtime_of(request.app), upload)  # the runtime taken once the body is in: the one serving
 
 
 async def respond(runtime: Runtime, upload: Upload) -> JSONResponse:
     """The answer to a parsed /encode request, as EncodeResponse describes it."""
     result = await runtime.encode(upload)
-    return JSONResponse({"model_id": runtime.card.id, **result._asdict()})
+    MODEL_ID.set(runtime.card.id)
+    return JSONResponse({"model_id": runtime.card.id, **result._asdict()}, headers={"X-Model-Id": runtime.card.id})

@@ -15,6 +15,7 @@ from app.api.parsing import StrictRoute
 from app.api.schemas import GENERATE_EXAMPLES, GenerateJSON, GenerateRequest, Problem, ValidationProblem
 from app.http.problems import ServiceError
 from app.serving.runtime import Runtime
+from app.telemetry.logs import MODEL_ID
 
 router = APIRouter(tags=["generate"], route_class=StrictRoute)
 
@@ -103,6 +104,7 @@ async def respond(runtime: Runtime, body: GenerateRequest, accept: str | None) -
         with_latents=as_json,
     )
     drawing = await runtime.generate(spec)
+    MODEL_ID.set(runtime.card.id)
     headers = {"X-Model-Id": runtime.card.id}
     if spec.seed is not None:
         headers["X-Seed"] = str(spec.seed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import State
@@ -12,7 +12,8 @@ from starlette.datastructures import State
 from app import paths
 from app.api.deps import runtime_of
 from app.api.schemas import Liveness, Problem, Readiness
-from app.http.problems import unavailable
+from app.http.problems import ServiceError, unavailable
+from app.serving.reload import Reloader
 from app.serving.runtime import Runtime
 
 router = APIRouter(tags=["operations"])
@@ -86,3 +87,24 @@ async def model(request: Request) -> dict[str, Any]:
 )
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+# Every method routed here, so that without CVAE_ADMIN_API_KEYS each is the 404 of a path that does not exist (a
+# POST-only route would answer other methods 405, telling that it does); not in the public document either.
+@router.api_route(paths.RELOAD, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+async def reload(request: Request) -> dict[str, str]:
+    """Read CVAE_MODEL_DIR again and serve what it holds once it is checked and warmed up in a new inference process
+    (SIGHUP does the same). 200 when switched, 409 (the reason; the old model keeps serving) when refused."""
+    state = request.app.state
+    if state.settings is None or not state.settings.admin_api_keys.get_secret_value():
+        raise HTTPException(404)
+    if request.method != "POST":
+        raise HTTPException(405, headers={"Allow": "POST"})
+    reloader: Reloader | None = state.reloader
+    if reloader is None:
+        raise unavailable("the model is not loaded yet", kind="not-ready")
+    outcome = await reloader.reload("POST /admin/reload")
+    if outcome.outcome == "refused":
+        raise ServiceError(409, f"reload refused, model {outcome.model_id} keeps serving: {outcome.reason}",
+                           kind="reload-refused", title="Reload refused")  # fmt: skip
+    return {"outcome": outcome.outcome, "model_id": outcome.model_id, "previous_id": outcome.previous_id}
