@@ -9,7 +9,9 @@ import torch
 
 from model.artifacts import LoadedModel, load_model_dir
 from model.inference import label_log_probs
+from model.manifest import PROGRAM_FILES
 from model.prior import sample_latents
+from tests.test_formats import assert_bit_identical
 from training.data import load_pair
 from training.evaluate import OUTSIDE_COUNT, judged_figures, likelihood_metrics, outside_figures
 from training.judge import shipped_judge
@@ -26,8 +28,18 @@ def model() -> LoadedModel:
 
 def test_the_default_model_directory_is_small_and_complete() -> None:
     files = sorted(p.name for p in DEFAULT.iterdir())
-    assert files == ["decoder.pt", "encoder.pt", "manifest.json", "prior.pt", "reader.pt"]
-    assert sum(p.stat().st_size for p in DEFAULT.iterdir()) < 10_000_000
+    networks = ["decoder.pt", "encoder.pt", "reader.pt"]
+    programs = [f for name in networks for f in PROGRAM_FILES[name].values()]
+    assert files == sorted([*networks, *programs, "manifest.json", "prior.pt"])
+    # Each network twice, as TorchScript and as torch.export programs (one per method: the decoder's and the
+    # encoder's weights four times in all): docs/model-directory.md, "Two formats".
+    assert sum(p.stat().st_size for p in DEFAULT.iterdir()) < 24_000_000
+
+
+def test_the_default_model_answers_alike_from_either_format(model: LoadedModel) -> None:
+    exported = load_model_dir(DEFAULT, model_format="export")
+    assert exported.format == "export" and exported.reader is not None
+    assert_bit_identical(model, exported)
 
 
 def test_manifest_describes_the_model_and_how_to_reproduce_it(model: LoadedModel) -> None:
