@@ -193,7 +193,7 @@ class CVAE(nn.Module):
 class ReaderConfig:
     image_size: int = 28  # images are (1, image_size, image_size) as to_mnist makes them
     num_classes: int = 10
-    channels: tuple[int, int, int] = (32, 64, 64)  # 3x3 convolutions at full, half and quarter size
+    channels: tuple[int, int, int] = (16, 32, 32)  # 3x3 convolutions at full, half and quarter size
     hidden: int = 128  # width of the layer before the logits
     members: int = 1  # CNNs in the ensemble
     temperature: float = 1.0  # logits are divided by it (fitted after training, so that probabilities are calibrated)
