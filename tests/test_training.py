@@ -70,7 +70,8 @@ def test_cli_trains_and_exports_a_model_directory_with_run_records(tmp_path: Pat
         "kind": "aggregate_posterior", "file": "prior.pt", "components_per_class": 16, "temperature": 0.8
     }  # fmt: skip
     assert m.temperature == 0.8  # the default --sample-temperature: what the service samples at
-    assert set(m.manifest["artifacts"]) == {"decoder.pt", "encoder.pt", "prior.pt"}
+    assert set(m.manifest["artifacts"]) == {"decoder.pt", "encoder.pt", "prior.pt", "decoder.pt2", "decoder.logits.pt2",
+                                            "encoder.pt2", "encoder.all_labels.pt2"}  # fmt: skip
     assert m.manifest["data"]["count"] == 1000 and m.manifest["data"]["val_source"] == "split"
     assert m.manifest["reproduce"].endswith("--no-progress --device cpu")
     assert m.manifest["metrics"]["heldout_nelbo"] > 0 and m.manifest["metrics"]["epochs"] == 2
