@@ -60,7 +60,6 @@ RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
 #   strip --strip-unneeded torch/lib/*.so: the static symbol tables (the dynamic ones stay: nothing links
 #     differently; C++ backtraces lose the names of internal functions)
 #   every `tests` folder (sympy's, numpy's, ...): the packages' own test suites, which no package imports
-#   networkx: imported only by torch.compile's graph partitioner; nothing here compiles
 #   pip, setuptools: installing is done; the image never installs anything
 RUN set -eu; \
     sp="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"; \
@@ -70,8 +69,8 @@ RUN set -eu; \
         "$sp/torch/lib/libaoti_custom_ops.so"; \
     find "$sp" -type d -name tests -prune -exec rm -rf {} +; \
     strip --strip-unneeded "$sp"/torch/lib/libtorch*.so "$sp"/torch/lib/libc10.so "$sp"/torch/lib/libshm.so; \
-    /opt/venv/bin/python -m pip uninstall --quiet --yes networkx setuptools pip; \
-    /opt/venv/bin/python -c "import torch, model, app, training; print('slimmed: torch', torch.__version__)"
+    /opt/venv/bin/python -m pip uninstall --quiet --yes setuptools pip; \
+    /opt/venv/bin/python -c "import torch, torch.export._trace, model, app, training; print('slimmed: torch', torch.__version__)"
 
 # ---- runtime ----------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
