@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +125,7 @@ def export_model_dir(
         artifacts = {name: sha256_file(tmp / name) for name in files}
         manifest = {
             "format_version": FORMAT_VERSION,
-            "id": f"cvae-{artifacts[DECODER_FILE][:12]}",
+            "id": model_id(artifacts),
             "latent_dim": model.cfg.latent_dim,
             "image_shape": [1, model.cfg.image_size, model.cfg.image_size],
             "labels": [str(i) for i in range(model.cfg.num_classes)],
@@ -216,18 +218,12 @@ def add_programs(model_dir: str | Path) -> dict[str, Any]:
         reader.load_state_dict(scripted.reader.state_dict())
         check_reader_scripted(reader, scripted.reader)
         networks[READER_FILE] = reader
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.partial-", dir=model_dir.parent))
-    try:
-        for f in model_dir.iterdir():
-            if f.is_file():
-                shutil.copy2(f, tmp / f.name)
-        for file in export_programs(networks, tmp, model.cfg):
-            manifest["artifacts"][file] = sha256_file(tmp / file)
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
-        _replace_dir(tmp, model_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    def add(folder: Path) -> None:
+        for file in export_programs(networks, folder, model.cfg):
+            manifest["artifacts"][file] = sha256_file(folder / file)
+
+    rewrite_model_dir(model_dir, manifest, add)
     return manifest
 
 
@@ -240,6 +236,31 @@ def _save_prior(prior: Prior, folder: Path, temperature: float) -> dict[str, Any
         spec = prior.to("cpu").to_dict()
     spec["temperature"] = temperature
     return spec
+
+
+def rewrite_model_dir(model_dir: Path, manifest: dict[str, Any], add: Callable[[Path], None]) -> None:
+    """A copy of model_dir's files, add(copy) writing new ones into it (and listing them in `manifest`), then the
+    manifest written: it becomes model_dir only once all of that is done."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.partial-", dir=model_dir.parent))
+    try:
+        for f in model_dir.iterdir():
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+        add(tmp)
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+        _replace_dir(tmp, model_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def model_id(artifacts: dict[str, str]) -> str:
+    """cvae- and 12 hex digits: the decoder's sha256 alone (what every model without a reader has), or, with a
+    reader, a digest of both (a new reader answers /encode differently: a new id)."""
+    if READER_FILE not in artifacts:
+        return f"cvae-{artifacts[DECODER_FILE][:12]}"
+    both = hashlib.sha256(f"{artifacts[DECODER_FILE]}:{artifacts[READER_FILE]}".encode()).hexdigest()
+    return f"cvae-{both[:12]}"
 
 
 def _replace_dir(tmp: Path, out_dir: Path) -> None:

@@ -14,10 +14,7 @@ import argparse
 import json
 import logging
 import math
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -37,6 +34,7 @@ from model.uploads import ImageError
 from training.augment import random_affine
 from training.data import DataError, DataSplits, load_data_dir
 from training.evaluate import OUTSIDE_COUNT, encode_figures, outside_figures
+from training.export import check_reader_scripted, export_programs, model_id, rewrite_model_dir
 from training.judge import cached_judge, default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -196,51 +194,22 @@ def add_reader(model_dir: Path, reader: Reader, record: dict[str, Any]) -> dict[
     """Write reader.pt into model_dir (scripted, checked against eager), and reader.pt2 (its torch.export program)
     when the directory has the other networks' programs, and list them in the manifest, replacing the directory only
     once everything is written. The model's id changes with its reader. -> the manifest."""
-    from training.export import check_reader_scripted, export_programs
-
     manifest = json.loads((model_dir / MANIFEST_FILE).read_text())
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.partial-", dir=model_dir.parent))
-    try:
-        for f in model_dir.iterdir():
-            if f.is_file():
-                shutil.copy2(f, tmp / f.name)
+
+    def add(folder: Path) -> None:
         with quiet_torchscript():
-            scripted = torch.jit.script(reader)
-            torch.jit.save(scripted, str(tmp / READER_FILE))
-            check_reader_scripted(reader, torch.jit.load(str(tmp / READER_FILE)))
-        manifest["artifacts"][READER_FILE] = sha256_file(tmp / READER_FILE)
+            torch.jit.save(torch.jit.script(reader), str(folder / READER_FILE))
+            check_reader_scripted(reader, torch.jit.load(str(folder / READER_FILE)))
+        manifest["artifacts"][READER_FILE] = sha256_file(folder / READER_FILE)
         if PROGRAM_FILES[ENCODER_FILE]["forward"] in manifest["artifacts"]:
             cfg = CVAEConfig.from_dict(manifest["config"]["model"])
-            for file in export_programs({READER_FILE: reader}, tmp, cfg):
-                manifest["artifacts"][file] = sha256_file(tmp / file)
+            for file in export_programs({READER_FILE: reader}, folder, cfg):
+                manifest["artifacts"][file] = sha256_file(folder / file)
         manifest["reader"] = {"file": READER_FILE, **record}
         manifest["id"] = model_id(manifest["artifacts"])
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        os.chmod(tmp, 0o755)
-        old = model_dir.with_name(f".{model_dir.name}.old-{os.getpid()}")
-        model_dir.rename(old)
-        tmp.rename(model_dir)
-        shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    rewrite_model_dir(model_dir, manifest, add)
     return manifest
-
-
-def model_id(artifacts: dict[str, str]) -> str:
-    """cvae- and 12 hex digits: the decoder's sha256 alone (what every model without a reader has), or, with a
-    reader, a digest of both (a new reader answers /encode differently: a new id)."""
-    from model.manifest import DECODER_FILE
-
-    if READER_FILE not in artifacts:
-        return f"cvae-{artifacts[DECODER_FILE][:12]}"
-    import hashlib
-
-    both = hashlib.sha256(f"{artifacts[DECODER_FILE]}:{artifacts[READER_FILE]}".encode()).hexdigest()
-    return f"cvae-{both[:12]}"
 
 
 def main(argv: list[str] | None = None) -> int:
