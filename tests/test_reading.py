@@ -20,7 +20,7 @@ from model.artifacts import load_model_dir, quiet_torchscript
 from model.imaging import decode_image, to_mnist
 from model.inference import label_log_probs
 from model.manifest import READER_FILE, ModelDirError
-from model.network import CVAE, Reader, ReaderConfig
+from model.network import CVAE, MaxPool2x2, Reader, ReaderConfig
 from model.prior import GaussianPrior
 from tests.conftest import TINY, drawing, encoded, upload
 from training import reading
@@ -197,3 +197,18 @@ def test_the_reader_is_the_geometric_mean_of_its_members() -> None:
         with quiet_torchscript():  # TorchScript's deprecation, where it arises (docs/model-directory.md)
             scripted = torch.jit.script(reader)
         assert torch.equal(scripted(x), reader(x))
+
+
+def test_the_readers_pooling_is_max_pooling_bit_for_bit_and_its_weights_load_as_before() -> None:
+    x = torch.randn(5, 16, 28, 28)
+    assert torch.equal(MaxPool2x2()(x), torch.nn.functional.max_pool2d(x, 2))
+    assert torch.equal(MaxPool2x2()(x[:, :, :14, :14]), torch.nn.functional.max_pool2d(x[:, :, :14, :14], 2))
+    # The readers shipped before it pooled with nn.MaxPool2d at the same places: their state dicts still load.
+    reader = Reader(SMALL)
+    before = torch.nn.Sequential(
+        *[torch.nn.MaxPool2d(2) if isinstance(layer, MaxPool2x2) else layer for layer in reader.members[0]]
+    )
+    assert list(before.state_dict()) == list(reader.members[0].state_dict())
+    with torch.no_grad():
+        y = torch.rand(7, 1, 28, 28)
+        assert torch.equal(before.eval()(y), reader.members[0].eval()(y))
