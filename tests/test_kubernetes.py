@@ -72,6 +72,14 @@ def test_configmap_sets_only_valid_settings_of_the_app() -> None:
     assert settings.torch_threads <= float(CONTAINER["resources"]["limits"]["cpu"])
 
 
+def test_configmap_names_the_model_and_its_format_as_compose_does() -> None:
+    # A model rolls out (and back) as a new value of these keys: each one is set here, to the default compose passes.
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["api"]["environment"]
+    for key in ("CVAE_MODEL_DIR", "CVAE_MODEL_FORMAT"):
+        assert key in SETTINGS["data"], f"configmap.yaml does not set {key}"
+        assert compose[key] == f"${{{key}:-{SETTINGS['data'][key]}}}", f"{key}: compose's default differs"
+
+
 def test_ports_agree_with_the_image_and_the_service() -> None:
     assert container_port("http") == image_port() == int(re.search(r"^EXPOSE (\d+)$", DOCKERFILE, re.M).group(1))
     (port,) = SERVICE["spec"]["ports"]
