@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -225,3 +226,18 @@ def test_members_may_have_their_own_widths_and_a_config_names_them_consistently(
     for bad in ({"members": 3}, {"member_channels": ((4, 8, 8), (4, 8))}, {"member_channels": ((4, 8, 8), (0, 8, 8))}):
         with pytest.raises(ValueError, match="invalid reader config"):
             ReaderConfig(**{**cfg.to_dict(), **bad})
+
+
+def test_each_member_trains_by_its_own_recipe_and_seed() -> None:
+    images, labels = digits(40)
+    cfg = ReaderConfig(channels=(4, 8, 8), hidden=16, members=2, member_channels=((4, 8, 8), (2, 4, 4)))
+    reader = reading.train_reader(images, labels, cfg, ("varied", "plain"), epochs=1, plain_epochs=1, seed=3)
+    alone = reading.train_member(
+        images, labels, ReaderConfig(channels=(2, 4, 4), hidden=16), epochs=1, seed=4,
+        inputs=partial(reading._moved, torch.stack([to_mnist(img.float() / 255) for img in images])),
+    )  # fmt: skip
+    trained, expected = reader.members[1].state_dict(), alone.state_dict()
+    assert list(trained) == list(expected) and all(torch.equal(trained[k], expected[k]) for k in expected)
+    for recipes in (("varied",), ("varied", "noisy")):
+        with pytest.raises(ValueError, match="one recipe"):
+            reading.train_reader(images, labels, cfg, recipes, epochs=1, plain_epochs=1, seed=3)

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,12 @@ log = logging.getLogger(__name__)
 CALIBRATION_SIZE = 500  # training digits kept back to fit the temperature (at most a fifth of them)
 CANVAS = 80  # the side the geometry is varied at (the 28 px digit padded to 40, scaled 2x)
 PLAIN_SHARE = 0.3  # varied digits whose strokes and grey levels are left as MNIST's
+# The reader's members, in order: what each trains on, and its convolutions' channels (docs/quality.md: why).
+MEMBERS: tuple[tuple[str, tuple[int, int, int]], ...] = (
+    ("varied", (16, 32, 32)),
+    ("varied", (16, 32, 32)),
+    ("plain", (16, 32, 32)),
+)
 
 
 def varied(images: Tensor, g: torch.Generator, seed: int, plain_share: float = PLAIN_SHARE) -> Tensor:
@@ -86,8 +92,9 @@ def _warp(x: Tensor, g: torch.Generator) -> Tensor:
 
 def _stroke_width(x: Tensor, g: torch.Generator) -> Tensor:
     """Each digit's strokes: as they are, thickened (a pen: 1-3 px more on each side at this scale), thinned to a
-    fine line (a pencil, a thin pen), or made crisp (a pen's hard edge)."""
-    choice = torch.randint(0, 6, (x.shape[0],), generator=g)
+    fine line (a pencil, a thin pen), made crisp (a pen's hard edge), or outlined (a bold stroke drawn as its two
+    edges, as outline and inline fonts draw it)."""
+    choice = torch.randint(0, 7, (x.shape[0],), generator=g)
     out = x.clone()
     for k, size in ((1, 3), (2, 5), (3, 7)):
         rows = choice == k
@@ -100,7 +107,24 @@ def _stroke_width(x: Tensor, g: torch.Generator) -> Tensor:
     crisp = choice == 5
     if crisp.any():
         out[crisp] = (x[crisp] > 0.3 + 0.4 * torch.rand(int(crisp.sum()), 1, 1, 1, generator=g)).float()
+    outline = choice == 6
+    if outline.any():
+        out[outline] = _outline(x[outline], g)
     return out
+
+
+def _outline(x: Tensor, g: torch.Generator) -> Tensor:
+    """Digits (N, 1, CANVAS, CANVAS) made bold (2-3 px more on each side), then hollowed: what is left is a rim
+    2-3 px wide on each side of where the bold stroke was."""
+    bold = torch.empty_like(x)
+    sizes = torch.randint(0, 2, (x.shape[0],), generator=g)
+    for k, size in enumerate((5, 7)):
+        rows = sizes == k
+        if rows.any():
+            bold[rows] = F.max_pool2d(x[rows], size, stride=1, padding=size // 2)
+    bold = ((bold - 0.3) / 0.4).clamp(0, 1)
+    inner = 1 - F.max_pool2d(1 - bold, 5, stride=1, padding=2)  # eroded by 2 px
+    return (bold - inner).clamp(0, 1)
 
 
 def _degrade(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -124,20 +148,33 @@ def _degrade(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def train_reader(
-    images: Tensor, labels: Tensor, cfg: ReaderConfig, *, epochs: int, plain_epochs: int, seed: int
-) -> Reader:
-    """The two-member reader (cfg.members == 2): one CNN trained on varied copies of images (uint8 (N, 28, 28)),
-    fresh ones every epoch; one on the images as /encode pre-processes them, lightly moved (the plain recipe of
-    training/judge.py)."""
-    varied_member = train_member(images, labels, cfg, epochs=epochs, seed=seed, inputs=partial(varied, images))
-    plain = torch.stack([to_mnist(img.float() / 255) for img in images])
-    plain_member = train_member(
-        images, labels, cfg, epochs=plain_epochs, seed=seed + 2, inputs=lambda g, _: random_affine(plain, 1.0, g)
-    )
+    images: Tensor, labels: Tensor, cfg: ReaderConfig, recipes: Sequence[str], *, epochs: int, plain_epochs: int,
+    seed: int,
+) -> Reader:  # fmt: skip
+    """A reader of len(recipes) == cfg.members CNNs, member i trained from seed + i on images (uint8 (N, 28, 28))
+    by recipes[i]: "varied", fresh varied copies every epoch (`epochs` of them), or "plain", the images as /encode
+    pre-processes them, lightly moved (the plain recipe of training/judge.py; `plain_epochs`)."""
+    if len(recipes) != cfg.members or not set(recipes) <= {"varied", "plain"}:
+        raise ValueError(f"one recipe, varied or plain, per member: {recipes} for {cfg.members}")
+    plain = torch.stack([to_mnist(img.float() / 255) for img in images]) if "plain" in recipes else None
     reader = Reader(cfg)
-    reader.members[0].load_state_dict(varied_member.state_dict())
-    reader.members[1].load_state_dict(plain_member.state_dict())
+    for i, recipe in enumerate(recipes):
+        member_cfg = ReaderConfig(
+            **{**cfg.to_dict(), "channels": cfg.channels_of(i), "members": 1, "member_channels": ()}
+        )
+        if plain is None or recipe == "varied":
+            member = train_member(
+                images, labels, member_cfg, epochs=epochs, seed=seed + i, inputs=partial(varied, images)
+            )
+        else:
+            moved = partial(_moved, plain)
+            member = train_member(images, labels, member_cfg, epochs=plain_epochs, seed=seed + i, inputs=moved)
+        reader.members[i].load_state_dict(member.state_dict())
     return reader.eval()
+
+
+def _moved(plain: Tensor, g: torch.Generator, _: int) -> Tensor:
+    return random_affine(plain, 1.0, g)
 
 
 @torch.enable_grad()
@@ -247,8 +284,16 @@ def main(argv: list[str] | None = None) -> int:
     images, labels = data.train.images, data.train.labels
     kept = min(CALIBRATION_SIZE, len(images) // 5)
     fit, keep = slice(0, len(images) - kept), slice(len(images) - kept, None)
-    cfg = ReaderConfig(num_classes=model.num_classes, generative_weight=args.generative_weight, members=2)
-    reader = train_reader(images[fit], labels[fit], cfg, epochs=args.epochs, plain_epochs=args.plain_epochs, seed=seed)
+    recipes = [recipe for recipe, _ in MEMBERS]
+    cfg = ReaderConfig(
+        num_classes=model.num_classes,
+        generative_weight=args.generative_weight,
+        members=len(MEMBERS),
+        member_channels=tuple(channels for _, channels in MEMBERS),
+    )
+    reader = train_reader(
+        images[fit], labels[fit], cfg, recipes, epochs=args.epochs, plain_epochs=args.plain_epochs, seed=seed
+    )
     calibration = varied(images[keep], torch.Generator().manual_seed(seed + 1), seed + 1)
     temperature = fit_temperature(reader, calibration, labels[keep])
     reader.temperature = temperature
@@ -257,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("reader: temperature %.3f, %.1f%% of varied calibration digits right", temperature, 100 * accuracy)
     record = {
         "config": cfg.to_dict(),
-        "trained_on": f"{len(images) - kept} training digits of {data.info.get('name')}, varied (a member) and plain",
+        "trained_on": f"{len(images) - kept} training digits of {data.info.get('name')}",
+        "members": [{"recipe": recipe, "seed": seed + i} for i, recipe in enumerate(recipes)],
         "calibrated_on": f"the last {kept} training digits, varied",
         "calibration_accuracy": accuracy,
         "epochs": {"varied": args.epochs, "plain": args.plain_epochs},
