@@ -294,3 +294,18 @@ def test_mutated_files_of_many_formats_fail_only_with_image_errors() -> None:
         outcomes[reason] = outcomes.get(reason, 0) + 1
     assert set(outcomes) <= {"ok", "undecodable", "too_large", "non_finite", "blank"}
     assert outcomes["ok"] > 100 and outcomes["undecodable"] > 1000  # the mutations did both
+
+
+def test_a_pngs_size_is_read_from_its_header_as_pillow_reads_it() -> None:
+    for size, mode in (((28, 28), "L"), ((300, 200), "RGB"), ((1, 4000), "RGBA"), ((640, 480), "I;16")):
+        data = saved(Image.new(mode, size), "PNG")
+        assert decoded_pixels(data, MAX_PIXELS) == size[0] * size[1] == np.prod(Image.open(io.BytesIO(data)).size)
+    big = saved(Image.new("L", (4000, 3000)), "PNG")
+    with pytest.raises(ImageError, match=r"image is 4000x3000 = 12000000 pixels; the limit is 10000000") as e:
+        decoded_pixels(big, MAX_PIXELS)  # refused, and worded, as Pillow's header read refuses it
+    assert e.value.reason == "too_large"
+    corrupt = bytearray(saved(Image.new("L", (28, 28)), "PNG"))
+    corrupt[17] ^= 0xFF  # the width, under the chunk's checksum: Pillow refuses the file, and so does this
+    with pytest.raises(ImageError) as e:
+        decoded_pixels(bytes(corrupt), MAX_PIXELS)
+    assert e.value.reason == "undecodable"
