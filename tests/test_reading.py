@@ -174,22 +174,6 @@ def test_the_reading_command_adds_a_calibrated_reader_trained_on_the_models_own_
     assert record["reproduce"].startswith("python -m training.reading --model")
 
 
-@pytest.mark.slow
-def test_distilling_replaces_the_reader_by_one_cnn_and_records_its_teacher(tmp_path, capsys) -> None:
-    model_dir = _model_on_fixture(tmp_path / "m")
-    args = ["--model", str(model_dir), "--data-dir", str(FIXTURE), "--epochs", "1", "--outside-count", "0"]
-    assert reading.main([*args, "--distill"]) == 2  # nothing to distill yet
-    assert "has no reader to distill" in capsys.readouterr().err and load_model_dir(model_dir).reader is None
-    assert reading.main([*args, "--plain-epochs", "1"]) == 0
-    teacher = load_model_dir(model_dir).manifest["reader"]
-    assert reading.main([*args, "--distill"]) == 0
-    model = load_model_dir(model_dir)
-    record = model.manifest["reader"]
-    assert record["config"]["members"] == 1 and record["config"]["channels"] == list(reading.STUDENT_CHANNELS)
-    assert record["distilled_from"] == teacher and record["reproduce"].endswith("--distill")
-    assert model.reader is not None and record["members"] == [{"recipe": "varied, distilled", "seed": 5}]
-
-
 def test_the_reading_command_refuses_digits_the_model_was_not_trained_on(tmp_path, capsys) -> None:
     model_dir = _model_on_fixture(tmp_path / "m")
     other = tmp_path / "other"

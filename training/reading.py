@@ -48,8 +48,6 @@ MEMBERS: tuple[tuple[str, tuple[int, int, int]], ...] = (
     ("varied", (16, 32, 32)),
     ("plain", (16, 32, 32)),
 )
-STUDENT_CHANNELS = (16, 32, 32)  # the one CNN --distill trains
-STUDENT_SEED = 5  # the student trains from seed + STUDENT_SEED (its teacher's members took seed + 0, 1 and 2)
 
 
 def varied(images: Tensor, g: torch.Generator, seed: int, plain_share: float = PLAIN_SHARE) -> Tensor:
@@ -182,11 +180,9 @@ def _moved(plain: Tensor, g: torch.Generator, _: int) -> Tensor:
 @torch.enable_grad()
 def train_member(
     images: Tensor, labels: Tensor, cfg: ReaderConfig, *, epochs: int, seed: int,
-    inputs: Callable[[torch.Generator, int], Tensor], teacher: Reader | None = None,
+    inputs: Callable[[torch.Generator, int], Tensor],
 ) -> nn.Module:  # fmt: skip
-    """One CNN of the reader, trained on inputs(generator, epoch_seed) (N, 1, 28, 28), new ones every epoch. With
-    a teacher, distilled (Hinton et al. 2015): half the loss is the cross-entropy to the teacher's probabilities on
-    the same inputs, half to the labels."""
+    """One CNN of the reader, trained on inputs(generator, epoch_seed) (N, 1, 28, 28), new ones every epoch."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     member = Reader(ReaderConfig(**{**cfg.to_dict(), "members": 1})).members[0]
@@ -201,12 +197,7 @@ def train_member(
         total = 0.0
         for i in range(0, len(x), batch):
             idx = order[i : i + batch]
-            logits = member(x[idx])
-            loss = F.cross_entropy(logits, labels[idx])
-            if teacher is not None:
-                with torch.no_grad():
-                    taught = teacher.logits(x[idx]).softmax(dim=1)
-                loss = (loss + F.cross_entropy(logits, taught)) / 2
+            loss = F.cross_entropy(member(x[idx]), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -266,9 +257,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plain-epochs", type=int, default=16, help="passes of the plain member (default 16)")
     parser.add_argument("--generative-weight", type=float, default=0.0,
                         help="weight of the generative label score beside the reader's (default 0)")  # fmt: skip
-    parser.add_argument("--distill", action="store_true",
-                        help="replace the directory's reader by one CNN trained on varied digits to read as it reads "
-                        "(a third of the cost)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--outside-count", type=int, default=OUTSIDE_COUNT,
                         help=f"uploads of each kind not from MNIST measured (default {OUTSIDE_COUNT})")  # fmt: skip
@@ -296,38 +284,16 @@ def main(argv: list[str] | None = None) -> int:
     images, labels = data.train.images, data.train.labels
     kept = min(CALIBRATION_SIZE, len(images) // 5)
     fit, keep = slice(0, len(images) - kept), slice(len(images) - kept, None)
-    if args.distill:
-        if model.reader is None:
-            print(f"error: {args.model} has no reader to distill (run without --distill first)", file=sys.stderr)
-            return 2
-        teacher_record = model.manifest["reader"]
-        teacher = Reader(ReaderConfig(**teacher_record["config"]))
-        teacher.load_state_dict(model.reader.state_dict())
-        cfg = ReaderConfig(
-            num_classes=model.num_classes, generative_weight=args.generative_weight, channels=STUDENT_CHANNELS
-        )
-        reader = Reader(cfg)
-        student = train_member(
-            images[fit], labels[fit], cfg, epochs=args.epochs, seed=seed + STUDENT_SEED,
-            inputs=partial(varied, images[fit]), teacher=teacher.eval(),
-        )  # fmt: skip
-        reader.members[0].load_state_dict(student.state_dict())
-        reader.eval()
-        members = [{"recipe": "varied, distilled", "seed": seed + STUDENT_SEED}]
-        epochs = {"varied": args.epochs}
-    else:
-        recipes = [recipe for recipe, _ in MEMBERS]
-        cfg = ReaderConfig(
-            num_classes=model.num_classes,
-            generative_weight=args.generative_weight,
-            members=len(MEMBERS),
-            member_channels=tuple(channels for _, channels in MEMBERS),
-        )
-        reader = train_reader(
-            images[fit], labels[fit], cfg, recipes, epochs=args.epochs, plain_epochs=args.plain_epochs, seed=seed
-        )
-        members = [{"recipe": recipe, "seed": seed + i} for i, recipe in enumerate(recipes)]
-        epochs = {"varied": args.epochs, "plain": args.plain_epochs}
+    recipes = [recipe for recipe, _ in MEMBERS]
+    cfg = ReaderConfig(
+        num_classes=model.num_classes,
+        generative_weight=args.generative_weight,
+        members=len(MEMBERS),
+        member_channels=tuple(channels for _, channels in MEMBERS),
+    )
+    reader = train_reader(
+        images[fit], labels[fit], cfg, recipes, epochs=args.epochs, plain_epochs=args.plain_epochs, seed=seed
+    )
     calibration = varied(images[keep], torch.Generator().manual_seed(seed + 1), seed + 1)
     temperature = fit_temperature(reader, calibration, labels[keep])
     reader.temperature = temperature
@@ -337,15 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "config": cfg.to_dict(),
         "trained_on": f"{len(images) - kept} training digits of {data.info.get('name')}",
-        "members": members,
+        "members": [{"recipe": recipe, "seed": seed + i} for i, recipe in enumerate(recipes)],
         "calibrated_on": f"the last {kept} training digits, varied",
         "calibration_accuracy": accuracy,
-        "epochs": epochs,
+        "epochs": {"varied": args.epochs, "plain": args.plain_epochs},
         "seed": seed,
         "reproduce": " ".join(["python -m training.reading", *(argv if argv is not None else sys.argv[1:])]),
     }
-    if args.distill:
-        record["distilled_from"] = teacher_record  # the teacher's own record: how to make it again
     manifest = add_reader(args.model, reader, record)
     log.info("reader added to %s (model id %s); measuring /encode with it", args.model, manifest["id"])
     record_figures(args.model, data, seed=seed, outside_count=args.outside_count)
