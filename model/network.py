@@ -196,16 +196,14 @@ class ReaderConfig:
     channels: tuple[int, int, int] = (16, 32, 32)  # 3x3 convolutions at full, half and quarter size
     hidden: int = 128  # width of the layer before the logits
     members: int = 1  # CNNs in the ensemble
-    member_channels: tuple[tuple[int, int, int], ...] = ()  # each member's own channels; empty: `channels` for all
     temperature: float = 1.0  # logits are divided by it (fitted after training, so that probabilities are calibrated)
     generative_weight: float = 0.0  # how much of the generative label score is added to the reader's log-probs
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
-        object.__setattr__(self, "member_channels", tuple(tuple(int(c) for c in m) for m in self.member_channels))
         if (
-            any(len(c) != 3 or min(c) < 1 for c in (self.channels, *self.member_channels))
-            or len(self.member_channels) not in (0, self.members)
+            len(self.channels) != 3
+            or min(self.channels) < 1
             or self.hidden < 1
             or self.image_size % 4
             or self.members < 1
@@ -216,9 +214,6 @@ class ReaderConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def channels_of(self, member: int) -> tuple[int, int, int]:
-        return self.member_channels[member] if self.member_channels else self.channels
 
 
 class Reader(nn.Module):
@@ -232,7 +227,7 @@ class Reader(nn.Module):
 
     def __init__(self, cfg: ReaderConfig) -> None:
         super().__init__()
-        self.members = nn.ModuleList([_reader_cnn(cfg, cfg.channels_of(i)) for i in range(cfg.members)])
+        self.members = nn.ModuleList([_reader_cnn(cfg) for _ in range(cfg.members)])
         self.temperature = cfg.temperature
         self.generative_weight = cfg.generative_weight
 
@@ -258,8 +253,8 @@ class MaxPool2x2(nn.Module):
         return torch.maximum(rows[:, :, :, 0::2], rows[:, :, :, 1::2])
 
 
-def _reader_cnn(cfg: ReaderConfig, channels: tuple[int, int, int]) -> nn.Sequential:
-    c1, c2, c3 = channels
+def _reader_cnn(cfg: ReaderConfig) -> nn.Sequential:
+    c1, c2, c3 = cfg.channels
     return nn.Sequential(
         nn.Conv2d(1, c1, 3, padding=1),  # (N, c1, H, W)
         nn.SiLU(),

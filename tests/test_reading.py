@@ -215,25 +215,12 @@ def test_the_readers_pooling_is_max_pooling_bit_for_bit_and_its_weights_load_as_
         assert torch.equal(before.eval()(y), reader.members[0].eval()(y))
 
 
-def test_members_may_have_their_own_widths_and_a_config_names_them_consistently() -> None:
-    cfg = ReaderConfig(channels=(4, 8, 8), hidden=16, members=2, member_channels=([4, 8, 8], [6, 10, 12]))
-    reader = Reader(cfg).eval()
-    assert [m[0].out_channels for m in reader.members] == [4, 6]
-    assert ReaderConfig(**json.loads(json.dumps(cfg.to_dict()))) == cfg  # as the manifest stores it
-    with torch.no_grad(), quiet_torchscript():
-        x = torch.rand(5, 1, 28, 28)
-        assert torch.equal(torch.jit.script(reader)(x), reader(x))
-    for bad in ({"members": 3}, {"member_channels": ((4, 8, 8), (4, 8))}, {"member_channels": ((4, 8, 8), (0, 8, 8))}):
-        with pytest.raises(ValueError, match="invalid reader config"):
-            ReaderConfig(**{**cfg.to_dict(), **bad})
-
-
 def test_each_member_trains_by_its_own_recipe_and_seed() -> None:
     images, labels = digits(40)
-    cfg = ReaderConfig(channels=(4, 8, 8), hidden=16, members=2, member_channels=((4, 8, 8), (2, 4, 4)))
+    cfg = ReaderConfig(channels=(4, 8, 8), hidden=16, members=2)
     reader = reading.train_reader(images, labels, cfg, ("varied", "plain"), epochs=1, plain_epochs=1, seed=3)
     alone = reading.train_member(
-        images, labels, ReaderConfig(channels=(2, 4, 4), hidden=16), epochs=1, seed=4,
+        images, labels, cfg, epochs=1, seed=4,
         inputs=partial(reading._moved, torch.stack([to_mnist(img.float() / 255) for img in images])),
     )  # fmt: skip
     trained, expected = reader.members[1].state_dict(), alone.state_dict()

@@ -42,12 +42,7 @@ log = logging.getLogger(__name__)
 CALIBRATION_SIZE = 500  # training digits kept back to fit the temperature (at most a fifth of them)
 CANVAS = 80  # the side the geometry is varied at (the 28 px digit padded to 40, scaled 2x)
 PLAIN_SHARE = 0.3  # varied digits whose strokes and grey levels are left as MNIST's
-# The reader's members, in order: what each trains on, and its convolutions' channels (docs/quality.md: why).
-MEMBERS: tuple[tuple[str, tuple[int, int, int]], ...] = (
-    ("varied", (16, 32, 32)),
-    ("varied", (16, 32, 32)),
-    ("plain", (16, 32, 32)),
-)
+MEMBERS = ("varied", "varied", "plain")  # what the reader's members train on, in order (docs/quality.md: why)
 
 
 def varied(images: Tensor, g: torch.Generator, seed: int, plain_share: float = PLAIN_SHARE) -> Tensor:
@@ -156,19 +151,16 @@ def train_reader(
     pre-processes them, lightly moved (the plain recipe of training/judge.py; `plain_epochs`)."""
     if len(recipes) != cfg.members or not set(recipes) <= {"varied", "plain"}:
         raise ValueError(f"one recipe, varied or plain, per member: {recipes} for {cfg.members}")
-    plain = torch.stack([to_mnist(img.float() / 255) for img in images]) if "plain" in recipes else None
     reader = Reader(cfg)
+    plain: Tensor | None = None  # the images as /encode pre-processes them, made once
     for i, recipe in enumerate(recipes):
-        member_cfg = ReaderConfig(
-            **{**cfg.to_dict(), "channels": cfg.channels_of(i), "members": 1, "member_channels": ()}
-        )
-        if plain is None or recipe == "varied":
-            member = train_member(
-                images, labels, member_cfg, epochs=epochs, seed=seed + i, inputs=partial(varied, images)
-            )
+        if recipe == "varied":
+            inputs, passes = partial(varied, images), epochs
         else:
-            moved = partial(_moved, plain)
-            member = train_member(images, labels, member_cfg, epochs=plain_epochs, seed=seed + i, inputs=moved)
+            if plain is None:
+                plain = torch.stack([to_mnist(img.float() / 255) for img in images])
+            inputs, passes = partial(_moved, plain), plain_epochs
+        member = train_member(images, labels, cfg, epochs=passes, seed=seed + i, inputs=inputs)
         reader.members[i].load_state_dict(member.state_dict())
     return reader.eval()
 
@@ -284,15 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     images, labels = data.train.images, data.train.labels
     kept = min(CALIBRATION_SIZE, len(images) // 5)
     fit, keep = slice(0, len(images) - kept), slice(len(images) - kept, None)
-    recipes = [recipe for recipe, _ in MEMBERS]
-    cfg = ReaderConfig(
-        num_classes=model.num_classes,
-        generative_weight=args.generative_weight,
-        members=len(MEMBERS),
-        member_channels=tuple(channels for _, channels in MEMBERS),
-    )
+    cfg = ReaderConfig(num_classes=model.num_classes, generative_weight=args.generative_weight, members=len(MEMBERS))
     reader = train_reader(
-        images[fit], labels[fit], cfg, recipes, epochs=args.epochs, plain_epochs=args.plain_epochs, seed=seed
+        images[fit], labels[fit], cfg, MEMBERS, epochs=args.epochs, plain_epochs=args.plain_epochs, seed=seed
     )
     calibration = varied(images[keep], torch.Generator().manual_seed(seed + 1), seed + 1)
     temperature = fit_temperature(reader, calibration, labels[keep])
@@ -303,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "config": cfg.to_dict(),
         "trained_on": f"{len(images) - kept} training digits of {data.info.get('name')}",
-        "members": [{"recipe": recipe, "seed": seed + i} for i, recipe in enumerate(recipes)],
+        "members": [{"recipe": recipe, "seed": seed + i} for i, recipe in enumerate(MEMBERS)],
         "calibrated_on": f"the last {kept} training digits, varied",
         "calibration_accuracy": accuracy,
         "epochs": {"varied": args.epochs, "plain": args.plain_epochs},
