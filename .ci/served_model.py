@@ -13,22 +13,15 @@ import argparse
 import json
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from typing import NoReturn
 
-from smoke import check, multipart, tiny_png
+from smoke import check, multipart, request, tiny_png
 
 
 def call(url: str, body: bytes | None = None, content_type: str = "") -> tuple[int, str, bytes]:
     """GET (or POST with a body): the status, the X-Model-Id header and the body."""
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": content_type} if content_type else {})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, resp.headers.get("X-Model-Id", ""), resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.headers.get("X-Model-Id", ""), err.read()
+    return request("POST" if body is not None else "GET", url, body, content_type or None, header="X-Model-Id")
 
 
 def fail(what: str, seen: object) -> NoReturn:

@@ -31,15 +31,16 @@ def tiny_png(size: int = 28) -> bytes:
     return PNG_MAGIC + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
-def request(method: str, url: str, body: bytes | None = None, content_type: str | None = None):
+def request(method: str, url: str, body: bytes | None = None, content_type: str | None = None, header="Content-Type"):
+    """(status, the answer's `header`, body), for error statuses too."""
     req = urllib.request.Request(url, data=body, method=method)
     if content_type:
         req.add_header("Content-Type", content_type)
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, resp.headers.get("Content-Type", ""), resp.read()
+            return resp.status, resp.headers.get(header, ""), resp.read()
     except urllib.error.HTTPError as err:
-        return err.code, err.headers.get("Content-Type", ""), err.read()
+        return err.code, err.headers.get(header, ""), err.read()
 
 
 def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes, str]]) -> tuple[bytes, str]:
