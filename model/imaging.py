@@ -3,7 +3,7 @@
 Pre-processing turns any picture of a digit into what MNIST is made of (LeCun et al. 1998): white ink on
 black, the digit fitted into a 20x20 box keeping its aspect ratio (anti-aliased), then placed in a 28x28
 field with its centre of mass at the centre. Post-processing lays tiles out in a grid and writes PNG.
-Decoding uses Pillow; everything after it is torch.
+Decoding uses Pillow; pre-processing numpy, but for torch's resampling; post-processing torch.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def _to_grey(img: Image.Image) -> Tensor:
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(canvas, rgba)
-    grey = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    grey = np.asarray(img if img.mode == "L" else img.convert("L"), dtype=np.float32) / 255.0
     return torch.from_numpy(grey)
 
 
@@ -109,8 +109,9 @@ def to_mnist(grey: Tensor) -> Tensor:
     """
     if grey.ndim != 2 or grey.numel() == 0:
         raise ImageError("undecodable", f"expected one 2-D grey image, got shape {tuple(grey.shape)}")
-    # Up to the crop in numpy, float32 throughout: a selection (the median), elementwise IEEE arithmetic and
-    # comparisons give the bits torch gives, without torch's per-operation overhead on an image this small.
+    # In numpy, float32 throughout, but for the resampling (torch's antialiased bilinear): a selection (the median),
+    # elementwise IEEE arithmetic and comparisons give the bits torch gives, without torch's per-operation overhead
+    # on an image this small (docs/performance.md).
     a = grey.float().numpy()
     # Polarity and background from the border: MNIST is light ink on a dark ground.
     border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
@@ -130,26 +131,29 @@ def to_mnist(grey: Tensor) -> Tensor:
     # Crop to the ink.
     ink = a > INK_THRESHOLD
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
-    x = torch.from_numpy(a)[int(rows[0]) : int(rows[-1]) + 1, int(cols[0]) : int(cols[-1]) + 1]
+    crop = a[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     # Fit into MNIST_BOX x MNIST_BOX keeping the aspect ratio.
-    h, w = x.shape
+    h, w = crop.shape
     if max(h, w) != MNIST_BOX:
         s = MNIST_BOX / max(h, w)
         size = (max(1, round(h * s)), max(1, round(w * s)))
-        x = F.interpolate(x[None, None], size=size, mode="bilinear", antialias=s < 1, align_corners=False)[0, 0]
+        x = torch.from_numpy(np.ascontiguousarray(crop))[None, None]
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=s < 1, align_corners=False)[0, 0]
         # Reduced, a line much thinner than MNIST's strokes (a pencil, a fine pen) averages out to a faint grey:
         # its darkest point is made full ink again, as MNIST's strokes are.
         x = x.clamp(0.0, 1.0) / x.max().clamp(min=1e-6) if s < 1 else x.clamp(0.0, 1.0)
-    # Centre of mass to pixel (14, 14) of the field, by an integer shift, where MNIST's digits have it.
-    h, w = x.shape
-    total = x.sum()
-    cy = float((x.sum(dim=1) * torch.arange(h)).sum() / total)
-    cx = float((x.sum(dim=0) * torch.arange(w)).sum() / total)
+        crop = x.numpy()
+    # Centre of mass to pixel (14, 14) of the field, by an integer shift, where MNIST's digits have it (summed in
+    # float64: on an image this small numpy's per-operation cost is a fraction of torch's).
+    h, w = crop.shape
+    row_mass, col_mass = crop.sum(axis=1, dtype=np.float64), crop.sum(axis=0, dtype=np.float64)
+    total = row_mass.sum()
+    cy, cx = float(row_mass @ np.arange(h)) / total, float(col_mass @ np.arange(w)) / total
     top = min(max(round(MNIST_SIZE / 2 - cy), 0), MNIST_SIZE - h)
     left = min(max(round(MNIST_SIZE / 2 - cx), 0), MNIST_SIZE - w)
-    out = torch.zeros(1, MNIST_SIZE, MNIST_SIZE)
-    out[0, top : top + h, left : left + w] = x
-    return out
+    out = np.zeros((1, MNIST_SIZE, MNIST_SIZE), dtype=np.float32)
+    out[0, top : top + h, left : left + w] = crop
+    return torch.from_numpy(out)
 
 
 def _shrunk(a: np.ndarray, factor: int) -> np.ndarray:
