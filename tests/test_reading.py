@@ -164,6 +164,7 @@ def _model_on_fixture(out: Path) -> Path:
 def test_the_reading_command_adds_a_calibrated_reader_trained_on_the_models_own_digits(tmp_path) -> None:
     model_dir = _model_on_fixture(tmp_path / "m")
     args = ["--model", str(model_dir), "--data-dir", str(FIXTURE), "--epochs", "1", "--plain-epochs", "1"]
+    args += ["--distil-epochs", "1"]
     assert reading.main([*args, "--outside-count", "10"]) == 0
     model = load_model_dir(model_dir)
     record = model.manifest["reader"]
@@ -172,6 +173,12 @@ def test_the_reading_command_adds_a_calibrated_reader_trained_on_the_models_own_
         "160 training digits, varied"
     )
     assert record["reproduce"].startswith("python -m training.reading --model")
+    # What /encode runs is one CNN, distilled from the teacher's three (each by its recipe and seed).
+    assert record["config"]["members"] == 1 and {k.split(".")[1] for k in model.reader.state_dict()} == {"0"}
+    (student,) = record["members"]
+    assert student["recipe"] == "distilled" and student["seed"] == 3
+    assert [(t["recipe"], t["seed"]) for t in student["teacher"]] == [("varied", 0), ("varied", 1), ("plain", 2)]
+    assert record["epochs"] == {"varied": 1, "plain": 1, "distilled": 1}
 
 
 def test_the_reading_command_refuses_digits_the_model_was_not_trained_on(tmp_path, capsys) -> None:
@@ -220,7 +227,7 @@ def test_each_member_trains_by_its_own_recipe_and_seed() -> None:
     cfg = ReaderConfig(channels=(4, 8, 8), hidden=16, members=2)
     reader = reading.train_reader(images, labels, cfg, ("varied", "plain"), epochs=1, plain_epochs=1, seed=3)
     alone = reading.train_member(
-        images, labels, cfg, epochs=1, seed=4,
+        labels, cfg, epochs=1, seed=4,
         inputs=partial(reading._moved, torch.stack([to_mnist(img.float() / 255) for img in images])),
     )  # fmt: skip
     trained, expected = reader.members[1].state_dict(), alone.state_dict()
@@ -228,3 +235,53 @@ def test_each_member_trains_by_its_own_recipe_and_seed() -> None:
     for recipes in (("varied",), ("varied", "noisy")):
         with pytest.raises(ValueError, match="one recipe"):
             reading.train_reader(images, labels, cfg, recipes, epochs=1, plain_epochs=1, seed=3)
+
+
+def test_distillation_learns_the_teachers_probabilities_as_well_as_the_labels() -> None:
+    images, labels = digits(400)
+    cfg = ReaderConfig(channels=(8, 16, 16), hidden=32)
+    plain = torch.stack([to_mnist(img.float() / 255) for img in images])
+    moved = partial(reading._moved, plain)  # the digits lightly moved: inputs whose labels are labels, in order
+
+    class Shifted(torch.nn.Module):  # a teacher sure that every digit is its label + 1; it reads them in order
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            rows = torch.arange(self.seen, self.seen + len(x)) % len(labels)
+            self.seen += len(x)
+            return torch.nn.functional.one_hot((labels[rows] + 1) % 10, 10).float().mul(30).log_softmax(1)
+
+    def shares(member: torch.nn.Module) -> tuple[float, float]:
+        """The mean probability given to the teacher's digit, and to the labelled one."""
+        with torch.no_grad():
+            probs = member.eval()(plain).softmax(1)
+        rows = torch.arange(len(labels))
+        return float(probs[rows, (labels + 1) % 10].mean()), float(probs[rows, labels].mean())
+
+    taught = shares(reading.train_member(labels, cfg, epochs=20, seed=0, inputs=moved, teacher=Shifted()))
+    alone = shares(reading.train_member(labels, cfg, epochs=20, seed=0, inputs=moved))
+    # Half the loss is the teacher's: the student splits what it learns between the teacher's digit and the label.
+    assert taught[0] > 0.15 and abs(taught[0] - taught[1]) < 0.1
+    assert alone[0] < 0.1 and alone[1] > 0.4
+
+
+def test_distil_makes_a_one_cnn_reader_from_varied_and_plain_digits() -> None:
+    images, labels = digits(40)
+    cfg = ReaderConfig(channels=(4, 8, 8), hidden=16, members=2)
+    teacher = reading.train_reader(images, labels, cfg, ("varied", "plain"), epochs=1, plain_epochs=1, seed=0)
+    student = reading.distil(teacher, images, labels, cfg, epochs=1, seed=2)
+    assert len(student.members) == 1 and not student.training
+    seen: list[int] = []
+
+    def recorded(g: torch.Generator, seed: int) -> torch.Tensor:
+        x = reading._varied_and_moved(images, plain, g, seed)
+        seen.append(len(x))
+        return x
+
+    plain = torch.stack([to_mnist(img.float() / 255) for img in images])
+    alone = reading.train_member(labels, cfg, epochs=1, seed=2, inputs=recorded, teacher=teacher)
+    assert seen == [2 * len(images)]  # each epoch: a varied copy of every digit and a moved plain one
+    trained, expected = student.members[0].state_dict(), alone.state_dict()
+    assert all(torch.equal(trained[k], expected[k]) for k in expected)

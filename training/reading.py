@@ -1,5 +1,6 @@
-"""The digit reader: MNIST digits varied the way people's digits vary, the reader trained on them, calibrated, and
-added to a model directory.
+"""The digit reader: MNIST digits varied the way people's digits vary, three CNNs trained on them, one CNN distilled
+from the three (the reader /encode runs: a third of their cost, reading as well), calibrated, and added to a model
+directory.
 
     python -m training.reading --model artifacts/default --data-dir ../shared/data/mnist-8500
 
@@ -42,7 +43,8 @@ log = logging.getLogger(__name__)
 CALIBRATION_SIZE = 500  # training digits kept back to fit the temperature (at most a fifth of them)
 CANVAS = 80  # the side the geometry is varied at (the 28 px digit padded to 40, scaled 2x)
 PLAIN_SHARE = 0.3  # varied digits whose strokes and grey levels are left as MNIST's
-MEMBERS = ("varied", "varied", "plain")  # what the reader's members train on, in order (docs/quality.md: why)
+MEMBERS = ("varied", "varied", "plain")  # what the teacher's CNNs train on, in order (docs/quality.md: why)
+DISTIL_BATCH = 1024  # digits the teacher reads at once while distilling
 
 
 def varied(images: Tensor, g: torch.Generator, seed: int, plain_share: float = PLAIN_SHARE) -> Tensor:
@@ -158,38 +160,72 @@ def train_reader(
             inputs, passes = partial(varied, images), epochs
         else:
             if plain is None:
-                plain = torch.stack([to_mnist(img.float() / 255) for img in images])
+                plain = _plain(images)
             inputs, passes = partial(_moved, plain), plain_epochs
-        member = train_member(images, labels, cfg, epochs=passes, seed=seed + i, inputs=inputs)
+        member = train_member(labels, cfg, epochs=passes, seed=seed + i, inputs=inputs)
         reader.members[i].load_state_dict(member.state_dict())
     return reader.eval()
+
+
+def distil(teacher: Reader, images: Tensor, labels: Tensor, cfg: ReaderConfig, *, epochs: int, seed: int) -> Reader:
+    """A reader of one CNN trained to read as `teacher` (calibrated) does (knowledge distillation, Hinton et al.
+    2015): every epoch on fresh varied copies of images (uint8 (N, 28, 28)) and on the images as /encode
+    pre-processes them, lightly moved, so that it learns what the teacher's varied members and its plain one know;
+    half its loss the cross-entropy to the teacher's probabilities, half to the labels."""
+    plain = _plain(images)
+    member = train_member(
+        labels, cfg, epochs=epochs, seed=seed, inputs=partial(_varied_and_moved, images, plain), teacher=teacher.eval()
+    )
+    student = Reader(ReaderConfig(**{**cfg.to_dict(), "members": 1}))
+    student.members[0].load_state_dict(member.state_dict())
+    return student.eval()
+
+
+def _plain(images: Tensor) -> Tensor:
+    return torch.stack([to_mnist(img.float() / 255) for img in images])
 
 
 def _moved(plain: Tensor, g: torch.Generator, _: int) -> Tensor:
     return random_affine(plain, 1.0, g)
 
 
+def _varied_and_moved(images: Tensor, plain: Tensor, g: torch.Generator, seed: int) -> Tensor:
+    return torch.cat([varied(images, g, seed), _moved(plain, g, seed)])
+
+
 @torch.enable_grad()
 def train_member(
-    images: Tensor, labels: Tensor, cfg: ReaderConfig, *, epochs: int, seed: int,
-    inputs: Callable[[torch.Generator, int], Tensor],
+    labels: Tensor, cfg: ReaderConfig, *, epochs: int, seed: int, inputs: Callable[[torch.Generator, int], Tensor],
+    teacher: Reader | None = None,
 ) -> nn.Module:  # fmt: skip
-    """One CNN of the reader, trained on inputs(generator, epoch_seed) (N, 1, 28, 28), new ones every epoch."""
+    """One CNN of a reader, trained on inputs(generator, epoch_seed) (k*N, 1, 28, 28: k copies of the N labelled
+    digits, in order), new ones every epoch. With a teacher, half the loss is the cross-entropy to the teacher's
+    probabilities, half to the labels."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     member = Reader(ReaderConfig(**{**cfg.to_dict(), "members": 1})).members[0]
     batch = 128
+    x = inputs(g, seed * 1000)  # the first epoch's inputs: how many digits an epoch has
+    targets = labels.repeat(len(x) // len(labels))
     opt = torch.optim.AdamW(member.parameters(), lr=2e-3, weight_decay=1e-4)
-    steps = epochs * -(-len(images) // batch)
+    steps = epochs * -(-len(x) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
     for epoch in range(epochs):
-        x = inputs(g, seed * 1000 + epoch)
+        if epoch:
+            x = inputs(g, seed * 1000 + epoch)
+        soft: Tensor | None = None
+        if teacher is not None:
+            with torch.no_grad():
+                soft = torch.cat([teacher(x[i : i + DISTIL_BATCH]) for i in range(0, len(x), DISTIL_BATCH)]).exp()
         member.train()
         order = torch.randperm(len(x), generator=g)
         total = 0.0
         for i in range(0, len(x), batch):
             idx = order[i : i + batch]
-            loss = F.cross_entropy(member(x[idx]), labels[idx])
+            logits = member(x[idx])
+            loss = F.cross_entropy(logits, targets[idx])
+            if soft is not None:
+                loss = 0.5 * F.cross_entropy(logits, soft[idx]) + 0.5 * loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -247,14 +283,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, required=True, help="folder of MNIST IDX files (the model's data)")
     parser.add_argument("--epochs", type=int, default=30, help="passes over the varied digits (default 30)")
     parser.add_argument("--plain-epochs", type=int, default=16, help="passes of the plain member (default 16)")
+    parser.add_argument("--distil-epochs", type=int, default=45,
+                        help="passes over varied and plain digits distilling the reader (default 45)")  # fmt: skip
     parser.add_argument("--generative-weight", type=float, default=0.0,
                         help="weight of the generative label score beside the reader's (default 0)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--outside-count", type=int, default=OUTSIDE_COUNT,
                         help=f"uploads of each kind not from MNIST measured (default {OUTSIDE_COUNT})")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.epochs < 1 or args.plain_epochs < 1:
-        parser.error("--epochs and --plain-epochs must be at least 1")
+    if min(args.epochs, args.plain_epochs, args.distil_epochs) < 1:
+        parser.error("--epochs, --plain-epochs and --distil-epochs must be at least 1")
     if args.outside_count < 0:
         parser.error("--outside-count must be >= 0")
     if not args.generative_weight >= 0:
@@ -277,22 +315,34 @@ def main(argv: list[str] | None = None) -> int:
     kept = min(CALIBRATION_SIZE, len(images) // 5)
     fit, keep = slice(0, len(images) - kept), slice(len(images) - kept, None)
     cfg = ReaderConfig(num_classes=model.num_classes, generative_weight=args.generative_weight, members=len(MEMBERS))
-    reader = train_reader(
+    teacher = train_reader(
         images[fit], labels[fit], cfg, MEMBERS, epochs=args.epochs, plain_epochs=args.plain_epochs, seed=seed
     )
     calibration = varied(images[keep], torch.Generator().manual_seed(seed + 1), seed + 1)
+    teacher.temperature = fit_temperature(teacher, calibration, labels[keep])
+    teacher_accuracy = _accuracy(teacher, calibration, labels[keep])
+    log.info("teacher: temperature %.3f, %.1f%% of calibration digits", teacher.temperature, 100 * teacher_accuracy)
+    student_seed = seed + len(MEMBERS)
+    reader = distil(teacher, images[fit], labels[fit], cfg, epochs=args.distil_epochs, seed=student_seed)
     temperature = fit_temperature(reader, calibration, labels[keep])
     reader.temperature = temperature
-    cfg = ReaderConfig(**{**cfg.to_dict(), "temperature": temperature})
-    accuracy = float((reader(calibration).argmax(1) == labels[keep]).float().mean())
+    cfg = ReaderConfig(**{**cfg.to_dict(), "members": 1, "temperature": temperature})
+    accuracy = _accuracy(reader, calibration, labels[keep])
     log.info("reader: temperature %.3f, %.1f%% of varied calibration digits right", temperature, 100 * accuracy)
+    student = {
+        "recipe": "distilled",
+        "seed": student_seed,
+        "teacher": [{"recipe": recipe, "seed": seed + i} for i, recipe in enumerate(MEMBERS)],
+        "teacher_temperature": teacher.temperature,
+        "teacher_calibration_accuracy": teacher_accuracy,
+    }
     record = {
         "config": cfg.to_dict(),
         "trained_on": f"{len(images) - kept} training digits of {data.info.get('name')}",
-        "members": [{"recipe": recipe, "seed": seed + i} for i, recipe in enumerate(MEMBERS)],
+        "members": [student],
         "calibrated_on": f"the last {kept} training digits, varied",
         "calibration_accuracy": accuracy,
-        "epochs": {"varied": args.epochs, "plain": args.plain_epochs},
+        "epochs": {"varied": args.epochs, "plain": args.plain_epochs, "distilled": args.distil_epochs},
         "seed": seed,
         "reproduce": " ".join(["python -m training.reading", *(argv if argv is not None else sys.argv[1:])]),
     }
@@ -300,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     log.info("reader added to %s (model id %s); measuring /encode with it", args.model, manifest["id"])
     record_figures(args.model, data, seed=seed, outside_count=args.outside_count)
     return 0
+
+
+@torch.no_grad()
+def _accuracy(reader: Reader, x: Tensor, y: Tensor) -> float:
+    return float((reader(x).argmax(1) == y).float().mean())
 
 
 def record_figures(model_dir: Path, data: DataSplits, *, seed: int, outside_count: int) -> dict[str, Any]:
