@@ -273,6 +273,7 @@ def test_distil_makes_a_one_cnn_reader_from_varied_and_plain_digits() -> None:
     teacher = reading.train_reader(images, labels, cfg, ("varied", "plain"), epochs=1, plain_epochs=1, seed=0)
     student = reading.distil(teacher, images, labels, cfg, epochs=1, seed=2)
     assert len(student.members) == 1 and not student.training
+    plain = torch.stack([to_mnist(img.float() / 255) for img in images])
     seen: list[int] = []
 
     def recorded(g: torch.Generator, seed: int) -> torch.Tensor:
@@ -280,7 +281,6 @@ def test_distil_makes_a_one_cnn_reader_from_varied_and_plain_digits() -> None:
         seen.append(len(x))
         return x
 
-    plain = torch.stack([to_mnist(img.float() / 255) for img in images])
     alone = reading.train_member(labels, cfg, epochs=1, seed=2, inputs=recorded, teacher=teacher)
     assert seen == [2 * len(images)]  # each epoch: a varied copy of every digit and a moved plain one
     trained, expected = student.members[0].state_dict(), alone.state_dict()
