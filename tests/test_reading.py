@@ -50,6 +50,43 @@ def test_varied_digits_are_mnist_form_and_the_same_for_the_same_seeds() -> None:
     assert not torch.allclose(a, plain)  # varied, not the digits as they are
 
 
+def _upright_one(lean: float = 0.0) -> torch.Tensor:
+    """A 1 as MNIST writes it: a bare stroke 3 px wide, rows 4-23, its top `lean` px right of its foot."""
+    img = torch.zeros(28, 28, dtype=torch.uint8)
+    for row in range(4, 24):
+        x = round(14 - lean / 2 + lean * (23 - row) / 19)
+        img[row, x - 1 : x + 2] = 255
+    return img
+
+
+def test_letterforms_flag_a_share_of_the_ones_and_leave_other_digits_alone() -> None:
+    images, labels = digits(200)
+    images = torch.cat([images, _upright_one().expand(400, 28, 28)])
+    labels = torch.cat([labels, torch.ones(400, dtype=torch.long)])
+    out = reading.letterforms(images, labels, torch.Generator().manual_seed(0))
+    again = reading.letterforms(images, labels, torch.Generator().manual_seed(0))
+    assert out.dtype == torch.uint8 and torch.equal(out, again)
+    assert torch.equal(out[labels != 1], images[labels != 1])  # only 1s change
+    assert (out >= images).all()  # ink added, none taken away
+    changed = (out != images).flatten(1).any(1)[-400:]
+    assert 0.4 < changed.float().mean() < 0.6  # FLAG_SHARE of them, new strokes anti-aliased
+    flagged = out[-400:][changed].float()
+    added = flagged - images[-1].float()
+    # The flag: ink left of the stem in the top third, none right of it there; a foot, when there is one, is low.
+    assert (added[:, 4:12, :12].sum((1, 2)) > 200).all() and (added[:, 4:12, 17:].sum((1, 2)) == 0).all()
+    footed = added[:, 21:26, 17:].sum((1, 2)) > 0
+    assert 0.2 < footed.float().mean() < 0.5
+    assert (added[:, 13:20].sum((1, 2)) == 0).all()  # the middle of the stem untouched
+
+
+def test_a_one_leaning_too_far_for_a_flag_that_is_not_a_sevens_bar_keeps_its_bare_form() -> None:
+    ones = torch.ones(50, dtype=torch.long)
+    leaning = _upright_one(lean=9.0).expand(50, 28, 28)  # its stem 22 degrees off upright: a flag fits
+    assert not torch.equal(reading.letterforms(leaning, ones, torch.Generator().manual_seed(0)), leaning)
+    leaning = _upright_one(lean=15.0).expand(50, 28, 28)  # 35 degrees: any flag would be too flat
+    assert torch.equal(reading.letterforms(leaning, ones, torch.Generator().manual_seed(0)), leaning)
+
+
 def test_temperature_scaling_recovers_the_temperature_that_made_the_labels() -> None:
     torch.manual_seed(0)
     reader = Reader(SMALL).eval()
@@ -226,10 +263,7 @@ def test_each_member_trains_by_its_own_recipe_and_seed() -> None:
     images, labels = digits(40)
     cfg = ReaderConfig(channels=(4, 8, 8), hidden=16, members=2)
     reader = reading.train_reader(images, labels, cfg, ("varied", "plain"), epochs=1, plain_epochs=1, seed=3)
-    alone = reading.train_member(
-        labels, cfg, epochs=1, seed=4,
-        inputs=partial(reading._moved, torch.stack([to_mnist(img.float() / 255) for img in images])),
-    )  # fmt: skip
+    alone = reading.train_member(labels, cfg, epochs=1, seed=4, inputs=partial(reading._plain_input, images, labels))
     trained, expected = reader.members[1].state_dict(), alone.state_dict()
     assert list(trained) == list(expected) and all(torch.equal(trained[k], expected[k]) for k in expected)
     for recipes in (("varied",), ("varied", "noisy")):
@@ -241,7 +275,7 @@ def test_distillation_learns_the_teachers_probabilities_as_well_as_the_labels() 
     images, labels = digits(400)
     cfg = ReaderConfig(channels=(8, 16, 16), hidden=32)
     plain = torch.stack([to_mnist(img.float() / 255) for img in images])
-    moved = partial(reading._moved, plain)  # the digits lightly moved: inputs whose labels are labels, in order
+    moved = partial(reading._plain_input, images, labels)  # the digits lightly moved: labelled by labels, in order
 
     class Shifted(torch.nn.Module):  # a teacher sure that every digit is its label + 1; it reads them in order
         def __init__(self) -> None:
@@ -273,11 +307,10 @@ def test_distil_makes_a_one_cnn_reader_from_varied_and_plain_digits() -> None:
     teacher = reading.train_reader(images, labels, cfg, ("varied", "plain"), epochs=1, plain_epochs=1, seed=0)
     student = reading.distil(teacher, images, labels, cfg, epochs=1, seed=2)
     assert len(student.members) == 1 and not student.training
-    plain = torch.stack([to_mnist(img.float() / 255) for img in images])
     seen: list[int] = []
 
     def recorded(g: torch.Generator, seed: int) -> torch.Tensor:
-        x = reading._varied_and_moved(images, plain, g, seed)
+        x = reading._varied_and_plain(images, labels, g, seed)
         seen.append(len(x))
         return x
 

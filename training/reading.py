@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 from torch import Tensor, nn
 
 from model.artifacts import load_model_dir, quiet_torchscript
@@ -45,6 +45,55 @@ CANVAS = 80  # the side the geometry is varied at (the 28 px digit padded to 40,
 PLAIN_SHARE = 0.3  # varied digits whose strokes and grey levels are left as MNIST's
 MEMBERS = ("varied", "varied", "plain")  # what the teacher's CNNs train on, in order (docs/quality.md: why)
 DISTIL_BATCH = 1024  # digits the teacher reads at once while distilling
+FLAG_SHARE = 0.5  # training 1s given a flag, new each epoch (docs/quality.md: why)
+FOOT_SHARE = 0.35  # flagged 1s given a foot as well
+
+
+def letterforms(images: Tensor, labels: Tensor, g: torch.Generator) -> Tensor:
+    """uint8 (N, 28, 28) MNIST digits with FLAG_SHARE of the 1s written the European way: a flag, a short stroke
+    from the top of the stem down to the left, and for FOOT_SHARE of those a foot, a bar under the stem. MNIST's 1s
+    are nearly all bare strokes, so a reader trained on them alone takes a flagged 1 for a 7. The flag leaves the
+    stem at 35-75 degrees and points at least 25 degrees below the horizontal: a 1 leaning so far that no such flag
+    fits keeps its bare form (a longer, flatter flag on a leaning stem is a 7). Drawn 4x larger and box-filtered
+    down, as wide as the stem's ink per row, so the new strokes are anti-aliased like MNIST's."""
+    out = images.clone()
+    ones = (labels == 1).nonzero().flatten().tolist()
+    u = torch.rand(len(ones), 5, generator=g).tolist()  # drawn for every 1, so each 1's form is one draw
+    cols = np.arange(28, dtype=np.float64)
+    for i, (flag, size, turn, foot, reach) in zip(ones, u, strict=True):
+        a = images[i].numpy()
+        rows = np.nonzero(a.max(axis=1) > 127)[0]
+        if flag >= FLAG_SHARE or len(rows) < 8:
+            continue
+        top, bottom = int(rows[0]), int(rows[-1])
+        height = bottom - top + 1
+        pen = max(1.0, float((a > 127).sum()) / height)
+        tx = float(np.average(cols, weights=a[top : top + 3].sum(axis=0) + 1e-6))
+        bx = float(np.average(cols, weights=a[bottom - 2 : bottom + 1].sum(axis=0) + 1e-6))
+        stem = math.atan2(height, bx - tx)  # its direction from the top; pi/2 when upright, y down
+        lo, hi = stem + math.radians(35), min(stem + math.radians(75), math.radians(155))
+        if lo >= hi:
+            continue
+        angle, length = lo + (hi - lo) * turn, height * (0.18 + 0.12 * size)
+        strokes = [((tx, top + 0.5), (tx + length * math.cos(angle), top + 0.5 + length * math.sin(angle)))]
+        if foot < FOOT_SHARE:
+            half = height * (0.15 + 0.1 * reach)
+            strokes.append(((bx - half, bottom + 0.5), (bx + half, bottom + 0.5)))
+        out[i] = torch.from_numpy(np.maximum(a, _pen_strokes(strokes, pen)))
+    return out
+
+
+def _pen_strokes(strokes: Sequence[tuple[tuple[float, float], tuple[float, float]]], pen: float) -> np.ndarray:
+    """Straight strokes with round ends, `pen` px wide, on a 28x28 uint8 image (coordinates in pixels)."""
+    k = 4
+    mask = Image.new("L", (28 * k, 28 * k), 0)
+    draw = ImageDraw.Draw(mask)
+    w = max(1, round(pen * k))
+    for (x0, y0), (x1, y1) in strokes:
+        draw.line([(x0 * k, y0 * k), (x1 * k, y1 * k)], fill=255, width=w)
+        for x, y in ((x0, y0), (x1, y1)):
+            draw.ellipse((x * k - w / 2, y * k - w / 2, x * k + w / 2, y * k + w / 2), fill=255)
+    return np.asarray(mask.resize((28, 28), Image.Resampling.BOX))
 
 
 def varied(images: Tensor, g: torch.Generator, seed: int, plain_share: float = PLAIN_SHARE) -> Tensor:
@@ -150,18 +199,16 @@ def train_reader(
 ) -> Reader:  # fmt: skip
     """A reader of len(recipes) == cfg.members CNNs, member i trained from seed + i on images (uint8 (N, 28, 28))
     by recipes[i]: "varied", fresh varied copies every epoch (`epochs` of them), or "plain", the images as /encode
-    pre-processes them, lightly moved (the plain recipe of training/judge.py; `plain_epochs`)."""
+    pre-processes them, lightly moved (the plain recipe of training/judge.py; `plain_epochs`). Either way a share
+    of the 1s is flagged afresh every epoch (letterforms)."""
     if len(recipes) != cfg.members or not set(recipes) <= {"varied", "plain"}:
         raise ValueError(f"one recipe, varied or plain, per member: {recipes} for {cfg.members}")
     reader = Reader(cfg)
-    plain: Tensor | None = None  # the images as /encode pre-processes them, made once
     for i, recipe in enumerate(recipes):
         if recipe == "varied":
-            inputs, passes = partial(varied, images), epochs
+            inputs, passes = partial(_varied_input, images, labels), epochs
         else:
-            if plain is None:
-                plain = _plain(images)
-            inputs, passes = partial(_moved, plain), plain_epochs
+            inputs, passes = partial(_plain_input, images, labels), plain_epochs
         member = train_member(labels, cfg, epochs=passes, seed=seed + i, inputs=inputs)
         reader.members[i].load_state_dict(member.state_dict())
     return reader.eval()
@@ -172,9 +219,8 @@ def distil(teacher: Reader, images: Tensor, labels: Tensor, cfg: ReaderConfig, *
     2015): every epoch on fresh varied copies of images (uint8 (N, 28, 28)) and on the images as /encode
     pre-processes them, lightly moved, so that it learns what the teacher's varied members and its plain one know;
     half its loss the cross-entropy to the teacher's probabilities, half to the labels."""
-    plain = _plain(images)
     member = train_member(
-        labels, cfg, epochs=epochs, seed=seed, inputs=partial(_varied_and_moved, images, plain), teacher=teacher.eval()
+        labels, cfg, epochs=epochs, seed=seed, inputs=partial(_varied_and_plain, images, labels), teacher=teacher.eval()
     )
     student = Reader(ReaderConfig(**{**cfg.to_dict(), "members": 1}))
     student.members[0].load_state_dict(member.state_dict())
@@ -185,12 +231,16 @@ def _plain(images: Tensor) -> Tensor:
     return torch.stack([to_mnist(img.float() / 255) for img in images])
 
 
-def _moved(plain: Tensor, g: torch.Generator, _: int) -> Tensor:
-    return random_affine(plain, 1.0, g)
+def _varied_input(images: Tensor, labels: Tensor, g: torch.Generator, seed: int) -> Tensor:
+    return varied(letterforms(images, labels, g), g, seed)
 
 
-def _varied_and_moved(images: Tensor, plain: Tensor, g: torch.Generator, seed: int) -> Tensor:
-    return torch.cat([varied(images, g, seed), _moved(plain, g, seed)])
+def _plain_input(images: Tensor, labels: Tensor, g: torch.Generator, _: int) -> Tensor:
+    return random_affine(_plain(letterforms(images, labels, g)), 1.0, g)
+
+
+def _varied_and_plain(images: Tensor, labels: Tensor, g: torch.Generator, seed: int) -> Tensor:
+    return torch.cat([_varied_input(images, labels, g, seed), _plain_input(images, labels, g, seed)])
 
 
 @torch.enable_grad()
