@@ -217,8 +217,9 @@ def train_reader(
 def distil(teacher: Reader, images: Tensor, labels: Tensor, cfg: ReaderConfig, *, epochs: int, seed: int) -> Reader:
     """A reader of one CNN trained to read as `teacher` (calibrated) does (knowledge distillation, Hinton et al.
     2015): every epoch on fresh varied copies of images (uint8 (N, 28, 28)) and on the images as /encode
-    pre-processes them, lightly moved, so that it learns what the teacher's varied members and its plain one know;
-    half its loss the cross-entropy to the teacher's probabilities, half to the labels."""
+    pre-processes them, lightly moved (in both, a share of the 1s flagged afresh: letterforms), so that it learns what
+    the teacher's varied members and its plain one know; half its loss the cross-entropy to the teacher's
+    probabilities, half to the labels."""
     member = train_member(
         labels, cfg, epochs=epochs, seed=seed, inputs=partial(_varied_and_plain, images, labels), teacher=teacher.eval()
     )
