@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageFilter
 from torch import Tensor, nn
 
 from model.artifacts import load_model_dir, quiet_torchscript
@@ -37,6 +37,7 @@ from training.data import DataError, DataSplits, load_data_dir
 from training.evaluate import OUTSIDE_COUNT, encode_figures, outside_figures
 from training.export import check_reader_scripted, export_programs, model_id, rewrite_model_dir
 from training.judge import cached_judge, default_cache_dir
+from training.testsets import render_strokes
 
 log = logging.getLogger(__name__)
 
@@ -75,25 +76,16 @@ def letterforms(images: Tensor, labels: Tensor, g: torch.Generator) -> Tensor:
         if lo >= hi:
             continue
         angle, length = lo + (hi - lo) * turn, height * (0.18 + 0.12 * size)
-        strokes = [((tx, top + 0.5), (tx + length * math.cos(angle), top + 0.5 + length * math.sin(angle)))]
+        strokes = [[(tx, top + 0.5), (tx + length * math.cos(angle), top + 0.5 + length * math.sin(angle))]]
         if foot < FOOT_SHARE:
             half = height * (0.15 + 0.1 * reach)
-            strokes.append(((bx - half, bottom + 0.5), (bx + half, bottom + 0.5)))
-        out[i] = torch.from_numpy(np.maximum(a, _pen_strokes(strokes, pen)))
+            strokes.append([(bx - half, bottom + 0.5), (bx + half, bottom + 0.5)])
+        # white on black in pixel coordinates (a unit box 1 px tall at the origin), 4x supersampled
+        pen_ink = render_strokes(
+            strokes, size=(28, 28), box=(0.0, 0.0, 1.0), width=pen, ink=255, paper=0, supersample=4
+        )
+        out[i] = torch.from_numpy(np.maximum(a, np.asarray(pen_ink)))
     return out
-
-
-def _pen_strokes(strokes: Sequence[tuple[tuple[float, float], tuple[float, float]]], pen: float) -> np.ndarray:
-    """Straight strokes with round ends, `pen` px wide, on a 28x28 uint8 image (coordinates in pixels)."""
-    k = 4
-    mask = Image.new("L", (28 * k, 28 * k), 0)
-    draw = ImageDraw.Draw(mask)
-    w = max(1, round(pen * k))
-    for (x0, y0), (x1, y1) in strokes:
-        draw.line([(x0 * k, y0 * k), (x1 * k, y1 * k)], fill=255, width=w)
-        for x, y in ((x0, y0), (x1, y1)):
-            draw.ellipse((x * k - w / 2, y * k - w / 2, x * k + w / 2, y * k + w / 2), fill=255)
-    return np.asarray(mask.resize((28, 28), Image.Resampling.BOX))
 
 
 def varied(images: Tensor, g: torch.Generator, seed: int, plain_share: float = PLAIN_SHARE) -> Tensor:
