@@ -86,7 +86,7 @@ apt_install() {
 
 # apt_install_nostart PKG...: apt_install, with every service start refused while it runs (a policy-rc.d that exits
 # 101, unless the machine has its own), for packages whose daemon the CI starts itself: nginx, which
-# tests/test_replicas.py runs on loopback with its own configuration.
+# tests/system/test_replicas.py runs on loopback with its own configuration.
 apt_install_nostart() {
     local policy=/usr/sbin/policy-rc.d ours=0 rc=0
     if [[ ! -e $policy ]]; then

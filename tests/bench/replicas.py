@@ -3,7 +3,7 @@
     python -m tests.bench.replicas [--model-dir DIR] [--duration S] [--connections 16] [--rounds N]
 
 Starts two replicas (`python -m app`, access log off) and two nginx (deploy/nginx, as `docker compose --profile
-scale` runs it: tests/nginx_lb.py) on 127.0.0.1: one in front of replica A alone, one in front of A and B. Drives
+scale` runs it: tests/system/nginx_lb.py) on 127.0.0.1: one in front of replica A alone, one in front of A and B. Drives
 A directly, nginx with one replica and nginx with two in turn with the same closed-loop load (wrk when installed,
 else tests/bench/serve.py's Python client), the order rotating every round, and prints requests/s, p50 and p99 of
 POST /generate {"digit": 3, "n": 8} for each, with their medians over rounds; also each replica's cold start (process
@@ -35,7 +35,7 @@ from tests.bench.serve import (
     start,
     stop,
 )
-from tests.nginx_lb import nginx_binary, nginx_in_front
+from tests.system.nginx_lb import nginx_binary, nginx_in_front
 
 CONTENDERS = ("direct, 1 replica", "nginx, 1 replica", "nginx, 2 replicas")
 

@@ -1,0 +1,451 @@
+"""Hostile clients against the real service (`python -m app` on 127.0.0.1, the tiny test model, raw sockets): slow
+and idle connections, abandoned bursts of large requests, large ones saturating it, oversize and invalid bodies,
+too many connections, and SIGTERM with work in flight. Every test asserts that no answer is a 5xx other than 503,
+that nothing waits without bound (every wait here has a deadline), and, for bodies, that memory stays flat.
+
+The server's timeouts are set short (a second or two) so the suite stays well under a minute or two; the defaults
+are in docs/security.md. Marked slow: `bash tests/run.sh -m slow -k hostile`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.api.schemas import max_generate_body_bytes
+from tests.conftest import D, free_port, wait_ready
+from tests.system.test_serve import ROOT
+
+pytestmark = pytest.mark.slow
+
+HEADER_TIMEOUT_S = 1.0
+BODY_TIMEOUT_S = 1.5
+KEEP_ALIVE_S = 1.0
+MAX_CONNECTIONS = 60
+SETTINGS = {
+    "CVAE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+    "CVAE_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+    "CVAE_KEEP_ALIVE_S": str(KEEP_ALIVE_S),
+    "CVAE_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+    "CVAE_SHUTDOWN_DELAY_S": "0.5",
+}
+# The largest /generate: 1,024 tiles at scale 4, a 3848x3848 PNG.
+BIG = json.dumps({"digit": list(range(10)) * 3 + [0, 1], "n": 32, "scale": 4, "seed": 1}).encode()
+SMALL = b'{"digit": 3, "n": 8, "seed": 1}'
+
+
+@dataclass
+class Server:
+    port: int
+    proc: subprocess.Popen
+    log: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def rss_mib(self) -> float:
+        """The server process's resident memory (its inference process not included)."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"^VmRSS:\s+(\d+) kB$", status, flags=re.M).group(1)) / 1024
+
+    def metric(self, series: str) -> float:
+        for line in httpx.get(f"{self.base}/metrics", timeout=5).text.splitlines():
+            name, _, value = line.rpartition(" ")
+            if name == series:
+                return float(value)
+        return 0.0
+
+
+@contextlib.contextmanager
+def serving(model_dir: Path, log: Path, env: dict[str, str]) -> Iterator[Server]:
+    """`python -m app` serving model_dir with the settings in env, its output in log."""
+    port = free_port()
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app", "--port", str(port)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "CVAE_MODEL_DIR": str(model_dir), **env},
+        )  # fmt: skip
+    server = Server(port, proc, log)
+    try:
+        wait_ready(port, proc, log.read_text)
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("hostile") / "server.log"
+    with serving(tiny_model_dir, log, {**SETTINGS, "CVAE_ACCESS_LOG": "false"}) as s:
+        yield s
+    assert "Traceback" not in s.log.read_text()
+
+
+# --- a raw HTTP/1.1 client ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    seconds: float
+
+
+def request_bytes(method: str, path: str, body: bytes = b"", content_type: str = "application/json") -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+    return (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def read_answer(reader: asyncio.StreamReader, started: float, timeout: float) -> Answer | None:
+    """The next response on the connection; None if the server closed it first."""
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+    body = await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", 0))), timeout)
+    return Answer(int(lines[0].split()[1]), headers, body, time.perf_counter() - started)
+
+
+async def ask(port: int, raw: bytes, timeout: float = 30.0) -> Answer | None:
+    started = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        return await read_answer(reader, started, timeout)
+    finally:
+        writer.close()
+
+
+async def closed_within(reader: asyncio.StreamReader, timeout: float) -> float:
+    """Seconds until the server closes the connection (reads nothing else)."""
+    started = time.perf_counter()
+    data = await asyncio.wait_for(reader.read(1), timeout)
+    assert data == b"", data
+    return time.perf_counter() - started
+
+
+async def livez_latencies(port: int, stop: asyncio.Event) -> list[float]:
+    latencies = []
+    while not stop.is_set():
+        answer = await ask(port, b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5)
+        assert answer is not None and answer.status == 200
+        latencies.append(answer.seconds)
+        await asyncio.sleep(0.02)
+    return latencies
+
+
+def assert_no_5xx_but_503(answers: list[Answer | None]) -> None:
+    bad = [a.status for a in answers if a is not None and a.status >= 500 and a.status != 503]
+    assert not bad, bad
+    for a in answers:
+        if a is not None and a.status == 503:
+            assert a.headers["retry-after"] and a.headers["content-type"] == "application/problem+json"
+
+
+# --- slow and idle connections --------------------------------------------------------------------------------
+
+
+def test_connections_that_send_no_whole_head_are_closed_after_the_header_timeout(server):
+    async def main():
+        async def slowloris(idle: bool) -> float:
+            started = time.perf_counter()
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            if not idle:
+
+                async def drip() -> None:
+                    with contextlib.suppress(ConnectionError):
+                        for byte in b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 100:
+                            writer.write(bytes([byte]))
+                            await writer.drain()
+                            await asyncio.sleep(0.1)
+
+                dripping = asyncio.ensure_future(drip())
+            await closed_within(reader, HEADER_TIMEOUT_S + 3)
+            if not idle:
+                dripping.cancel()
+            writer.close()
+            return time.perf_counter() - started
+
+        stop = asyncio.Event()
+        probe = asyncio.ensure_future(livez_latencies(server.port, stop))
+        held = await asyncio.gather(*(slowloris(idle=i % 2 == 0) for i in range(30)))
+        stop.set()
+        return held, await probe
+
+    held, livez = asyncio.run(main())
+    assert all(HEADER_TIMEOUT_S * 0.9 < h < HEADER_TIMEOUT_S + 1.5 for h in held), held
+    assert max(livez) < 0.5, max(livez)
+
+
+def test_a_kept_alive_connection_left_idle_is_closed(server):
+    async def main():
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await read_answer(reader, time.perf_counter(), 5)).status == 200
+        return await closed_within(reader, KEEP_ALIVE_S + 3)
+
+    assert asyncio.run(main()) < KEEP_ALIVE_S + 1.0
+
+
+@pytest.mark.parametrize("path", ["/generate", "/encode"])
+def test_a_body_that_trickles_in_is_cut_short_with_408(server, path):
+    async def main():
+        content_type = "application/json" if path == "/generate" else "multipart/form-data; boundary=b"
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: 5000\r\n\r\n"
+        started = time.perf_counter()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(head.encode())
+
+        async def drip() -> None:
+            with contextlib.suppress(ConnectionError):
+                for _ in range(100):
+                    writer.write(b" ")
+                    await writer.drain()
+                    await asyncio.sleep(0.1)
+
+        dripping = asyncio.ensure_future(drip())
+        answer = await read_answer(reader, started, BODY_TIMEOUT_S + 5)
+        closed = await closed_within(reader, 3)
+        dripping.cancel()
+        writer.close()
+        return answer, closed
+
+    answer, closed = asyncio.run(main())
+    assert answer.status == 408 and answer.headers["connection"] == "close"
+    assert BODY_TIMEOUT_S * 0.9 < answer.seconds < BODY_TIMEOUT_S + 1.5 and closed < 1
+
+
+# --- bursts and saturation ------------------------------------------------------------------------------------
+
+
+def test_an_abandoned_burst_of_large_requests_costs_almost_nothing_and_a_small_request_stays_prompt(server):
+    """40 of the largest /generate, each dropped by its client 20 ms after sending it: the queued ones are dropped
+    unrun, and the next small request is served within the time of at most the one batch already running (or
+    refused at once)."""
+    batches = 'cvae_batch_size_requests_count{operation="generate"}'
+    abandoned = 'cvae_queue_events_total{operation="generate",reason="abandoned"}'
+
+    async def main():
+        before = server.metric(batches), server.metric(abandoned)
+        connections = []
+        for _ in range(40):
+            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(request_bytes("POST", "/generate", BIG))
+            connections.append(writer)
+        await asyncio.sleep(0.02)
+        for writer in connections:
+            writer.close()
+        await asyncio.sleep(0.01)
+        smalls = [await ask(server.port, request_bytes("POST", "/generate", SMALL), timeout=10) for _ in range(5)]
+        await asyncio.sleep(0.5)
+        return before, smalls
+
+    (batches_before, abandoned_before), smalls = asyncio.run(main())
+    assert_no_5xx_but_503(smalls)
+    first = smalls[0]
+    assert (first.status == 200 and first.seconds < 1.0) or (first.status == 503 and first.seconds < 0.1), first
+    assert all(s.status == 200 and s.seconds < 0.5 for s in smalls[1:]), [(s.status, s.seconds) for s in smalls]
+    ran = server.metric(batches) - batches_before - len(smalls)
+    assert ran <= 5, f"{ran} batches ran for 40 abandoned requests"
+    assert server.metric(abandoned) - abandoned_before >= 5  # the rest were refused at once (the queue was full)
+    print(f"\nsmall requests after an abandoned burst: {[round(s.seconds * 1000, 1) for s in smalls]} ms")
+
+
+def test_small_requests_stay_prompt_while_large_ones_saturate_the_service(server):
+    """8 clients send the largest /generate back to back for 3 s; a small request every 50 ms meanwhile is served
+    ahead of them (shortest first) or refused at once; the large ones are served or refused, never kept waiting
+    beyond the queue's limit."""
+
+    async def main():
+        stop = asyncio.Event()
+        large: list[Answer | None] = []
+
+        async def hammer() -> None:
+            while not stop.is_set():
+                large.append(await ask(server.port, request_bytes("POST", "/generate", BIG), timeout=15))
+
+        hammers = [asyncio.ensure_future(hammer()) for _ in range(8)]
+        await asyncio.sleep(0.5)
+        small = []
+        deadline = time.perf_counter() + 3
+        while time.perf_counter() < deadline:
+            small.append(await ask(server.port, request_bytes("POST", "/generate", SMALL), timeout=10))
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.gather(*hammers)
+        return small, large
+
+    small, large = asyncio.run(main())
+    assert_no_5xx_but_503(small + large)
+    served = sorted(s.seconds for s in small if s.status == 200)
+    refused = [s.seconds for s in small if s.status == 503]
+    assert served and all(s.status in (200, 503) for s in small)
+    assert served[len(served) // 2] < 0.25 and max(refused, default=0) < 0.1, (served, refused)
+    assert Counter(a.status for a in large)[200] > 0 and max(a.seconds for a in large) < 10
+    print(
+        f"\nsmall while large saturate: {len(served)} served (median {served[len(served) // 2] * 1000:.0f} ms, "
+        f"max {served[-1] * 1000:.0f} ms), {len(refused)} refused; large: {Counter(a.status for a in large)}"
+    )
+
+
+def test_connections_over_the_cap_are_answered_503_and_closed(server):
+    async def main():
+        held = []
+        for _ in range(MAX_CONNECTIONS + 3):
+            held.append(await asyncio.open_connection("127.0.0.1", server.port))
+        reader, writer = held[-1]
+        writer.write(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        over = await read_answer(reader, time.perf_counter(), 5)
+        closed = await closed_within(reader, 3)
+        for _, w in held:
+            w.close()
+        await asyncio.sleep(0.2)
+        return over, closed, await ask(server.port, b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+
+    over, closed, after = asyncio.run(main())
+    assert over.status == 503 and over.headers["retry-after"] == "1" and over.headers["connection"] == "close"
+    assert "connections" in json.loads(over.body)["detail"] and closed < 1
+    assert after.status == 200
+
+
+# --- oversize and invalid bodies ------------------------------------------------------------------------------
+
+
+def test_oversize_bodies_are_refused_without_being_read(server):
+    async def main():
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        started = time.perf_counter()
+        writer.write(b"POST /encode HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                     b"Content-Length: 100000000\r\n\r\n")  # fmt: skip
+        answer = await read_answer(reader, started, 5)
+        writer.close()
+        nan_body = b'{"digit": 1, "latent": [' + b",".join([b"NaN"] * 1_000_000) + b"]}"  # 4 MB
+        too_big = await ask(server.port, request_bytes("POST", "/generate", nan_body), timeout=10)
+        return answer, too_big
+
+    declared, nans = asyncio.run(main())
+    assert declared.status == 413 and declared.seconds < 0.5
+    assert nans.status == 413 and nans.seconds < 2 and len(nans.body) < 1000
+
+
+def test_memory_stays_flat_over_bursts_of_invalid_multi_megabyte_bodies(server):
+    """Bodies of nearly 4 MB (the upload limit) that fail: undecodable uploads (415), /encode forms repeating a field
+    (422), /generate bodies over its limit (413) and at it, full of NaN (422). After a first burst (the allocator
+    grows once), further bursts leave the server's memory where it was; /livez stays prompt throughout."""
+    garbage = os.urandom(3_900_000)
+    form = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n' + garbage + b"\r\n"
+            b'--b\r\nContent-Disposition: form-data; name="digit"\r\n\r\n1\r\n'
+            b'--b\r\nContent-Disposition: form-data; name="digit"\r\n\r\n2\r\n--b--\r\n')  # fmt: skip
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'
+    single = head + garbage + b"\r\n--b--\r\n"
+    limit = max_generate_body_bytes(D)  # the tiny model's /generate limit
+    nans = b'{"digit": 1, "latent": [' + b",".join([b"NaN"] * ((limit - 100) // 4)) + b"]}"
+    bodies = [
+        request_bytes("POST", "/encode", single, "multipart/form-data; boundary=b"),
+        request_bytes("POST", "/encode", form, "multipart/form-data; boundary=b"),
+        request_bytes("POST", "/generate", b"[" + b"0," * 1_900_000 + b"0]"),
+        request_bytes("POST", "/generate", nans),
+    ]
+    expected = [415, 422, 413, 422]
+
+    async def burst() -> list[Answer | None]:
+        answers = []
+        for _ in range(3):
+            answers += await asyncio.gather(*(ask(server.port, body, timeout=30) for body in bodies * 4))
+        return answers
+
+    async def main():
+        stop = asyncio.Event()
+        probe = asyncio.ensure_future(livez_latencies(server.port, stop))
+        first = await burst()
+        await asyncio.sleep(0.5)
+        before = server.rss_mib()
+        later = [await burst() for _ in range(3)]
+        await asyncio.sleep(0.5)
+        after = server.rss_mib()
+        stop.set()
+        return first, later, before, after, await probe
+
+    first, later, before, after, livez = asyncio.run(main())
+    for answers in [first, *later]:
+        assert [a.status for a in answers] == expected * 12
+        assert all(len(a.body) < 4096 for a in answers)
+    assert after - before < 40, f"the server grew from {before:.0f} to {after:.0f} MiB"
+    assert max(livez) < 0.5, max(livez)
+    print(
+        f"\nserver memory over 3 bursts of 48 invalid bodies: {before:.0f} -> {after:.0f} MiB; "
+        f"/livez meanwhile at most {max(livez) * 1000:.0f} ms"
+    )
+
+
+# --- shutdown with work in flight -----------------------------------------------------------------------------
+
+
+def test_sigterm_with_work_in_flight_answers_every_request_200_or_503_and_exits_0(tiny_model_dir, tmp_path):
+    """30 of the largest /generate queued (the queue may hold them all), then SIGTERM, with 1 s of grace: /readyz
+    turns 503 at once; each request gets its PNG or a 503 with Retry-After (cut by the deadline), or finds its
+    connection closed; none gets a 500; the process exits 0 with no traceback. Its logs are JSON, one object per
+    line, every access line with the request ID its response carried."""
+    log = tmp_path / "server.log"
+    env = {**SETTINGS, "CVAE_GRACEFUL_SHUTDOWN_S": "1", "CVAE_MAX_QUEUE_WAIT_S": "60", "CVAE_LOG_FORMAT": "json"}
+    with serving(tiny_model_dir, log, env) as s:
+
+        async def main():
+            pending = [asyncio.ensure_future(ask(s.port, request_bytes("POST", "/generate", BIG), timeout=20))
+                       for _ in range(30)]  # fmt: skip
+            await asyncio.sleep(0.3)
+            s.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.1)
+            ready = await ask(s.port, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5)
+            return ready, await asyncio.gather(*pending)
+
+        started = time.monotonic()
+        ready, answers = asyncio.run(main())
+        code = s.proc.wait(20)
+        took = time.monotonic() - started
+    assert ready.status == 503
+    assert code == 0, log.read_text()[-3000:]
+    assert_no_5xx_but_503(answers)
+    statuses = Counter(a.status if a else "closed" for a in answers)
+    assert set(statuses) <= {200, 503, "closed"} and statuses[503] > 0, statuses
+    assert took < 10
+    lines = log.read_text().splitlines()
+    entries = [json.loads(line) for line in lines]  # every line is one JSON object
+    text = log.read_text()
+    assert "Traceback" not in text and "Exception in ASGI application" not in text
+    access = [e for e in entries if e["logger"] == "uvicorn.access" and e.get("path") == "/generate"]
+    ids = {a.headers["x-request-id"] for a in answers if a is not None}
+    assert {e["request_id"] for e in access} >= ids and all(e["status"] in (200, 503) for e in access)
+    print(f"\nSIGTERM with 30 large requests in flight: {dict(statuses)}, exit {code} after {took:.1f} s")
+
+
+def test_by_default_readyz_turns_503_before_the_port_closes(tiny_model_dir, tmp_path):
+    """With the default CVAE_SHUTDOWN_DELAY_S, a balancer polling /readyz sees 503 while the port still answers."""
+    env = {key: value for key, value in SETTINGS.items() if key != "CVAE_SHUTDOWN_DELAY_S"}
+    with serving(tiny_model_dir, tmp_path / "server.log", {**env, "CVAE_ACCESS_LOG": "false"}) as s:
+        s.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        assert httpx.get(f"{s.base}/readyz", timeout=5).status_code == 503
+        assert httpx.get(f"{s.base}/livez", timeout=5).status_code == 200
+        assert s.proc.wait(20) == 0
