@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import socket
 import subprocess
 import time
@@ -24,6 +25,28 @@ from app.settings import Settings
 from model.network import CVAE, CVAEConfig
 from model.prior import GaussianPrior, Prior
 from training.export import export_model_dir
+
+# The user's own environment must not reach the tests: an exported setting (CVAE_MAX_BATCH=1, say) would change what
+# every Settings() and every `python -m app` the tests start is configured with, OTEL_* would turn traces on, and a
+# proxy would take the loopback requests of httpx, Selenium and the CLI tools elsewhere. The variables that steer
+# the suite itself (CVAE_REQUIRE_*, CVAE_PAGE_SCREENSHOT, CVAE_DASHBOARD_PICTURE) are not settings and stay.
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+def isolated_environment(environ: dict[str, str]) -> dict[str, str]:
+    """environ without the service's settings, OpenTelemetry's variables and proxies."""
+    settings = {"CVAE_" + name.upper() for name in Settings.model_fields}
+    return {
+        k: v
+        for k, v in environ.items()
+        if k.upper() not in settings and not k.startswith("OTEL_") and k not in PROXY_VARIABLES
+    }
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    kept = isolated_environment(dict(os.environ))
+    for name in set(os.environ) - set(kept):
+        del os.environ[name]
 
 TINY = CVAEConfig(latent_dim=4, hidden=(32,), channels=(4, 8), encoder="conv")
 D = TINY.latent_dim
