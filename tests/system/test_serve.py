@@ -18,7 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import free_port, wait_ready
+from tests.conftest import free_port, wait_for, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -87,8 +87,7 @@ def test_python_m_app_serves_over_http_and_drains_on_sigterm(tiny_model_dir):
 
         assert httpx.get(f"{base}/metrics", timeout=5).status_code == 200
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        assert httpx.get(f"{base}/readyz", timeout=5).status_code == 503  # draining, port still open
+        wait_for(lambda: httpx.get(f"{base}/readyz", timeout=5).status_code == 503, 10)  # draining, port still open
         assert httpx.get(f"{base}/livez", timeout=5).status_code == 200
         output, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, output  # a drained SIGTERM is a clean exit
