@@ -48,6 +48,7 @@ def pytest_configure(config: pytest.Config) -> None:
     for name in set(os.environ) - set(kept):
         del os.environ[name]
 
+
 TINY = CVAEConfig(latent_dim=4, hidden=(32,), channels=(4, 8), encoder="conv")
 D = TINY.latent_dim
 TILE = 28  # the side of a tile, in pixels

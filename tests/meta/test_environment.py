@@ -39,7 +39,8 @@ def test_app_tests_pass_with_a_hostile_environment_exported(tmp_path: Path) -> N
     (API keys), batch one request at a time, or send its loopback requests to a dead proxy still passes."""
     env = {**os.environ, **HOSTILE, "PYTHONDONTWRITEBYTECODE": "1"}
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/app/test_ops.py", "-k", "livez or model"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/app/test_ops.py",
+         "-k", "livez or model"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

@@ -1,5 +1,6 @@
 """A picture of the Grafana dashboard's panels (deploy/monitoring/grafana/dashboards/cvae-digits.json) drawn with
-Pillow from the series a real Prometheus answered for their queries (tests/system/test_monitoring.py): no Grafana needed.
+Pillow from the series a real Prometheus answered for their queries (tests/system/test_monitoring.py): no Grafana
+needed.
 Panels keep the dashboard's order and titles, three to a row; a stat panel shows its last values as text."""
 
 from __future__ import annotations

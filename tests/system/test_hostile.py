@@ -195,7 +195,7 @@ def test_connections_that_send_no_whole_head_are_closed_after_the_header_timeout
 
     held, livez = asyncio.run(main())
     # Not before the timeout; after it, closed_within's own deadline bounds the wait (a loaded machine is slower).
-    assert all(HEADER_TIMEOUT_S * 0.9 < h for h in held), held
+    assert all(h > HEADER_TIMEOUT_S * 0.9 for h in held), held
     assert max(livez) < HEADER_TIMEOUT_S, max(livez)  # the probe was answered while the held connections waited
 
 

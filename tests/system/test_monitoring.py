@@ -3,8 +3,8 @@ copies wired to files that exist, and every dashboard panel's query answered by 
 `prometheus` package on loopback) scraping a real `python -m app` (the shipped model) under load.
 
 The tests that need prometheus or promtool skip without them, unless CVAE_REQUIRE_PROMETHEUS=1 (as .ci/run sets it).
-CVAE_DASHBOARD_PICTURE=PATH saves the picture of the panels (tests/system/dashboard_picture.py) there, else into the test's
-temporary folder:
+CVAE_DASHBOARD_PICTURE=PATH saves the picture of the panels (tests/system/dashboard_picture.py) there, else into the
+test's temporary folder:
     CVAE_DASHBOARD_PICTURE=docs/img/dashboard.png bash tests/run.sh tests/system/test_monitoring.py -k real_prometheus
 """
 
@@ -31,8 +31,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.system import dashboard_picture
 from tests.conftest import drawing, encoded, free_port, wait_for, wait_ready
+from tests.system import dashboard_picture
 from tests.system.prometheus_tools import binary
 
 ROOT = Path(__file__).resolve().parents[2]

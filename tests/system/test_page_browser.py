@@ -6,7 +6,8 @@ them, unless CVAE_REQUIRE_CHROMIUM=1 (as .ci/run sets it), which makes their abs
 both paths, so Selenium Manager never downloads a browser or a driver.
 
 CVAE_PAGE_SCREENSHOT=PATH saves the README's screenshot of the page there (else into the test's temporary folder):
-    CVAE_PAGE_SCREENSHOT=artifacts/readme/page.png bash tests/run.sh tests/system/test_page_browser.py -k reads_a_drawing
+    CVAE_PAGE_SCREENSHOT=artifacts/readme/page.png \
+        bash tests/run.sh tests/system/test_page_browser.py -k reads_a_drawing
 """
 
 from __future__ import annotations
