@@ -103,6 +103,7 @@ def export_model_dir(
 
     -> the manifest.
     """
+    # long: the manifest is written out literally, field by field, in the one place that writes it
     out_dir = Path(out_dir)
     model = model.to("cpu").eval()
     with quiet_torchscript():

@@ -176,6 +176,7 @@ def judged_figures(
 ) -> dict[str, Any]:
     """Everything the judge measures on the held-out digits `held`; the copying figures too when the training
     digits are given."""
+    # long: one figure after another on the same judged features; split, each piece would take them all as arguments
     out: dict[str, Any] = {}
     real = held.images.unsqueeze(1).float() / 255
     c = prior.num_classes
