@@ -76,7 +76,8 @@ def test_cli_trains_and_exports_a_model_directory_with_run_records(tmp_path: Pat
     }  # fmt: skip
     assert m.temperature == 0.8  # the default --sample-temperature: what the service samples at
     assert set(m.manifest["artifacts"]) == {"decoder.pt", "encoder.pt", "prior.pt", "decoder.pt2", "decoder.logits.pt2",
-                                            "encoder.pt2", "encoder.all_labels.pt2", "reader.pt", "reader.pt2"}  # fmt: skip
+                                            "encoder.pt2", "encoder.all_labels.pt2", "reader.pt",
+                                            "reader.pt2"}  # fmt: skip
     assert m.manifest["data"]["count"] == 1000 and m.manifest["data"]["val_source"] == "split"
     assert m.manifest["reproduce"].endswith("--reader-distil-epochs 1")
     assert m.manifest["metrics"]["heldout_nelbo"] > 0 and m.manifest["metrics"]["epochs"] == 2
