@@ -31,7 +31,7 @@ def priors() -> list[Prior]:
 def test_sampling_a_prior_on_another_device_draws_its_noise_on_the_cpu_and_moves_it(prior: Prior) -> None:
     on_meta = prior.to(META)
     z, y = sample_latents(on_meta, [0, 1, 2], 4, seed=0, temperature=0.8)  # the grid: one row per digit
-    assert z.device == META and z.shape == (12, 4)
+    assert z.device == META and y.device == META and z.shape == (12, 4)
     (z1, _), (z2, _) = sample_latents_many(on_meta, [([1], 3, 0, 1.0), ([0, 2], 2, 1, 0.5)])
     assert z1.device == META and z2.device == META
 
