@@ -85,7 +85,7 @@ def resume(state: TrainState, path: Path, launch: Launch, device: torch.device) 
     """Load an epoch checkpoint into `state`. -> (epochs done, their history). SystemExit if it does not fit."""
     if not path.is_file():
         raise SystemExit(f"--resume: no checkpoint at {path}")
-    loaded, payload = load_checkpoint(path, map_location=device)
+    loaded, payload = load_checkpoint(path, map_location="cpu")  # load_state_dict moves each to its device
     if loaded.cfg != state.model.cfg:
         raise SystemExit(f"--resume: {path} holds a different model config: {loaded.cfg}")
     saved_world = payload["meta"].get("world_size", 1)
