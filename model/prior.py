@@ -74,7 +74,14 @@ class GaussianPrior:
         return cls(torch.stack(mus).float(), torch.stack(trils).float(), kind="class_gaussian")
 
     def to(self, device: torch.device | str) -> GaussianPrior:
-        return GaussianPrior(self.mean.to(device), self.scale_tril.to(device), self.kind)
+        """The same prior on `device`; its shared Gaussian computed where this one is and moved (the same numbers)."""
+        moved = GaussianPrior(self.mean.to(device), self.scale_tril.to(device), self.kind)
+        moved.__dict__["shared"] = self.shared.to(device) if self.num_classes > 1 else moved
+        return moved
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
 
     @functools.cached_property
     def shared(self) -> GaussianPrior:
@@ -101,7 +108,8 @@ class GaussianPrior:
     def kl_each_label(self, mean: Tensor, log_var: Tensor) -> Tensor:
         """kl_estimate of posteriors (N, C, D) under label c for row [:, c], at their means. -> (N, C)"""
         n, c, d = mean.shape
-        return self.kl(mean.reshape(n * c, d), log_var.reshape(n * c, d), torch.arange(c).repeat(n)).view(n, c)
+        labels = torch.arange(c, device=mean.device).repeat(n)
+        return self.kl(mean.reshape(n * c, d), log_var.reshape(n * c, d), labels).view(n, c)
 
     def log_prob(self, z: Tensor, y: Tensor) -> Tensor:
         """log p(z | y). (N, D), (N,) -> (N,)"""
@@ -191,7 +199,17 @@ class AggregatePosteriorPrior:
         return cls(means[index], widened)
 
     def to(self, device: torch.device | str) -> AggregatePosteriorPrior:
-        return AggregatePosteriorPrior(self.means.to(device), self.log_vars.to(device))
+        """The same prior on `device`: its tensors, the stds and the class Gaussians included, computed once (on the
+        CPU, where it was fitted or loaded) and moved, so that every device samples the same numbers."""
+        moved = object.__new__(AggregatePosteriorPrior)
+        moved.means, moved.log_vars, moved.stds = (t.to(device) for t in (self.means, self.log_vars, self.stds))
+        moved.gaussian = self.gaussian.to(device)
+        moved.__dict__["shared"] = self.shared.to(device) if self.num_classes > 1 else moved
+        return moved
+
+    @property
+    def device(self) -> torch.device:
+        return self.means.device
 
     @functools.cached_property
     def shared(self) -> AggregatePosteriorPrior:
@@ -289,10 +307,11 @@ class _Draw(NamedTuple):
 
 
 def _draw(prior: Prior, digits: Sequence[int], n: int, seed: int, temperature: float) -> _Draw:
-    eps, u = style_noise(n, prior.latent_dim, seed)
+    # The noise is drawn on the CPU, then moved: every device (and every process) samples the same numbers.
+    eps, u = (t.to(prior.device) for t in style_noise(n, prior.latent_dim, seed))
     if len(digits) == 1:
-        return _Draw(prior, torch.full((n,), digits[0], dtype=torch.int64), eps, u, temperature)
-    return _Draw(prior.shared, torch.zeros(n, dtype=torch.int64), eps, u, temperature)
+        return _Draw(prior, torch.full((n,), digits[0], dtype=torch.int64, device=prior.device), eps, u, temperature)
+    return _Draw(prior.shared, torch.zeros(n, dtype=torch.int64, device=prior.device), eps, u, temperature)
 
 
 def sample_latents_many(
@@ -312,10 +331,11 @@ def sample_latents_many(
             index = [i for i, d in enumerate(draws) if d.source is source]
             y, eps, u = (torch.cat([getattr(draws[i], k) for i in index]) for k in ("y", "eps", "u"))
             t = torch.cat([torch.full((len(draws[i].y), 1), float(draws[i].temperature)) for i in index])
+            t = t.to(source.device)
             for i, z in zip(index, source.sample(y, eps, t, u).split([len(draws[i].y) for i in index]), strict=True):
                 columns[i] = z
     out = []
     for (digits, n, _, _), z in zip(requests, columns, strict=True):
-        labels = torch.tensor(list(digits), dtype=torch.int64).repeat_interleave(n)
+        labels = torch.tensor(list(digits), dtype=torch.int64).repeat_interleave(n).to(z.device)
         out.append((z if len(digits) == 1 else z.repeat(len(digits), 1), labels))
     return out

@@ -1,4 +1,4 @@
-"""`python -m training`: train the CVAE on MNIST-format digits and export a model directory."""
+"""`python -m training`: every step that makes a model directory from MNIST-format digits (training/steps.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 from training.config import parse_config
 from training.data import DataError
-from training.train import main
+from training.steps import main
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -13,6 +13,8 @@ from typing import Any, Literal, get_args, get_origin
 from model.manifest import MAX_TEMPERATURE, is_temperature
 from model.network import CVAEConfig
 
+READER_EPOCHS = {"varied": 30, "plain": 16, "distilled": 45}  # the reader's passes by default (docs/quality.md)
+
 
 def doc(text: str) -> dict[str, str]:
     """A field's metadata: its --help text."""
@@ -125,9 +127,42 @@ class TrainConfig:
         default=True,
         metadata=doc(
             "run the full evaluation at export (judge classifier, sample accuracy, Frechet distance, one hand across "
-            "digits, /encode accuracy); without it, likelihoods only"
+            "digits, /encode accuracy, with the reader and on digits that are not MNIST's); without it, "
+            "likelihoods only"
         ),
     )
+
+    reader_epochs: int | None = field(
+        default=None,
+        metadata=doc(f"passes over fresh varied digits of each varied CNN of the reader's teacher "
+                     f"(none: {READER_EPOCHS['varied']}, at most --epochs)"),
+    )  # fmt: skip
+    reader_plain_epochs: int | None = field(
+        default=None,
+        metadata=doc(f"passes of the teacher's plain CNN (none: {READER_EPOCHS['plain']}, at most --epochs)"),
+    )
+    reader_distil_epochs: int | None = field(
+        default=None,
+        metadata=doc(
+            f"passes distilling the teacher into the reader's one CNN (none: {READER_EPOCHS['distilled']}, "
+            "at most --epochs)"
+        ),
+    )
+    reader_threads: int = field(default=0, metadata=doc("torch CPU threads for the reader's steps (0: --threads)"))
+    outside_count: int = field(
+        default=300,
+        metadata=doc("uploads of each kind of digit that is not MNIST's that /encode is measured on (0: none)"),
+    )
+
+    def reader_epochs_of(self) -> dict[str, int]:
+        """The reader's passes: each its own option, else its default capped at --epochs (a smoke run's one epoch
+        makes the whole model, reader included, in one epoch of each)."""
+        chosen = {
+            "varied": self.reader_epochs,
+            "plain": self.reader_plain_epochs,
+            "distilled": self.reader_distil_epochs,
+        }
+        return {k: v if v is not None else min(READER_EPOCHS[k], self.epochs) for k, v in chosen.items()}
 
     def model_config(self) -> CVAEConfig:
         return CVAEConfig(
@@ -178,9 +213,18 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
         cfg.model_config()
     except ValueError as e:
         parser.error(str(e))
-    for name in ("epochs", "batch_size", "val_size", "eval_k", "prior_components"):
-        if getattr(cfg, name) < 1:
+    for name in (
+        "epochs",
+        "batch_size",
+        "val_size",
+        "eval_k",
+        "prior_components",
+        *(f"reader_{k}epochs" for k in ("", "plain_", "distil_")),
+    ):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.outside_count < 0:
+        parser.error(f"--outside-count must be >= 0, got {cfg.outside_count}")
     if cfg.lr <= 0:
         parser.error(f"--lr must be positive, got {cfg.lr}")
     if not is_temperature(cfg.sample_temperature):

@@ -103,6 +103,7 @@ def export_model_dir(
 
     -> the manifest.
     """
+    # long: the manifest is written out literally, field by field, in the one place that writes it
     out_dir = Path(out_dir)
     model = model.to("cpu").eval()
     with quiet_torchscript():
@@ -141,7 +142,7 @@ def export_model_dir(
             "reproduce": reproduce,
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -248,7 +249,7 @@ def rewrite_model_dir(model_dir: Path, manifest: dict[str, Any], add: Callable[[
                 shutil.copy2(f, tmp / f.name)
         add(tmp)
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
-        _replace_dir(tmp, model_dir)
+        replace_dir(tmp, model_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -263,7 +264,7 @@ def model_id(artifacts: dict[str, str]) -> str:
     return f"cvae-{both[:12]}"
 
 
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
+def replace_dir(tmp: Path, out_dir: Path) -> None:
     """Make the finished `tmp` out_dir: its files synced first, the old out_dir (if any) renamed away, then removed."""
     for f in tmp.iterdir():
         with open(f, "rb") as fh:

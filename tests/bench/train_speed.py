@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 
 from training.config import TrainConfig
+from training.cvae.train import Batches, new_state, train_one_epoch
 from training.data import load_data_dir
-from training.train import Batches, new_state, select_device, train_one_epoch
+from training.device import select_device
 
 CLASSIC = dict(
     encoder="mlp", hidden=(400,), encoder_hidden=(400,), latent_dim=20, lr=1e-3, schedule="constant",

@@ -11,8 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = [
     "training",  # python -m training
-    "training.evaluate",
-    "training.judge",
+    "training.evaluation",
+    "training.evaluation.judge",
     "app",
     "app.engine.child",  # started by the service, not by hand, but a command all the same
     "tests.bench.serve",

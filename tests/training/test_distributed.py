@@ -18,11 +18,11 @@ import torch.multiprocessing as mp
 
 from model.artifacts import load_model_dir
 from tests.training.test_train import FIXTURE, ROOT, small_config
-from training import distributed
-from training.checkpoint import load_checkpoint
+from training.cvae import distributed
+from training.cvae.checkpoint import CHECKPOINT, load_checkpoint
+from training.cvae.distributed import Launch, LaunchError
+from training.cvae.train import Batches, new_state, train_one_epoch
 from training.data import load_data_dir
-from training.distributed import Launch, LaunchError
-from training.train import CHECKPOINT, Batches, new_state, train_one_epoch
 
 TORCHRUN_ENV = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
 # Two processes take the rows of a global batch in turns and average their gradients: the same sums as one

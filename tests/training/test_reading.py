@@ -1,9 +1,8 @@
-"""The digit reader (model.network.Reader, training.reading): trained on varied MNIST digits only, calibrated,
+"""The digit reader (model.network.Reader, training/reader/): trained on varied MNIST digits only, calibrated,
 added to a model directory as reader.pt, loaded and used by the label rule that /encode and evaluation share."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import shutil
@@ -24,10 +23,11 @@ from model.manifest import READER_FILE, ModelDirError
 from model.network import CVAE, MaxPool2x2, Reader, ReaderConfig
 from model.prior import GaussianPrior
 from tests.conftest import TINY, drawing, encoded, upload
-from training import reading
 from training.data import load_data_dir
-from training.evaluate import calibration_error
+from training.evaluation.figures import calibration_error
 from training.export import export_model_dir
+from training.reader import letterforms, model_dir, variants
+from training.reader import train as reading
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "mnist-1000"
 SMALL = ReaderConfig(channels=(4, 8, 8), hidden=16)
@@ -40,9 +40,9 @@ def digits(n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_varied_digits_are_mnist_form_and_the_same_for_the_same_seeds() -> None:
     images, _ = digits(24)
-    a = reading.varied(images, torch.Generator().manual_seed(1), 1)
-    b = reading.varied(images, torch.Generator().manual_seed(1), 1)
-    c = reading.varied(images, torch.Generator().manual_seed(2), 2)
+    a = variants.varied(images, torch.Generator().manual_seed(1), 1)
+    b = variants.varied(images, torch.Generator().manual_seed(1), 1)
+    c = variants.varied(images, torch.Generator().manual_seed(2), 2)
     assert a.shape == (24, 1, 28, 28) and torch.equal(a, b) and not torch.equal(a, c)
     assert a.min() >= 0 and a.max() <= 1
     assert (a.flatten(1).sum(1) > 5).all()  # every variant still has a digit's ink
@@ -63,8 +63,8 @@ def test_letterforms_flag_a_share_of_the_ones_and_leave_other_digits_alone() -> 
     images, labels = digits(200)
     images = torch.cat([images, _upright_one().expand(400, 28, 28)])
     labels = torch.cat([labels, torch.ones(400, dtype=torch.long)])
-    out = reading.letterforms(images, labels, torch.Generator().manual_seed(0))
-    again = reading.letterforms(images, labels, torch.Generator().manual_seed(0))
+    out = letterforms.letterforms(images, labels, torch.Generator().manual_seed(0))
+    again = letterforms.letterforms(images, labels, torch.Generator().manual_seed(0))
     assert out.dtype == torch.uint8 and torch.equal(out, again)
     assert torch.equal(out[labels != 1], images[labels != 1])  # only 1s change
     assert (out >= images).all()  # ink added, none taken away
@@ -82,9 +82,9 @@ def test_letterforms_flag_a_share_of_the_ones_and_leave_other_digits_alone() -> 
 def test_a_one_leaning_too_far_for_a_flag_that_is_not_a_sevens_bar_keeps_its_bare_form() -> None:
     ones = torch.ones(50, dtype=torch.long)
     leaning = _upright_one(lean=9.0).expand(50, 28, 28)  # its stem 22 degrees off upright: a flag fits
-    assert not torch.equal(reading.letterforms(leaning, ones, torch.Generator().manual_seed(0)), leaning)
+    assert not torch.equal(letterforms.letterforms(leaning, ones, torch.Generator().manual_seed(0)), leaning)
     leaning = _upright_one(lean=15.0).expand(50, 28, 28)  # 35 degrees: any flag would be too flat
-    assert torch.equal(reading.letterforms(leaning, ones, torch.Generator().manual_seed(0)), leaning)
+    assert torch.equal(letterforms.letterforms(leaning, ones, torch.Generator().manual_seed(0)), leaning)
 
 
 def test_temperature_scaling_recovers_the_temperature_that_made_the_labels() -> None:
@@ -119,7 +119,7 @@ def reader_dir(tiny_model_dir: Path, tmp_path: Path) -> Path:
     out = tmp_path / "model"
     shutil.copytree(tiny_model_dir, out)
     torch.manual_seed(0)
-    reading.add_reader(out, Reader(SMALL).eval(), {"config": SMALL.to_dict()})
+    model_dir.add_reader(out, Reader(SMALL).eval(), {"config": SMALL.to_dict()})
     return out
 
 
@@ -148,7 +148,7 @@ def test_a_generative_weight_adds_the_generative_score(tiny_model_dir, tmp_path)
     shutil.copytree(tiny_model_dir, out)
     torch.manual_seed(0)
     cfg = ReaderConfig(channels=(4, 8, 8), hidden=16, generative_weight=0.25, temperature=2.0)
-    reading.add_reader(out, Reader(cfg).eval(), {"config": cfg.to_dict()})
+    model_dir.add_reader(out, Reader(cfg).eval(), {"config": cfg.to_dict()})
     model = load_model_dir(out)
     assert model.reader is not None
     x = torch.rand(4, 1, 28, 28)
@@ -195,40 +195,6 @@ def _model_on_fixture(out: Path) -> Path:
         config={"model": TINY.to_dict(), "training": {"seed": 0, "val_size": 200}}, metrics={}, reproduce="test",
     )  # fmt: skip
     return out
-
-
-@pytest.mark.slow
-def test_the_reading_command_adds_a_calibrated_reader_trained_on_the_models_own_digits(tmp_path) -> None:
-    model_dir = _model_on_fixture(tmp_path / "m")
-    args = ["--model", str(model_dir), "--data-dir", str(FIXTURE), "--epochs", "1", "--plain-epochs", "1"]
-    args += ["--distil-epochs", "1"]
-    assert reading.main([*args, "--outside-count", "10"]) == 0
-    model = load_model_dir(model_dir)
-    record = model.manifest["reader"]
-    assert model.reader is not None and record["config"]["temperature"] > 0
-    assert record["trained_on"].startswith("640 training digits") and record["calibrated_on"].endswith(
-        "160 training digits, varied"
-    )
-    assert record["reproduce"].startswith("python -m training.reading --model")
-    # What /encode runs is one CNN, distilled from the teacher's three (each by its recipe and seed).
-    assert record["config"]["members"] == 1 and {k.split(".")[1] for k in model.reader.state_dict()} == {"0"}
-    (student,) = record["members"]
-    assert student["recipe"] == "distilled" and student["seed"] == 3
-    assert [(t["recipe"], t["seed"]) for t in student["teacher"]] == [("varied", 0), ("varied", 1), ("plain", 2)]
-    assert record["epochs"] == {"varied": 1, "plain": 1, "distilled": 1}
-
-
-def test_the_reading_command_refuses_digits_the_model_was_not_trained_on(tmp_path, capsys) -> None:
-    model_dir = _model_on_fixture(tmp_path / "m")
-    other = tmp_path / "other"
-    other.mkdir()
-    for f in FIXTURE.iterdir():  # the same digits but one: another data set
-        raw = bytearray(gzip.decompress(f.read_bytes()))
-        raw[-1] ^= 1
-        (other / f.name).write_bytes(gzip.compress(bytes(raw)))
-    assert reading.main(["--model", str(model_dir), "--data-dir", str(other), "--epochs", "1"]) == 2
-    assert "is not the data" in capsys.readouterr().err
-    assert load_model_dir(model_dir).reader is None
 
 
 def test_the_reader_is_the_geometric_mean_of_its_members() -> None:

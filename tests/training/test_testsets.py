@@ -1,5 +1,5 @@
-"""The digit sets that are not MNIST (training.testsets): reproducible from a seed, of the kinds and formats they
-claim, and read by the service's pre-processing as digits (photos included: the paper's light is divided out)."""
+"""The digit sets that are not MNIST (training.evaluation.testsets): reproducible from a seed, of the kinds and formats
+they claim, and read by the service's pre-processing as digits (photos included: the paper's light is divided out)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from PIL import Image
 
 from model.imaging import decode_image, to_mnist
 from model.uploads import ImageError
-from training.testsets import (
+from training.evaluation.testsets import (
     KINDS,
     PAD,
     SKELETONS,

@@ -12,11 +12,12 @@ import torch
 
 from model.artifacts import load_model_dir
 from model.network import CVAE, CVAEConfig
-from training import train as train_module
-from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig, parse_config
-from training.data import load_data_dir
-from training.train import CHECKPOINT, main
+from training.cvae import epochs as epochs_module
+from training.cvae import train as train_module
+from training.cvae.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from training.data import Digits, load_data_dir
+from training.steps import main
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "mnist-1000"
 ROOT = Path(__file__).parents[2]
@@ -38,6 +39,9 @@ def small_config(tmp_path: Path, **overrides: object) -> TrainConfig:
         progress=False,
         evaluate=False,
         device="cpu",
+        reader_epochs=1,
+        reader_plain_epochs=1,
+        reader_distil_epochs=1,
     )
     base.update(overrides)
     return TrainConfig(**base)  # type: ignore[arg-type]
@@ -61,6 +65,7 @@ def test_cli_trains_and_exports_a_model_directory_with_run_records(tmp_path: Pat
     args = [sys.executable, "-m", "training", "--data-dir", str(FIXTURE), "--out", str(out), "--run-dir", str(run)]
     args += ["--epochs", "2", "--val-size", "200", "--latent-dim", "4", "--hidden", "64", "--channels", "8", "16"]
     args += ["--eval-k", "4", "--prior-components", "16", "--no-evaluate", "--no-progress", "--device", "cpu"]
+    args += ["--reader-epochs", "1", "--reader-plain-epochs", "1", "--reader-distil-epochs", "1"]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "deprecated" not in proc.stderr
@@ -71,9 +76,10 @@ def test_cli_trains_and_exports_a_model_directory_with_run_records(tmp_path: Pat
     }  # fmt: skip
     assert m.temperature == 0.8  # the default --sample-temperature: what the service samples at
     assert set(m.manifest["artifacts"]) == {"decoder.pt", "encoder.pt", "prior.pt", "decoder.pt2", "decoder.logits.pt2",
-                                            "encoder.pt2", "encoder.all_labels.pt2"}  # fmt: skip
+                                            "encoder.pt2", "encoder.all_labels.pt2", "reader.pt",
+                                            "reader.pt2"}  # fmt: skip
     assert m.manifest["data"]["count"] == 1000 and m.manifest["data"]["val_source"] == "split"
-    assert m.manifest["reproduce"].endswith("--no-progress --device cpu")
+    assert m.manifest["reproduce"].endswith("--reader-distil-epochs 1")
     assert m.manifest["metrics"]["heldout_nelbo"] > 0 and m.manifest["metrics"]["epochs"] == 2
     record = json.loads((run / "run.json").read_text())
     assert record["config"]["epochs"] == 2 and "git_commit" in record and "command" in record
@@ -100,21 +106,21 @@ def test_training_learns(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ctrl_c_leaves_a_checkpoint_that_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = train_module.train_one_epoch
+    real = epochs_module.train_one_epoch
 
     def interrupted(*args: object, **kwargs: object) -> dict[str, float]:
         if args[3] == 1:  # Ctrl-C as the second epoch starts
             raise KeyboardInterrupt
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(train_module, "train_one_epoch", interrupted)
+    monkeypatch.setattr(epochs_module, "train_one_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         main(small_config(tmp_path / "split"), argv=[])
     assert not (tmp_path / "split" / "model").exists()
     _, payload = load_checkpoint(tmp_path / "split" / "run" / CHECKPOINT)
     assert payload["meta"]["epochs_done"] == 1 and payload["optimizer"] is not None
 
-    monkeypatch.setattr(train_module, "train_one_epoch", real)
+    monkeypatch.setattr(epochs_module, "train_one_epoch", real)
     main(small_config(tmp_path / "split", resume=True), argv=[])
     assert load_model_dir(tmp_path / "split" / "model").manifest["metrics"]["epochs"] == 2
     main(small_config(tmp_path / "straight"), argv=[])
@@ -132,7 +138,7 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_evaluate_prints_one_json_object_with_every_figure(tmp_path: Path) -> None:
     main(small_config(tmp_path, epochs=2), argv=[])
-    args = [sys.executable, "-m", "training.evaluate", "--model", str(tmp_path / "model"), "--data-dir", str(FIXTURE)]
+    args = [sys.executable, "-m", "training.evaluation", "--model", str(tmp_path / "model"), "--data-dir", str(FIXTURE)]
     args += ["--k", "4", "--cache-dir", str(tmp_path / "cache")]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -151,7 +157,7 @@ def test_evaluate_prints_one_json_object_with_every_figure(tmp_path: Path) -> No
 
 
 def test_variety_and_copying_figures_measure_what_they_say() -> None:
-    from training.evaluate import nearest_distance, within_class_spread
+    from training.evaluation.figures import nearest_distance, within_class_spread
 
     g = torch.Generator().manual_seed(0)
     feats, labels = torch.randn(300, 8, generator=g), torch.arange(3).repeat(100)
@@ -163,13 +169,13 @@ def test_variety_and_copying_figures_measure_what_they_say() -> None:
 
 
 def test_evaluate_refuses_a_temperature_out_of_range(tmp_path: Path) -> None:
-    args = [sys.executable, "-m", "training.evaluate", "--model", str(tmp_path), "--data-dir", str(FIXTURE)]
+    args = [sys.executable, "-m", "training.evaluation", "--model", str(tmp_path), "--data-dir", str(FIXTURE)]
     proc = subprocess.run([*args, "--temperature", "9"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--temperature must be in [0, 5], got 9.0" in proc.stderr
 
 
 def test_evaluate_reports_a_missing_model_dir(tmp_path: Path) -> None:
-    args = [sys.executable, "-m", "training.evaluate", "--model", str(tmp_path / "none"), "--data-dir", str(FIXTURE)]
+    args = [sys.executable, "-m", "training.evaluation", "--model", str(tmp_path / "none"), "--data-dir", str(FIXTURE)]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
 
@@ -183,12 +189,12 @@ def test_training_runs_without_tqdm_with_a_word_instead_of_bars(tmp_path: Path, 
 
 def test_the_shipped_judge_serves_only_data_whose_held_out_digits_it_never_saw() -> None:
     from training.data import MNIST_SHA256, DataSplits
-    from training.judge import SHIPPED, shipped_judge_applies
+    from training.evaluation.judge import SHIPPED, shipped_judge_applies
 
     trained_on = torch.load(SHIPPED, weights_only=True)["data"]
     assert trained_on["files"]["train-images-idx3-ubyte.gz"].startswith("b425bfa7")  # mnist-8500
     empty = torch.zeros(1, 28, 28, dtype=torch.uint8)
-    digits = train_module.Digits(empty, torch.zeros(1, dtype=torch.int64))
+    digits = Digits(empty, torch.zeros(1, dtype=torch.int64))
 
     def splits(**info: object) -> DataSplits:
         return DataSplits(train=digits, val=digits, info={**trained_on, **info})
@@ -203,7 +209,7 @@ def test_the_shipped_judge_serves_only_data_whose_held_out_digits_it_never_saw()
 
 
 def test_training_says_before_it_starts_when_evaluation_must_train_a_judge(tmp_path: Path, caplog) -> None:
-    from training.judge import announce_judge
+    from training.evaluation.judge import announce_judge
 
     data = load_data_dir(FIXTURE, val_size=200, seed=0)
     with caplog.at_level("INFO"):

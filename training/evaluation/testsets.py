@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-Point = tuple[float, float]
-Stroke = list[Point]
+from training.strokes import Point, Stroke, render_strokes
+
 Sample = tuple[bytes, int]
 
 PAD = 280  # the page's drawing pad, in canvas pixels
@@ -142,32 +142,6 @@ def hand_strokes(digit: int, rng: random.Random) -> list[Stroke]:
             pts.append((0.5 + c * (x - 0.5) - s * (y - 0.5), 0.5 + s * (x - 0.5) + c * (y - 0.5)))
         out.append(pts)
     return out
-
-
-def render_strokes(
-    strokes: Sequence[Stroke],
-    *,
-    size: tuple[int, int],
-    box: tuple[float, float, float],
-    width: float,
-    ink: int = 0,
-    paper: int = 255,
-    supersample: int = 2,
-) -> Image.Image:
-    """Strokes in a unit box, drawn with a round pen `width` px wide into an L image of `size`, the box's top-left
-    at (box[0], box[1]) and `box[2]` px tall; anti-aliased by drawing `supersample` times larger."""
-    k = supersample
-    img = Image.new("L", (size[0] * k, size[1] * k), paper)
-    draw = ImageDraw.Draw(img)
-    left, top, height = box
-    w = max(1, round(width * k))
-    for stroke in strokes:
-        pts = [((left + x * height) * k, (top + y * height) * k) for x, y in stroke]
-        if len(pts) > 1:
-            draw.line(pts, fill=ink, width=w, joint="curve")
-        for px, py in (pts[0], pts[-1]):  # round caps
-            draw.ellipse((px - w / 2, py - w / 2, px + w / 2, py + w / 2), fill=ink)
-    return img.resize(size, Image.Resampling.BOX) if k > 1 else img
 
 
 def _png(img: Image.Image) -> bytes:

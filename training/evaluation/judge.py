@@ -170,13 +170,13 @@ def cached_judge(data: DataSplits, cache_dir: Path, seed: int = 0) -> tuple[Judg
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Rebuild the shipped judge: python -m training.judge --data-dir ../shared/data/mnist-8500"""
+    """Rebuild the shipped judge: python -m training.evaluation.judge --data-dir ../shared/data/mnist-8500"""
     import argparse
     import sys
 
     from training.data import DataError, load_data_dir
 
-    parser = argparse.ArgumentParser(prog="python -m training.judge", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m training.evaluation.judge", description=main.__doc__)
     parser.add_argument("--data-dir", type=Path, required=True, help="folder of MNIST IDX files")
     parser.add_argument("--val-size", type=int, default=1000, help="held-out split size (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and of training (default 0)")

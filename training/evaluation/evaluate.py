@@ -1,151 +1,45 @@
-"""Evaluation of a model directory: `python -m training.evaluate --model DIR --data-dir DIR`.
-
-Prints one JSON object: held-out -ELBO (nats per image; Bernoulli on grey values; KL to the model's own
-sampling prior, and to the N(0, I) it was trained against), the importance-weighted NLL bound, and,
-judged by a separately trained CNN classifier: the accuracy of generated samples, the Frechet distance of
-their features to held-out digits (beside the distance between two disjoint real sets), how well one hand carries
-across digits (grids of ten digits per latent, held-out digits re-drawn as every digit, and whether their slant
-carries over), /encode's digit inference on held-out digits as they are and re-drawn as a user would upload them,
-and the accuracy of reconstructions. Sampling and pre-processing are the service's own functions from model/.
+"""Evaluation of a model: held-out -ELBO (nats per image; Bernoulli on grey values; KL to the model's own sampling
+prior, and to the N(0, I) it was trained against), the importance-weighted NLL bound, and, judged by a separately
+trained CNN classifier (training/evaluation/judge.py): the accuracy of generated samples, the Frechet distance of their
+features to held-out digits, how well one hand carries across digits, /encode's digit inference on held-out digits as
+they are and re-drawn as a user would upload them, and on the sets that are not MNIST (testsets.py). Sampling and
+pre-processing are the service's own functions from model/.
 """
 
 from __future__ import annotations
 
-import argparse
-import io
 import json
 import logging
 import random
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import Tensor
 
 from model.artifacts import load_model_dir
 from model.imaging import decode_image, encode_png, to_mnist
-from model.inference import (
-    DecoderLike,
-    EncoderLike,
-    ReaderLike,
-    elbo_terms,
-    importance_weighted_nll,
-    label_log_probs,
-)
-from model.manifest import MAX_TEMPERATURE, ModelDirError, is_temperature
+from model.inference import DecoderLike, EncoderLike, ReaderLike, elbo_terms, importance_weighted_nll
+from model.manifest import MANIFEST_FILE
 from model.prior import GaussianPrior, Prior, sample_latents
 from model.uploads import ImageError
-from training.data import DataError, DataSplits, Digits, load_data_dir
-from training.judge import Judge, cached_judge, default_cache_dir, predict
-from training.testsets import KINDS, make_set
+from training.data import DataSplits, Digits
+from training.evaluation.figures import (
+    calibration_error,
+    correlation,
+    frechet_distance,
+    nearest_distance,
+    slant,
+    within_class_spread,
+)
+from training.evaluation.judge import Judge, cached_judge, default_cache_dir, predict
+from training.evaluation.testsets import KINDS, make_set
+from training.evaluation.uploads import MAX_PIXELS, inferred_labels, preprocess_uploads, read_digits, redrawn_jpeg
 
 log = logging.getLogger(__name__)
 
 SAMPLES_PER_DIGIT = 100  # 1,000 generated digits in all
-OUTSIDE_COUNT = 300  # uploads of each kind of digit that is not MNIST's (training.testsets)
-CALIBRATION_BINS = 15
-MAX_PIXELS = 10_000_000
-
-
-def frechet_distance(a: Tensor, b: Tensor) -> float:
-    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2) (Heusel et al. 2017, eq. 6 / FID)."""
-    a, b = a.double(), b.double()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = torch.cov(a.T), torch.cov(b.T)
-    w, v = torch.linalg.eigh(s_a)
-    root_a = v @ torch.diag(w.clamp(min=0).sqrt()) @ v.T
-    cross = torch.linalg.eigvalsh(root_a @ s_b @ root_a).clamp(min=0).sqrt().sum()
-    return float((mu_a - mu_b).pow(2).sum() + s_a.trace() + s_b.trace() - 2 * cross)
-
-
-def within_class_spread(features: Tensor, labels: Tensor) -> float:
-    """Sum over classes of the trace of the features' covariance within the class."""
-    return sum(float(torch.cov(features[labels == c].double().T).trace()) for c in labels.unique().tolist())
-
-
-def nearest_distance(x: Tensor, reference: Tensor) -> float:
-    """The median over x's rows of the Euclidean distance to the nearest row of reference. (N, P), (M, P)"""
-    return float(
-        torch.cat([torch.cdist(x[i : i + 250], reference).min(dim=1).values for i in range(0, len(x), 250)]).median()
-    )
-
-
-def slant(images: Tensor) -> Tensor:
-    """The slant of each image: how far its ink leans right per unit of height, from its second moments
-    (-mu11 / mu02 about the centre of mass; 0 is upright). (N, 1, H, W) -> (N,)"""
-    x = images.flatten(0, 1).double()  # (N, H, W)
-    h, w = x.shape[-2:]
-    rows = torch.arange(h, dtype=torch.float64)[:, None]
-    cols = torch.arange(w, dtype=torch.float64)[None, :]
-    mass = x.sum(dim=(1, 2)).clamp(min=1e-9)
-    cy = (x * rows).sum(dim=(1, 2)) / mass
-    cx = (x * cols).sum(dim=(1, 2)) / mass
-    dy, dx = rows - cy[:, None, None], cols - cx[:, None, None]
-    return -(x * dx * dy).sum(dim=(1, 2)) / (x * dy * dy).sum(dim=(1, 2)).clamp(min=1e-9)
-
-
-def correlation(a: Tensor, b: Tensor) -> float:
-    a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
-    return float((a * b).sum() / (a.norm() * b.norm()))
-
-
-def redrawn_jpeg(image: Tensor, rng: random.Random) -> bytes:
-    """A held-out digit re-drawn as a user would upload it: black ink on white, a 300x300 RGB JPEG, the
-    digit 150-220 px tall and off-centre."""
-    pil = Image.fromarray(image.numpy())
-    bbox = pil.getbbox() or (0, 0, 28, 28)
-    digit = pil.crop(bbox)
-    height = rng.randint(150, 220)
-    width = max(1, min(280, round(digit.width * height / digit.height)))
-    digit = digit.resize((width, height), Image.Resampling.BICUBIC)
-    canvas = Image.new("L", (300, 300), 0)
-    left = rng.randint(0, 300 - width)
-    top = rng.randint(0, 300 - height)
-    canvas.paste(digit, (left, top))
-    rgb = Image.eval(canvas, lambda p: 255 - p).convert("RGB")
-    buf = io.BytesIO()
-    rgb.save(buf, format="JPEG", quality=rng.randint(70, 95))
-    return buf.getvalue()
-
-
-def preprocess_uploads(uploads: list[bytes]) -> Tensor:
-    """The /encode path: decode -> MNIST-style pre-processing. -> (N, 1, 28, 28)"""
-    return torch.stack([to_mnist(decode_image(b, MAX_PIXELS)) for b in uploads])
-
-
-@torch.no_grad()
-def read_digits(
-    encoder: EncoderLike, decoder: DecoderLike, prior: Prior, x: Tensor, reader: ReaderLike | None = None
-) -> tuple[Tensor, Tensor]:
-    """/encode's reading of each image: (probabilities (N, C), the posterior mean under the digit read (N, D))."""
-    probs, means = [], []
-    for i in range(0, len(x), 200):
-        log_probs, mean, _ = label_log_probs(encoder, decoder, prior, x[i : i + 200], reader)
-        best = log_probs.argmax(1)
-        probs.append(log_probs.exp())
-        means.append(mean[torch.arange(len(best)), best])
-    return torch.cat(probs), torch.cat(means)
-
-
-def inferred_labels(
-    encoder: EncoderLike, decoder: DecoderLike, prior: Prior, x: Tensor, reader: ReaderLike | None = None
-) -> Tensor:
-    return read_digits(encoder, decoder, prior, x, reader)[0].argmax(1)
-
-
-def calibration_error(probs: Tensor, labels: Tensor, bins: int = CALIBRATION_BINS) -> float:
-    """Expected calibration error of the top probability (Guo et al. 2017, eq. 3): over equal-width confidence
-    bins, the gap between accuracy and mean confidence, weighted by the bin's share of the images. 0 is perfect."""
-    confidence, predicted = probs.max(dim=1)
-    correct = (predicted == labels).double()
-    which = (confidence.double() * bins).long().clamp(max=bins - 1)
-    total = 0.0
-    for b in which.unique().tolist():
-        rows = which == b
-        total += float(rows.double().mean() * (correct[rows].mean() - confidence[rows].double().mean()).abs())
-    return total
+OUTSIDE_COUNT = 300  # uploads of each kind of digit that is not MNIST's (training.evaluation.testsets)
 
 
 @torch.no_grad()
@@ -282,6 +176,7 @@ def judged_figures(
 ) -> dict[str, Any]:
     """Everything the judge measures on the held-out digits `held`; the copying figures too when the training
     digits are given."""
+    # long: one figure after another on the same judged features; split, each piece would take them all as arguments
     out: dict[str, Any] = {}
     real = held.images.unsqueeze(1).float() / 255
     c = prior.num_classes
@@ -365,55 +260,22 @@ def encode_figures(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True, help="model directory (as exported by training)")
-    parser.add_argument("--data-dir", type=Path, required=True, help="folder of MNIST IDX files")
-    parser.add_argument("--k", type=int, default=100, help="importance samples for the NLL bound (default 100)")
-    parser.add_argument("--seed", type=int, default=None, help="seed (default: the model's training seed)")
-    parser.add_argument("--val-size", type=int, default=None, help="held-out split size (default: the model's)")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="where the judge is cached")
-    parser.add_argument(
-        "--temperature", type=float, default=None, help="sampling temperature (default: the model's, as the service)"
-    )
-    parser.add_argument(
-        "--outside-count", type=int, default=OUTSIDE_COUNT,
-        help=f"uploads of each kind not from MNIST (training.testsets); 0: none (default {OUTSIDE_COUNT})",
-    )  # fmt: skip
-    args = parser.parse_args(argv)
-    if args.outside_count < 0:
-        parser.error("--outside-count must be >= 0")
-    if args.k < 1:
-        parser.error("--k must be at least 1")
-    if args.temperature is not None and not is_temperature(args.temperature):
-        parser.error(f"--temperature must be in [0, {MAX_TEMPERATURE:g}], got {args.temperature}")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        model = load_model_dir(args.model)
-        training_cfg = model.manifest.get("config", {}).get("training", {})
-        seed = args.seed if args.seed is not None else int(training_cfg.get("seed", 0))
-        val_size = args.val_size if args.val_size is not None else int(training_cfg.get("val_size", 1000))
-        data = load_data_dir(args.data_dir, val_size=val_size, seed=seed)
-    except (ModelDirError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    torch.manual_seed(seed)
-    metrics = evaluate_model(
-        model.encoder,
-        model.decoder,
-        model.prior,
-        data,
-        k=args.k,
-        seed=seed,
-        cache_dir=args.cache_dir,
-        temperature=model.temperature if args.temperature is None else args.temperature,
-        reader=model.reader,
-        outside_count=args.outside_count,
-    )
-    metrics["model_id"] = model.id
-    print(json.dumps(metrics, indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def record_figures(model_dir: Path, data: DataSplits, *, seed: int, outside_count: int) -> dict[str, Any]:
+    """Measure /encode with the model's reader (held-out MNIST digits as uploaded and re-drawn, reconstruction, and
+    the sets that are not MNIST) and record the figures in the manifest's metrics, where they replace those the
+    model was exported with (its reading was then the generative score's). -> the figures."""
+    model = load_model_dir(model_dir)
+    judge, _ = cached_judge(data, default_cache_dir(), seed=seed)
+    figures = encode_figures(model.encoder, model.decoder, model.prior, data.val, judge, seed=seed, reader=model.reader)
+    if outside_count > 0:
+        figures["outside"] = outside_figures(
+            model.encoder, model.decoder, model.prior, judge, reader=model.reader, count=outside_count, seed=seed
+        )
+    path = model_dir / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest["metrics"].update(figures)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    tmp.replace(path)
+    log.info("recorded: %s", json.dumps(figures))
+    return figures
