@@ -219,7 +219,7 @@ class ReaderConfig:
 class Reader(nn.Module):
     """q(y | x): a discriminative digit reader beside the CVAE (the label head of Kingma et al. 2014's M2), an
     ensemble of `members` CNNs whose log-probabilities are averaged (a geometric mean). The shipped reader has one,
-    distilled from three (training.reading): two trained on MNIST digits warped, thickened, thinned, outlined,
+    distilled from three (training.reader): two trained on MNIST digits warped, thickened, thinned, outlined,
     blurred and coarsened the way drawings, fonts, scans and photos differ from MNIST, one on MNIST's digits lightly
     moved.
 

@@ -19,7 +19,8 @@ from model.artifacts import ExportedNetwork, LoadedModel, load_model_dir
 from model.manifest import PROGRAM_FILES, READER_FILE, ModelDirError, sha256_file
 from model.network import CVAE, Reader, ReaderConfig
 from tests.conftest import TINY, drawing, encoded, make_model_dir, upload
-from training import export, reading
+from training import export
+from training.reader import model_dir as reading
 
 PROGRAMS = sorted(f for name in ("encoder.pt", "decoder.pt") for f in PROGRAM_FILES[name].values())
 ROWS = (1, 3, 4, 64)  # one row, fewer rows than /encode's padded scoring pass, that pass, a /generate chunk

@@ -14,9 +14,9 @@ from model.manifest import PROGRAM_FILES
 from model.prior import sample_latents
 from tests.app.test_formats import assert_bit_identical
 from training.data import load_pair
-from training.evaluate import OUTSIDE_COUNT, judged_figures, likelihood_metrics, outside_figures
-from training.judge import shipped_judge
-from training.testsets import FONT_ROOT, HANDWRITING_FONTS, ORDINARY_FONTS
+from training.evaluation.evaluate import OUTSIDE_COUNT, judged_figures, likelihood_metrics, outside_figures
+from training.evaluation.judge import shipped_judge
+from training.evaluation.testsets import FONT_ROOT, HANDWRITING_FONTS, ORDINARY_FONTS
 
 DEFAULT = Path(__file__).parents[2] / "artifacts" / "default"
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "mnist-1000"
@@ -136,8 +136,8 @@ def missing_font_packages() -> list[str]:
 
 @pytest.fixture(scope="module")
 def outside(model: LoadedModel) -> dict[str, dict[str, float]]:
-    """/encode on the digits that are not MNIST (training.testsets, seed 0, as recorded at the reader's training).
-    The typed set only with every one of its fonts installed (else its figures would depend on which are)."""
+    """/encode on the digits that are not MNIST (training.evaluation.testsets, seed 0, as recorded at the reader's
+    training). The typed set only with every one of its fonts installed (else its figures would depend on which are)."""
     torch.manual_seed(0)
     figures = outside_figures(model.encoder, model.decoder, model.prior, shipped_judge(), reader=model.reader,
                               count=OUTSIDE_COUNT, seed=0)  # fmt: skip

@@ -3,10 +3,10 @@ side by side on the same images, in one run.
 
     python -m tests.bench.reading --model artifacts/default --data-dir ../shared/data/mnist-8500 [--count 300]
 
-The reference is the judge's architecture and training (training/judge.py: three convolutions, light random
+The reference is the judge's architecture and training (training/evaluation/judge.py: three convolutions, light random
 affine augmentation, 16 epochs), trained here on all the data's digits (8,500 for mnist-8500: more than the model's
-reader saw). Each set (training.testsets, seed 0) is pre-processed once by the service's own code; both read the
-same 28x28 images. Prints, per set: /encode's accuracy, the reference's, the encoded hand re-drawn as all ten digits
+reader saw). Each set (training.evaluation.testsets, seed 0) is pre-processed once by the service's own code; both read
+the same 28x28 images. Prints, per set: /encode's accuracy, the reference's, the encoded hand re-drawn as all ten digits
 and judged by the shipped judge, and the calibration error of /encode's probabilities.
 """
 
@@ -21,8 +21,8 @@ import torch
 
 from model.artifacts import load_model_dir
 from training.data import Digits, load_data_dir
-from training.evaluate import outside_figures
-from training.judge import shipped_judge, train_judge
+from training.evaluation.evaluate import outside_figures
+from training.evaluation.judge import shipped_judge, train_judge
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,9 +17,8 @@ command needs a rule here. The rules, and what each substitutes:
   temporary folder, never the checkout's.
 - parse: commands that need a GPU (`--device cuda`) or several machines (`torchrun`): not run; their training options
   must parse (training.config.parse_config) and torchrun's must be in `torchrun --help`.
-- help: commands that take minutes (the benchmarks `python -m tests.bench.*`, `python -m training.evaluate`, which
-  trains its judge first, `python -m training.reading`, which trains a reader): `--help` must succeed and list every
-  option the command uses.
+- help: commands that take minutes (the benchmarks `python -m tests.bench.*`, `python -m training.evaluation`, which
+  trains its judge first): `--help` must succeed and list every option the command uses.
 - suite (`bash tests/run.sh ARGS`): this suite's own command; ARGS must select at least one test
   (`pytest --collect-only ARGS`). .ci/run runs the command itself.
 - static (`docker`, `kubectl`, `kustomize`): need an engine, a cluster or a registry; not run. What they name must
@@ -81,7 +80,7 @@ class Command:
             ("serve", r"^(\.venv/bin/)?python3? -m app\b"),
             ("parse", r"^(\.venv/bin/)?python3? -m training .*--device cuda\b|^torchrun\b"),
             ("train", r"^(\.venv/bin/)?python3? -m training\b(?!\.)"),
-            ("help", r"^(\.venv/bin/)?python3? -m (tests\.bench\.\w+|training\.evaluate|training\.reading)\b"),
+            ("help", r"^(\.venv/bin/)?python3? -m (tests\.bench\.\w+|training\.evaluation)\b"),
             ("suite", r"^bash tests/run\.sh\b"),
             ("static", r"^(docker|kubectl|cd deploy/)"),
             ("as written", r"^python3 requirements/lock\.py --help$"),

@@ -30,7 +30,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.system.test_serve import ROOT, free_port, serving
-from training.testsets import hand_strokes
+from training.evaluation.testsets import hand_strokes
 
 pytestmark = pytest.mark.slow
 
@@ -220,8 +220,8 @@ PAGE_DIGITS = 40  # drawn through the page: 4 of each digit, in every letterform
 
 
 def test_digits_drawn_with_the_mouse_on_the_page_are_read_as_the_goal_asks(browser, base):
-    """Digits of the drawn set's kind (training.testsets: letterforms, slant, wobble, fast and slow strokes), drawn
-    with the mouse through the real page and read by the shipped model: at least 95% read right (issue 18)."""
+    """Digits of the drawn set's kind (training.evaluation.testsets: letterforms, slant, wobble, fast and slow strokes),
+    drawn with the mouse through the real page and read by the shipped model: at least 95% read right (issue 18)."""
     open_page(browser, base + "/")
     pad = browser.find_element(By.CSS_SELECTOR, "[data-testid=pad]")
     side = browser.execute_script("return arguments[0].getBoundingClientRect().width", pad)
