@@ -23,12 +23,11 @@ from typing import Any
 
 import uvicorn
 
-from app.engine.card import read_card
 from app.factory import create_app
 from app.http.connections import ConnectionLimits, protocol_class
 from app.settings import Settings
 from app.telemetry.logs import logging_config
-from model.manifest import ModelDirError
+from model.manifest import ModelDirError, read_card
 
 log = logging.getLogger("app")
 

@@ -16,33 +16,36 @@ from fastapi.openapi.utils import get_openapi
 
 from app import paths
 from app.api.fastpath import FastPath, route_encode, route_generate
-from app.api.routes import encode, generate, ops, page
-from app.api.schemas import max_generate_body_bytes
-from app.engine.card import ModelCard, read_card
+from app.api.routes import operations, ops, page
 from app.engine.interface import Engine, InferenceOptions
 from app.engine.process import ProcessEngine
-from app.engine.thread import ThreadEngine
 from app.http.access import Access, AccessMiddleware, Keys, RateLimiter
 from app.http.connections import RequestGuard
 from app.http.handlers import install_error_handlers
 from app.http.middleware import BodyLimitMiddleware, BodyLimits, RequestContextMiddleware
 from app.http.problems import PROBLEM_MEDIA_TYPE
+from app.inference.thread import ThreadEngine
+from app.operations.registry import OPERATIONS
 from app.serving.reload import Reloader
 from app.serving.runtime import Runtime
 from app.settings import Settings, origins, read_keys
 from app.telemetry.metrics import Metrics, MetricsMiddleware
 from app.telemetry.tracing import from_environment
+from model.manifest import ModelCard, read_card
 
 if TYPE_CHECKING:
     from app.telemetry.otel import Tracing
 
 log = logging.getLogger(__name__)
 
+OPERATION_PATHS = frozenset(op.path for op in OPERATIONS)
+
 DESCRIPTION = """\
 A conditional VAE trained on MNIST, served over HTTP.
 
 * **POST /generate** draws digits (a PNG grid, or JSON with `Accept: application/json`), reproducibly by seed.
 * **POST /encode** turns a picture of a digit into its digit and latent posterior.
+* **POST /interpolate** walks from one latent to another under one digit, as a strip of drawings.
 * **GET /livez**, **/readyz**, **/model**, **/metrics** for operations.
 * **GET /** is a page to try the model in a browser.
 
@@ -65,10 +68,10 @@ def access_of(settings: Settings) -> Access:
         admin_keys=Keys.of(read_keys(settings.admin_api_keys.get_secret_value(), "CVAE_ADMIN_API_KEYS")),
         limiter=RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None,
         cors_origins=origins(settings.cors_origins),
-        keyed=paths.KEYED,
+        keyed=paths.KEYED | OPERATION_PATHS,
         metrics=paths.METRICS,
         admin=paths.RELOAD,
-        limited=paths.BATCHED,
+        limited=OPERATION_PATHS,
     )
 
 
@@ -106,8 +109,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     metrics.set_model(card)
     metrics.ready.set_function(lambda: float(ops.not_ready(state) is None))  # what /readyz answers, at each scrape
     state.access = access_of(settings)
-    body_limit = min(settings.max_upload_bytes, max_generate_body_bytes(card.latent_dim))
-    state.body_limits = BodyLimits(default=settings.max_upload_bytes, by_path={paths.GENERATE: body_limit})
+    by_path = {op.path: op.body_limit(card) for op in OPERATIONS}
+    state.body_limits = BodyLimits(
+        default=settings.max_upload_bytes,
+        by_path={path: min(settings.max_upload_bytes, limit) for path, limit in by_path.items() if limit is not None},
+    )
     engine = engine_of(settings, card.path)  # the last step that can fail before the engine is closed below
     metrics.inference_process.watch(engine if isinstance(engine, ProcessEngine) else None)
     runtime = Runtime(card, engine, settings, metrics, state.tracing)
@@ -123,12 +129,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.ready = True
         where = f"inference process {engine.pid}" if isinstance(engine, ProcessEngine) else "inference thread"
         log.info("serving model %s (latent_dim %d) from %s (%s)", card.id, card.latent_dim, card.path, where)
+        warn_reading(card)
         yield
     finally:
         state.ready = False
         if reloader is not None:
             await reloader.close()
         await (state.runtime or runtime).stop()
+
+
+def warn_reading(card: ModelCard) -> None:
+    """A model directory without a reader still serves; say so, since /encode then reads digits less accurately."""
+    if card.reading != "reader":
+        log.warning(
+            "model %s has no reader (reader.pt): /encode reads digits by the generative rule, less accurate on digits "
+            "unlike the training data (docs/quality.md); /model and /encode say so as \"reading\": \"%s\"",
+            card.id, card.reading,
+        )  # fmt: skip
 
 
 def new_runtime(settings: Settings, metrics: Metrics, tracing: Tracing | None, card: ModelCard) -> Runtime:
@@ -188,7 +205,9 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     app.state.ready = False
     app.state.body_limits = None  # until the lifespan knows the settings and the model
     app.state.draining = False  # set by python -m app when shutdown is asked for
-    app.state.metrics = metrics = Metrics()
+    app.state.metrics = metrics = Metrics(
+        operations=[op.name for op in OPERATIONS], drawing=[op.name for op in OPERATIONS if op.draws]
+    )
     app.state.access = None  # until the lifespan knows the settings: nothing to check
     install_error_handlers(app)
     # Added innermost first. Outermost: request IDs and nosniff on every response, metrics counting every answer,
@@ -198,13 +217,12 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(AccessMiddleware)
     app.add_middleware(RequestGuard)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, operations=OPERATION_PATHS)
     app.add_middleware(RequestContextMiddleware)
     app.state.tracing = tracing = tracing or from_environment()
     if tracing is not None:
-        tracing.install(app)  # outermost: a request's span holds all of its answer
-    app.include_router(generate.router)
-    app.include_router(encode.router)
+        tracing.install(app, OPERATION_PATHS)  # outermost: a request's span holds all of its answer
+    app.include_router(operations.router(OPERATIONS))
     app.include_router(ops.router)
     app.include_router(page.router)
     app.mount(paths.STATIC, page.StaticAssets(), name="static")

@@ -83,6 +83,7 @@ def decoded_pixels(data: bytes, max_pixels: int) -> int:
 
 def undecodable(e: Exception) -> ImageError:
     """UNDECODABLE: Pillow's format plugins raise many kinds of exception on malformed bytes, not only OSError and
-    ValueError (NotImplementedError, AttributeError, struct.error, ...: found by fuzzing, tests/model/test_imaging.py), so
-    any failure while Pillow opens or decodes an upload is the upload's: it could not be decoded."""
+    ValueError (NotImplementedError, AttributeError, struct.error, ...: found by fuzzing,
+    tests/model/test_imaging.py), so any failure while Pillow opens or decodes an upload is the upload's: it could
+    not be decoded."""
     return ImageError("undecodable", f"image could not be decoded (truncated or corrupt?): {type(e).__name__}: {e}")

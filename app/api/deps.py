@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 
-from app.http.problems import unavailable
+from app.core.errors import unavailable
 from app.serving.runtime import Runtime
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.http.problems import ServiceError, retry_after_value, send_problem
+from app.core.errors import ServiceError, retry_after_value
+from app.http.problems import send_problem
 
 MAX_CLIENTS = 10_000  # rate-limit buckets kept (least recently used dropped first)
 CORS_HEADERS = ["Authorization", "X-API-Key", "Content-Type", "Accept", "X-Request-ID"]

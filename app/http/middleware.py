@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.http.problems import ServiceError, send_problem
+from app.core.errors import ServiceError
+from app.http.problems import send_problem
 from app.telemetry.logs import REQUEST_ID
 
 # A request ID a client may choose (a UUID, a ULID, a trace ID): visible ASCII without separators, at most 128.

@@ -10,12 +10,11 @@ import logging
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from app.engine.card import ModelCard
 from app.engine.interface import freeze_heap
 from app.engine.process import ProcessEngine
 from app.serving.runtime import Runtime
 from app.telemetry.metrics import Metrics
-from model.manifest import ModelDirError
+from model.manifest import ModelCard, ModelDirError
 
 log = logging.getLogger(__name__)
 

@@ -116,7 +116,8 @@ def test_model_does_not_show_how_it_was_made():
 
 def test_a_refusal_before_any_route_is_counted_under_its_endpoint(client):
     """413 (the body limit) and 415 (strict parsing) on both endpoints, and a file under /static: labelled by the
-    endpoint from app/paths.py, whoever answered (tests/system/test_serve.py checks 408, 429 and 503 on a real server)."""
+    endpoint from app/paths.py, whoever answered (tests/system/test_serve.py checks 408, 429 and 503 on a real
+    server)."""
 
     def count(path: str, status: int) -> float:
         series = f'cvae_http_requests_total{{method="POST",route="{path}",status="{status}"}}'

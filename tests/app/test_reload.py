@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.engine.card import ModelCard
 from app.factory import create_app
 from app.settings import Settings
 from app.telemetry.metrics import Metrics
+from model.manifest import ModelCard
 from tests.conftest import TINY, drawing, encoded, make_model_dir, metric, problem, upload
 
 ADMIN_KEY = "admin-key-for-the-tests-0123"

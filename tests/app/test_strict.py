@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from app.http.problems import MAX_ERRORS, MAX_TEXT
+from app.core.errors import MAX_ERRORS, MAX_TEXT
 from tests.conftest import D, drawing, encoded, problem
 
 FAST = {"Content-Type": "application/json"}  # the fast path takes exactly this

@@ -12,7 +12,7 @@ from starlette.datastructures import State
 from app import paths
 from app.api.deps import runtime_of
 from app.api.schemas import Liveness, Problem, Readiness
-from app.http.problems import ServiceError, unavailable
+from app.core.errors import ServiceError, unavailable
 from app.serving.reload import Reloader
 from app.serving.runtime import Runtime
 
@@ -72,11 +72,14 @@ def public_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
     summary="The model: what it is and how well it does",
     description="The public part of the served model directory's manifest.json: id, latent_dim, image shape, labels, "
     "the prior's kind and sampling temperature, the training data's name and size, the network's configuration and "
-    "the evaluation metrics. How it was made (command, training options, git commit, file checksums) is not shown.",
+    "the evaluation metrics, and `reading`: the rule /encode reads digits by (`reader`, the model's reader network, or "
+    "`generative`, Bayes' rule over the generative model, for a model directory without a reader). How it was made "
+    "(command, training options, git commit, file checksums) is not shown.",
     responses={200: {"content": {"application/json": {"example": {"id": "cvae-ae80abbd7489", "latent_dim": 16}}}}},
 )
 async def model(request: Request) -> dict[str, Any]:
-    return public_manifest(runtime_of(request.app).card.manifest)
+    card = runtime_of(request.app).card
+    return {**public_manifest(card.manifest), "reading": card.reading}
 
 
 @router.get(
