@@ -43,10 +43,7 @@ OPERATION_PATHS = frozenset(op.path for op in OPERATIONS)
 DESCRIPTION = """\
 A conditional VAE trained on MNIST, served over HTTP.
 
-* **POST /generate** draws digits (a PNG grid, or JSON with `Accept: application/json`), reproducibly by seed.
-* **POST /encode** turns a picture of a digit into its digit and latent posterior.
-* **POST /interpolate** walks from one latent to another under one digit, as a strip of drawings.
-* **GET /livez**, **/readyz**, **/model**, **/metrics** for operations.
+{operations}* **GET /livez**, **/readyz**, **/model**, **/metrics** for operations.
 * **GET /** is a page to try the model in a browser.
 
 Every error is `application/problem+json` (RFC 9457).
@@ -193,7 +190,9 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     app = ServiceApp(
         title="cvae-digits",
         version=_version(),
-        description=DESCRIPTION,
+        description=DESCRIPTION.format(
+            operations="".join(f"* **POST {op.path}**: {op.summary}.\n" for op in OPERATIONS)
+        ),
         lifespan=lifespan,
         openapi_url=paths.OPENAPI,
         docs_url=None,  # served by app.api.routes.page from files shipped here (FastAPI's loads a CDN)

@@ -1,6 +1,6 @@
-"""What the drawing operations (/generate, /interpolate) share: the grid a request's tiles are laid out in, checked
-against the output limit, the answer they give (a PNG, or JSON with its tiles' labels and latents), and, on the
-inference side, decoding every tile of a batch in shared passes and writing each request's PNG."""
+"""What the drawing operations (those whose answer is a grid of tiles) share: the grid a request's tiles are laid
+out in, checked against the output limit, the answer they give (a PNG, or JSON with its tiles' labels and latents),
+and, on the inference side, decoding every tile of a batch in shared passes and writing each request's PNG."""
 
 from __future__ import annotations
 
