@@ -206,8 +206,8 @@ def test_unexpected_failure_is_a_500_problem_without_internals(tiny_model_dir, m
         def broken(*args):
             raise RuntimeError("secret internals")
 
-        monkeypatch.setattr(service, "draw_batch", broken)
-        monkeypatch.setattr(service, "_score", broken)
+        monkeypatch.setattr(service, "decode", broken)
+        monkeypatch.setattr(service, "score", broken)
         p = problem(c.post("/generate", json={"digit": 1}), 500)
         assert "secret" not in json.dumps(p)
         p = problem(upload(c, encoded(drawing())), 500)
