@@ -83,3 +83,10 @@ def test_an_operation_is_its_module_and_one_line_of_the_registry():
 def test_modules_are_small_and_the_top_level_short():
     assert all(len(p.read_text().splitlines()) <= 400 for p in MODULES)
     assert len([p for p in APP.glob("*.py")]) <= 6
+
+
+def test_no_middleware_reads_the_app_state():
+    """Middleware take their configuration, and the ServiceState a reload changes, when create_app builds them: none
+    reaches for scope["app"] (and through it app.state) while it answers."""
+    readers = {p.relative_to(APP).as_posix() for p in MODULES if 'scope["app"]' in p.read_text()}
+    assert readers == set()

@@ -20,11 +20,13 @@ from app.http.handlers import problem_response
 from app.operations import encode, generate
 from app.operations.encode import Upload
 from app.operations.generate import GenerateRequest
+from app.serving.state import ServiceState
 
 GENERATE = generate.OPERATION.path
 ENCODE = encode.OPERATION.path
 
-# What the fast path does with a valid request: the routes' own answers (below), or a benchmark's constant ones.
+# What the fast path does with a valid request: the routes' own answers (route_answers), or a benchmark's constant
+# ones.
 GenerateAnswer = Callable[[Scope, GenerateRequest, str | None], Awaitable[Response]]
 EncodeAnswer = Callable[[Scope, Upload], Awaitable[Response]]
 BOUNDARY = re.compile(rb"multipart/form-data; *boundary=([0-9A-Za-z'()+_,./:=?-]{1,70})")  # RFC 2046's bchars
@@ -86,15 +88,17 @@ class FastPath:
             await response(scope, receive, send)
 
 
-async def route_generate(scope: Scope, request: GenerateRequest, accept: str | None) -> Response:
-    """The /generate route's answer (routes.operations.respond)."""
-    return await respond(runtime_of(scope["app"]), generate.OPERATION, request, accept)
+def route_answers(state: ServiceState) -> tuple[GenerateAnswer, EncodeAnswer]:
+    """The routes' own answers (routes.operations.respond) by the runtime serving in `state` when each is asked."""
 
+    async def route_generate(scope: Scope, request: GenerateRequest, accept: str | None) -> Response:
+        return await respond(runtime_of(state), generate.OPERATION, request, accept)
 
-async def route_encode(scope: Scope, upload: Upload) -> Response:
-    """The /encode route's answer (routes.operations.respond)."""
-    form = encode.EncodeForm.model_construct(file=upload.data, digit=upload.digit)  # valid: parse_upload read it
-    return await respond(runtime_of(scope["app"]), encode.OPERATION, form, None)
+    async def route_encode(scope: Scope, upload: Upload) -> Response:
+        form = encode.EncodeForm.model_construct(file=upload.data, digit=upload.digit)  # valid: parse_upload read it
+        return await respond(runtime_of(state), encode.OPERATION, form, None)
+
+    return route_generate, route_encode
 
 
 async def answered(answer: Awaitable[Response]) -> Response:

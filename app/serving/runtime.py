@@ -28,6 +28,12 @@ class Runtime:
         self.metrics = metrics
         self.tracing = tracing  # None: untraced, and the lanes' jobs are the payloads themselves
         self.serving = Serving(card=card, max_image_pixels=settings.max_image_pixels)
+        # The largest body each operation's path reads for this model (others: CVAE_MAX_UPLOAD_BYTES alone).
+        self.body_limits = {
+            op.path: min(settings.max_upload_bytes, limit)
+            for op in OPERATIONS
+            if (limit := op.body_limit(card)) is not None
+        }
         self.scheduler = Scheduler(
             max_wait_s=settings.max_wait_ms / 1000.0,
             max_queue_s=settings.max_queue_wait_s,

@@ -63,7 +63,7 @@ def test_process_and_thread_give_byte_identical_answers(tiny_model_dir: Path):
         in_thread = _answers(c)
         json_thread = c.post("/generate", json=BODIES[3], headers={"Accept": "application/json"}).json()
     with TestClient(create_app(Settings(model_dir=tiny_model_dir, inference_process=True))) as c:
-        assert isinstance(c.app.state.runtime.engine, ProcessEngine)
+        assert isinstance(c.app.state.service.runtime.engine, ProcessEngine)
         in_process = _answers(c)
         with ThreadPoolExecutor(len(BODIES)) as pool:  # concurrent: they share batches
             together = list(pool.map(lambda b: c.post("/generate", json=b).content, BODIES))
@@ -145,14 +145,14 @@ def test_a_child_running_other_code_is_refused(tiny_model_dir: Path, monkeypatch
 
 def test_a_dead_inference_process_fails_its_batch_with_503_and_is_replaced(tiny_model_dir: Path):
     with TestClient(create_app(Settings(model_dir=tiny_model_dir))) as c:
-        engine = c.app.state.runtime.engine
+        engine = c.app.state.service.runtime.engine
         before = c.post("/generate", json=BODIES[0]).content
         first = engine.pid
         os.kill(first, signal.SIGSTOP)  # the next batch waits in the child...
         with ThreadPoolExecutor(2) as pool:
             pending = [pool.submit(c.post, "/generate", json=BODIES[0]), pool.submit(upload, c, *UPLOADS[0])]
             # one batch in the child, the other request queued behind it (one batch at a time)
-            wait_for(lambda: len(engine._pending) == 1 and c.app.state.runtime.scheduler.queued_jobs == 1, 10)
+            wait_for(lambda: len(engine._pending) == 1 and c.app.state.service.runtime.scheduler.queued_jobs == 1, 10)
             os.kill(first, signal.SIGKILL)  # ...which dies with it
             answers = [p.result(30) for p in pending]
         for r in answers:
@@ -166,7 +166,7 @@ def test_a_dead_inference_process_fails_its_batch_with_503_and_is_replaced(tiny_
 
 def test_a_hung_inference_process_is_replaced_and_its_batch_answered_503(tiny_model_dir: Path):
     with TestClient(create_app(Settings(model_dir=tiny_model_dir))) as c:
-        engine = c.app.state.runtime.engine
+        engine = c.app.state.service.runtime.engine
         engine.batch_timeout_s = 0.5
         first = engine.pid
         os.kill(first, signal.SIGSTOP)  # alive, but never answers
@@ -180,7 +180,7 @@ def test_a_hung_inference_process_is_replaced_and_its_batch_answered_503(tiny_mo
 
 def test_the_inference_process_ends_with_the_service(tiny_model_dir: Path):
     with TestClient(create_app(Settings(model_dir=tiny_model_dir))) as c:
-        child = c.app.state.runtime.engine.process
+        child = c.app.state.service.runtime.engine.process
         assert child.poll() is None
     assert child.poll() is not None
 

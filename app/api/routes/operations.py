@@ -99,7 +99,7 @@ def router(operations: tuple[Op, ...]) -> APIRouter:
 
 def json_endpoint(op: Op) -> Callable[..., Awaitable[Response]]:
     async def endpoint(body: Any, request: Request) -> Response:
-        return await respond(runtime_of(request.app), op, body, request.headers.get("accept"))
+        return await respond(runtime_of(request.app.state.service), op, body, request.headers.get("accept"))
 
     body = Annotated[op.Request, Body(openapi_examples=op.examples or None)]  # type: ignore[name-defined]
     param = inspect.Parameter("body", inspect.Parameter.KEYWORD_ONLY, annotation=body)
@@ -115,7 +115,8 @@ def form_endpoint(op: Op) -> Callable[..., Awaitable[Response]]:
         for name in files:
             fields[name] = await fields[name].read()
         body = op.Request.model_validate(fields)
-        return await respond(runtime_of(request.app), op, body, None)  # the runtime taken once the body is in
+        # the runtime taken once the body is in
+        return await respond(runtime_of(request.app.state.service), op, body, None)
 
     params: list[inspect.Parameter] = []
     for name, f in op.Request.model_fields.items():
