@@ -102,8 +102,10 @@ class Encode(Operation[EncodeForm, Upload, EncodeResult]):
     description = (
         "Upload any picture Pillow reads (PNG, JPEG, BMP, GIF, WebP, ...; any size and mode, either polarity). It is "
         "turned into an image like the model's training digits and encoded. Without `digit`, the digit is inferred "
-        "(by the rule `reading` names) and `probabilities` are given for every label. Send `mean` back to /generate "
-        "as `latent` with the same digit to reconstruct the upload."
+        "by the served model's rule, which every answer names as `reading`: `reader` (the model directory's reader "
+        "network) or, for a model directory without one, `generative` (the generative model's own score); "
+        "`probabilities` are given for every label. Send `mean` back to /generate as `latent` with the same digit to "
+        "reconstruct the upload."
     )
 
     def max_cost(self, settings: Any) -> int:
