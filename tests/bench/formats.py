@@ -1,4 +1,4 @@
-"""The two model formats side by side: load time, and the time of one /generate and one /encode batch in the
+"""The two model formats side by side: load time, and the time of one /generate, /encode and /interpolate batch in the
 inference process's own code (app.inference.worker), each format loaded from the same model directory.
 
     python -m tests.bench.formats [--model-dir DIR] [--rounds N] [--seconds S]
@@ -24,6 +24,8 @@ import torch
 
 from app.engine.interface import InferenceOptions
 from app.inference.worker import Inference
+from app.operations import interpolate
+from app.operations.base import Serving
 from app.operations.encode import Upload
 from app.operations.generate import GenerateRequest, make_spec
 from app.settings import Settings, default_model_dir
@@ -83,6 +85,12 @@ def main() -> None:
     card = engines["torchscript"].card
     spec = make_spec(card, GenerateRequest(digit=3, n=8, seed=1), with_latents=False)
     big = make_spec(card, GenerateRequest(digit=list(range(10)), n=25, seed=1), with_latents=False)
+    ends = {"from": [0.5] * card.latent_dim, "to": [-0.5] * card.latent_dim}
+    walk = interpolate.OPERATION.prepare(
+        Serving(card=card, max_image_pixels=s.max_image_pixels),
+        interpolate.InterpolateRequest.model_validate({"digit": 3, **ends, "steps": 8}),
+        as_json=False,
+    )
     uploads = [Upload(encoded(drawing()), None)]
     results: dict[str, list[float]] = {}
     for _ in range(args.rounds):
@@ -93,6 +101,7 @@ def main() -> None:
                 "/generate n=8": lambda: e.run("generate", [spec]),  # noqa: B023 (called before e changes)
                 "/generate 250 tiles": lambda: e.run("generate", [big]),  # noqa: B023
                 "/encode inferred": lambda: e.run("encode", uploads),  # noqa: B023
+                "/interpolate 8 steps": lambda: e.run("interpolate", [walk]),  # noqa: B023
             }
             for name, batch in batches.items():
                 results.setdefault(f"{f} {name} ms", []).append(1e3 * per_call(batch, args.seconds))
