@@ -5,11 +5,6 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from app.operations.encode import EncodeResponse
-from app.operations.generate import GenerateRequest, max_generate_body_bytes
-
-__all__ = ["EncodeResponse", "GenerateRequest", "max_generate_body_bytes"]  # each operation's own, named here too
-
 
 class Problem(BaseModel):
     """An error, as RFC 9457 problem details (media type application/problem+json)."""

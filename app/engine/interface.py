@@ -9,10 +9,9 @@ from typing import Any, NamedTuple, Protocol
 
 from app.core.errors import ServiceError
 from app.core.stages import BatchTrace, Stage
-from app.operations.encode import Upload  # kept importable here for tests/bench/apps.py and tests/bench/formats.py
 from model.manifest import ModelFormat
 
-__all__ = ["BatchTrace", "Engine", "InferenceOptions", "Prepared", "Stage", "Upload", "freeze_heap"]
+__all__ = ["BatchTrace", "Engine", "InferenceOptions", "Prepared", "Stage", "freeze_heap"]
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.api.schemas import EncodeResponse
 from app.factory import create_app
+from app.operations.encode import EncodeResponse
 from app.settings import Settings
 from model.artifacts import load_model_dir
 from model.imaging import decode_image, to_mnist, to_uint8
