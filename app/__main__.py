@@ -23,12 +23,12 @@ from typing import Any
 
 import uvicorn
 
-from app.engine.card import read_card
 from app.factory import create_app
 from app.http.connections import ConnectionLimits, protocol_class
+from app.serving.state import ServiceState
 from app.settings import Settings
 from app.telemetry.logs import logging_config
-from model.manifest import ModelDirError
+from model.manifest import ModelDirError, read_card
 
 log = logging.getLogger("app")
 
@@ -67,16 +67,16 @@ class Server(uvicorn.Server):
     """uvicorn's server, marking the app as draining (so /readyz says 503) the moment shutdown is asked for,
     and closing the port only `delay_s` later (time for a load balancer to notice)."""
 
-    def __init__(self, config: uvicorn.Config, app_state: Any, delay_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, service: ServiceState, delay_s: float) -> None:
         super().__init__(config)
-        self.app_state = app_state
+        self.service = service
         self.delay_s = delay_s
         self._exit_at: float | None = None
         self._exit_signal: int = signal.SIGTERM
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if not self.app_state.draining:
-            self.app_state.draining = True
+        if not self.service.draining:
+            self.service.draining = True
             log.info("shutdown requested: /readyz now answers 503")
             if self.delay_s > 0:
                 self._exit_at, self._exit_signal = time.monotonic() + self.delay_s, sig
@@ -100,9 +100,9 @@ class Server(uvicorn.Server):
 
     def _reload_on_signal(self, sig: int, frame: FrameType | None) -> None:
         """SIGHUP: reload the model (app/serving/reload.py), in the event loop, without waiting for it here."""
-        reloader = self.app_state.reloader
-        if reloader is None or self.app_state.draining:
-            log.warning("SIGHUP ignored: the service is %s", "shutting down" if self.app_state.draining else "starting")
+        reloader = self.service.reloader
+        if reloader is None or self.service.draining:
+            log.warning("SIGHUP ignored: the service is %s", "shutting down" if self.service.draining else "starting")
             return
         reloader.loop.call_soon_threadsafe(reloader.request, "SIGHUP")
 
@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot serve the model: %s", e)
         return 1
     app = create_app(settings)
-    app.state.draining = False
-    Server(uvicorn_config(app, settings), app.state, settings.shutdown_delay_s).run()  # exits 3 if start-up fails
+    server = Server(uvicorn_config(app, settings), app.state.service, settings.shutdown_delay_s)
+    server.run()  # exits 3 if start-up fails
     return 0
 
 

@@ -4,7 +4,7 @@ OpenAPI document."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
@@ -15,35 +15,36 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app import paths
-from app.api.fastpath import FastPath, route_encode, route_generate
-from app.api.routes import encode, generate, ops, page
-from app.api.schemas import max_generate_body_bytes
-from app.engine.card import ModelCard, read_card
+from app.api.fastpath import FastPath, route_answers
+from app.api.routes import operations, ops, page
 from app.engine.interface import Engine, InferenceOptions
 from app.engine.process import ProcessEngine
-from app.engine.thread import ThreadEngine
 from app.http.access import Access, AccessMiddleware, Keys, RateLimiter
 from app.http.connections import RequestGuard
 from app.http.handlers import install_error_handlers
-from app.http.middleware import BodyLimitMiddleware, BodyLimits, RequestContextMiddleware
+from app.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.http.problems import PROBLEM_MEDIA_TYPE
+from app.inference.thread import ThreadEngine
+from app.operations.registry import OPERATIONS
 from app.serving.reload import Reloader
 from app.serving.runtime import Runtime
+from app.serving.state import ServiceState
 from app.settings import Settings, origins, read_keys
 from app.telemetry.metrics import Metrics, MetricsMiddleware
 from app.telemetry.tracing import from_environment
+from model.manifest import ModelCard, read_card
 
 if TYPE_CHECKING:
     from app.telemetry.otel import Tracing
 
 log = logging.getLogger(__name__)
 
+OPERATION_PATHS = frozenset(op.path for op in OPERATIONS)
+
 DESCRIPTION = """\
 A conditional VAE trained on MNIST, served over HTTP.
 
-* **POST /generate** draws digits (a PNG grid, or JSON with `Accept: application/json`), reproducibly by seed.
-* **POST /encode** turns a picture of a digit into its digit and latent posterior.
-* **GET /livez**, **/readyz**, **/model**, **/metrics** for operations.
+{operations}* **GET /livez**, **/readyz**, **/model**, **/metrics** for operations.
 * **GET /** is a page to try the model in a browser.
 
 Every error is `application/problem+json` (RFC 9457).
@@ -65,10 +66,10 @@ def access_of(settings: Settings) -> Access:
         admin_keys=Keys.of(read_keys(settings.admin_api_keys.get_secret_value(), "CVAE_ADMIN_API_KEYS")),
         limiter=RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None,
         cors_origins=origins(settings.cors_origins),
-        keyed=paths.KEYED,
+        keyed=paths.KEYED | OPERATION_PATHS,
         metrics=paths.METRICS,
         admin=paths.RELOAD,
-        limited=paths.BATCHED,
+        limited=OPERATION_PATHS,
     )
 
 
@@ -96,39 +97,57 @@ def engine_of(settings: Settings, model_dir: Path | None = None) -> Engine:
     return engine
 
 
+def body_limit_of(settings: Settings, state: ServiceState) -> Callable[[str], int]:
+    """The largest request body for a path: the serving model's limit for an operation's path, else
+    CVAE_MAX_UPLOAD_BYTES. (A reload keeps the model's shapes, so its limits too.)"""
+    default = settings.max_upload_bytes
+
+    def limit_of(path: str) -> int:
+        runtime = state.runtime
+        return default if runtime is None else runtime.body_limits.get(path, default)
+
+    return limit_of
+
+
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    state = app.state
-    settings: Settings = state.settings or Settings()  # pydantic's ValidationError names a bad CVAE_* variable
-    state.settings = settings
-    metrics: Metrics = state.metrics
+async def lifespan(
+    app: FastAPI, *, settings: Settings, state: ServiceState, metrics: Metrics, tracing: Tracing | None
+) -> AsyncIterator[None]:
     card = read_card(settings.model_dir.resolve())  # ModelDirError names the file; start-up fails
     metrics.set_model(card)
     metrics.ready.set_function(lambda: float(ops.not_ready(state) is None))  # what /readyz answers, at each scrape
-    state.access = access_of(settings)
-    body_limit = min(settings.max_upload_bytes, max_generate_body_bytes(card.latent_dim))
-    state.body_limits = BodyLimits(default=settings.max_upload_bytes, by_path={paths.GENERATE: body_limit})
     engine = engine_of(settings, card.path)  # the last step that can fail before the engine is closed below
     metrics.inference_process.watch(engine if isinstance(engine, ProcessEngine) else None)
-    runtime = Runtime(card, engine, settings, metrics, state.tracing)
+    runtime = Runtime(card, engine, settings, metrics, tracing)
     reloader = None
     try:
         await runtime.start()
         state.runtime = runtime
         state.reloader = reloader = Reloader(
             state=state, read=lambda: read_card(settings.model_dir.resolve()),
-            build=partial(new_runtime, settings, metrics, state.tracing), metrics=metrics,
+            build=partial(new_runtime, settings, metrics, tracing), metrics=metrics,
             timeout_s=settings.reload_timeout_s,
         )  # fmt: skip
         state.ready = True
         where = f"inference process {engine.pid}" if isinstance(engine, ProcessEngine) else "inference thread"
         log.info("serving model %s (latent_dim %d) from %s (%s)", card.id, card.latent_dim, card.path, where)
+        warn_reading(card)
         yield
     finally:
         state.ready = False
         if reloader is not None:
             await reloader.close()
         await (state.runtime or runtime).stop()
+
+
+def warn_reading(card: ModelCard) -> None:
+    """A model directory without a reader still serves; say so, since /encode then reads digits less accurately."""
+    if card.reading != "reader":
+        log.warning(
+            "model %s has no reader (reader.pt): /encode reads digits by the generative rule, less accurate on digits "
+            "unlike the training data (docs/quality.md); /model and /encode say so as \"reading\": \"%s\"",
+            card.id, card.reading,
+        )  # fmt: skip
 
 
 def new_runtime(settings: Settings, metrics: Metrics, tracing: Tracing | None, card: ModelCard) -> Runtime:
@@ -169,42 +188,45 @@ def problem_errors(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_app(settings: Settings | None = None, tracing: Tracing | None = None) -> FastAPI:
-    """The application. Cheap: the settings (None: from the environment) are read, and the engine started, by the
-    lifespan. Kept on app.state, not in app.dependency_overrides: while that dict is not empty, FastAPI rebuilds
-    every route's sub-dependencies on every request. Traced by tracing, or (None) as the OTEL_* environment asks
-    (app/telemetry/tracing.py): by default not at all."""
+    """The application, for the settings (None: read from the environment now; pydantic's ValidationError names a bad
+    CVAE_* variable). Cheap: the model is read, and the engine started, by the lifespan. Each middleware is given its
+    configuration here; what a reload changes (the runtime) it reads from the one ServiceState, which the routes
+    reach as app.state.service. Kept on app.state, not in app.dependency_overrides: while that dict is not empty,
+    FastAPI rebuilds every route's sub-dependencies on every request. Traced by tracing, or (None) as the OTEL_*
+    environment asks (app/telemetry/tracing.py): by default not at all."""
+    settings = Settings() if settings is None else settings
+    state = ServiceState()
+    metrics = Metrics(operations=[op.name for op in OPERATIONS], drawing=[op.name for op in OPERATIONS if op.draws])
+    tracing = tracing or from_environment()
     app = ServiceApp(
         title="cvae-digits",
         version=_version(),
-        description=DESCRIPTION,
-        lifespan=lifespan,
+        description=DESCRIPTION.format(
+            operations="".join(f"* **POST {op.path}**: {op.summary}.\n" for op in OPERATIONS)
+        ),
+        lifespan=partial(lifespan, settings=settings, state=state, metrics=metrics, tracing=tracing),
         openapi_url=paths.OPENAPI,
         docs_url=None,  # served by app.api.routes.page from files shipped here (FastAPI's loads a CDN)
         redoc_url=None,
     )
-    app.state.settings = settings  # None until the lifespan reads them
-    app.state.runtime = None  # until the model is loaded and prepared; replaced by each reload
-    app.state.reloader = None  # until then too
-    app.state.ready = False
-    app.state.body_limits = None  # until the lifespan knows the settings and the model
-    app.state.draining = False  # set by python -m app when shutdown is asked for
-    app.state.metrics = metrics = Metrics()
-    app.state.access = None  # until the lifespan knows the settings: nothing to check
+    app.state.settings = settings
+    app.state.service = state
+    app.state.metrics = metrics
+    app.state.tracing = tracing
     install_error_handlers(app)
     # Added innermost first. Outermost: request IDs and nosniff on every response, metrics counting every answer,
     # the answers for connections cut short (app/http/connections.py), then access control and the body limit, which
     # answer before the body is read, and the fast path, which answers the plainest valid requests.
-    app.add_middleware(FastPath, generate=route_generate, encode=route_encode)
-    app.add_middleware(BodyLimitMiddleware)
-    app.add_middleware(AccessMiddleware)
+    generate, encode = route_answers(state)
+    app.add_middleware(FastPath, generate=generate, encode=encode)
+    app.add_middleware(BodyLimitMiddleware, limit_of=body_limit_of(settings, state))
+    app.add_middleware(AccessMiddleware, access=access_of(settings))
     app.add_middleware(RequestGuard)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, operations=OPERATION_PATHS)
     app.add_middleware(RequestContextMiddleware)
-    app.state.tracing = tracing = tracing or from_environment()
     if tracing is not None:
-        tracing.install(app)  # outermost: a request's span holds all of its answer
-    app.include_router(generate.router)
-    app.include_router(encode.router)
+        tracing.install(app, OPERATION_PATHS)  # outermost: a request's span holds all of its answer
+    app.include_router(operations.router(OPERATIONS))
     app.include_router(ops.router)
     app.include_router(page.router)
     app.mount(paths.STATIC, page.StaticAssets(), name="static")

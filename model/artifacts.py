@@ -37,6 +37,7 @@ from model.manifest import (
     MANIFEST_FILE,
     PROGRAM_FILES,
     READER_FILE,
+    ModelCard,
     ModelDirError,
     ModelFormat,
     verify_model_dir,
@@ -89,21 +90,26 @@ class LoadedModel:
     format: ModelFormat = "torchscript"  # what the networks were loaded from
 
     @property
+    def card(self) -> ModelCard:
+        """The manifest's one view (model/manifest.py), the one the server reads too."""
+        return ModelCard(manifest=self.manifest, path=self.path)
+
+    @property
     def id(self) -> str:
-        return str(self.manifest["id"])
+        return self.card.id
 
     @property
     def latent_dim(self) -> int:
-        return int(self.manifest["latent_dim"])
+        return self.card.latent_dim
 
     @property
     def num_classes(self) -> int:
-        return len(self.manifest["labels"])
+        return self.card.num_classes
 
     @property
     def temperature(self) -> float:
         """The temperature samples are drawn at unless a request says otherwise (checked at load)."""
-        return float(self.manifest["prior"].get("temperature", 1.0))
+        return self.card.temperature
 
 
 def has_programs(manifest: dict[str, Any]) -> bool:

@@ -2,13 +2,15 @@
 inference process loads anything (model/artifacts.py loads the files themselves; the directory's layout is described
 there).
 
-verify_model_dir() refuses a model directory with ModelDirError, whose message names the file and what is wrong.
+verify_model_dir() refuses a model directory with ModelDirError, whose message names the file and what is wrong;
+ModelCard is the one view of a checked manifest, read by the server and by model/artifacts.py's LoadedModel alike.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +31,9 @@ ModelFormat = Literal["torchscript", "export"]  # what a model directory's netwo
 REQUIRED_ARTIFACTS = (DECODER_FILE, ENCODER_FILE)
 REQUIRED_KEYS = ("format_version", "id", "latent_dim", "image_shape", "labels", "prior", "artifacts")
 MAX_TEMPERATURE = 5.0  # the largest sampling temperature a model or a request may ask for
+
+
+Reading = Literal["reader", "generative"]  # which rule reads an image's label: the reader network, or Bayes' rule
 
 
 class ModelDirError(RuntimeError):
@@ -92,3 +97,54 @@ def verify_model_dir(model_dir: str | Path) -> dict[str, Any]:
             f"got {temperature!r}"
         )
     return manifest
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A model directory's checked manifest, and the facts read from it; torch-free."""
+
+    manifest: dict[str, Any]
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return str(self.manifest["id"])
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.manifest["latent_dim"])
+
+    @property
+    def labels(self) -> list[Any]:
+        return list(self.manifest["labels"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.manifest["labels"])
+
+    @property
+    def tile_shape(self) -> tuple[int, int]:
+        """(height, width) of one image."""
+        h, w = (int(s) for s in self.manifest["image_shape"][-2:])
+        return h, w
+
+    @property
+    def temperature(self) -> float:
+        """The temperature samples are drawn at unless a request says otherwise (checked by verify_model_dir)."""
+        return float(self.manifest["prior"].get("temperature", 1.0))
+
+    @property
+    def prior_kind(self) -> str:
+        return str(self.manifest["prior"].get("kind", ""))
+
+    @property
+    def reading(self) -> Reading:
+        """Which rule reads an image's label: "reader" when the directory has a reader network, else "generative"
+        (the label under which the generative model explains the image best)."""
+        return "reader" if self.manifest.get("reader") is not None else "generative"
+
+
+def read_card(model_dir: str | Path) -> ModelCard:
+    """The card of a model directory, its manifest and every artifact's sha256 checked. ModelDirError names the file
+    and what is wrong with it."""
+    return ModelCard(manifest=verify_model_dir(model_dir), path=Path(model_dir))

@@ -12,16 +12,22 @@ import pytest
 APP = Path(__file__).resolve().parents[1] / "app"
 MODULES = sorted(p for p in APP.rglob("*.py"))
 # room -> the rooms of app it must not import (a room is app's top-level module or package)
+# Nothing imports upward, and no room is allowed a way back up: the ground floor (core: errors and their codes, and
+# a batch's timed stages) imports nothing; the engine's server side (engine) and the inference side (inference) are
+# separate rooms, and the engine never reaches the inference side (the factory picks a thread engine).
 FORBIDDEN = {
+    "core": {"*"},
     "settings": {"*"},
     "paths": {"*"},
-    "http": {"api", "serving", "engine", "factory"},
-    "telemetry": {"api", "serving", "factory"},
-    "engine": {"api", "serving", "factory"},
-    "serving": {"api", "factory"},
-    "api": {"factory"},
+    "operations": {"api", "serving", "engine", "inference", "http", "telemetry", "factory"},
+    "http": {"api", "serving", "engine", "inference", "operations", "factory"},  # telemetry.logs: request IDs
+    "telemetry": {"api", "serving", "engine", "inference", "operations", "factory"},
+    "engine": {"api", "serving", "inference", "http", "telemetry", "factory"},
+    "inference": {"api", "serving", "http", "factory"},
+    "serving": {"api", "inference", "http", "factory"},
+    "api": {"inference", "factory"},
 }
-TORCH_HOME = APP / "engine" / "inference.py"  # the one module that imports torch and all of model/ at import time
+TORCH_HOME = APP / "inference" / "worker.py"  # the one module that imports torch and all of model/ at import time
 MODEL = APP.parent / "model"
 # model/'s torch-free modules, which any room of app may import: the manifest's checks and an upload's header.
 TORCH_FREE = {"model.manifest", "model.uploads"}
@@ -68,6 +74,19 @@ def test_the_torch_free_model_modules_import_only_the_standard_library_and_pillo
         assert top in allowed or imported in TORCH_FREE, f"{path.name} imports {imported}"
 
 
+def test_an_operation_is_its_module_and_one_line_of_the_registry():
+    """/interpolate was added by app/operations/interpolate.py and a line of app/operations/registry.py alone."""
+    mentions = {p.relative_to(APP).as_posix() for p in MODULES if "interpolate" in p.read_text()}
+    assert mentions == {"operations/interpolate.py", "operations/registry.py"}
+
+
 def test_modules_are_small_and_the_top_level_short():
     assert all(len(p.read_text().splitlines()) <= 400 for p in MODULES)
     assert len([p for p in APP.glob("*.py")]) <= 6
+
+
+def test_no_middleware_reads_the_app_state():
+    """Middleware take their configuration, and the ServiceState a reload changes, when create_app builds them: none
+    reaches for scope["app"] (and through it app.state) while it answers."""
+    readers = {p.relative_to(APP).as_posix() for p in MODULES if 'scope["app"]' in p.read_text()}
+    assert readers == set()

@@ -1,7 +1,7 @@
-"""POST /generate and POST /encode without FastAPI's per-request machinery, for the requests that need none of it:
-a JSON body sent as exactly application/json and valid, or an upload in the plainest multipart form. Everything else
-goes on to FastAPI with its body replayed, so the routes stay the one definition of each endpoint and its errors.
-What counts as plainest, and why it pays: docs/architecture.md, "The fast path"."""
+"""The cheapest operations' requests without FastAPI's per-request machinery, for the requests that need none of it:
+/generate's JSON body sent as exactly application/json and valid (by the operation's own schema), or /encode's upload
+in the plainest multipart form. Everything else goes on to FastAPI with its body replayed, so the routes stay the one
+definition of each endpoint and its errors. What counts as plainest, and why it pays: docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -14,14 +14,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import runtime_of
 from app.api.parsing import PARSED_JSON, parse_json
-from app.api.routes import encode, generate
-from app.api.schemas import GenerateRequest
-from app.engine.interface import Upload
+from app.api.routes.operations import respond
+from app.core.errors import ServiceError
 from app.http.handlers import problem_response
-from app.http.problems import ServiceError
-from app.paths import ENCODE, GENERATE
+from app.operations import encode, generate
+from app.operations.encode import Upload
+from app.operations.generate import GenerateRequest
+from app.serving.state import ServiceState
 
-# What the fast path does with a valid request: the routes' own answers (below), or a benchmark's constant ones.
+GENERATE = generate.OPERATION.path
+ENCODE = encode.OPERATION.path
+
+# What the fast path does with a valid request: the routes' own answers (route_answers), or a benchmark's constant
+# ones.
 GenerateAnswer = Callable[[Scope, GenerateRequest, str | None], Awaitable[Response]]
 EncodeAnswer = Callable[[Scope, Upload], Awaitable[Response]]
 BOUNDARY = re.compile(rb"multipart/form-data; *boundary=([0-9A-Za-z'()+_,./:=?-]{1,70})")  # RFC 2046's bchars
@@ -83,14 +88,17 @@ class FastPath:
             await response(scope, receive, send)
 
 
-async def route_generate(scope: Scope, request: GenerateRequest, accept: str | None) -> Response:
-    """The /generate route's answer (routes.generate.respond)."""
-    return await generate.respond(runtime_of(scope["app"]), request, accept)
+def route_answers(state: ServiceState) -> tuple[GenerateAnswer, EncodeAnswer]:
+    """The routes' own answers (routes.operations.respond) by the runtime serving in `state` when each is asked."""
 
+    async def route_generate(scope: Scope, request: GenerateRequest, accept: str | None) -> Response:
+        return await respond(runtime_of(state), generate.OPERATION, request, accept)
 
-async def route_encode(scope: Scope, upload: Upload) -> Response:
-    """The /encode route's answer (routes.encode.respond)."""
-    return await encode.respond(runtime_of(scope["app"]), upload)
+    async def route_encode(scope: Scope, upload: Upload) -> Response:
+        form = encode.EncodeForm.model_construct(file=upload.data, digit=upload.digit)  # valid: parse_upload read it
+        return await respond(runtime_of(state), encode.OPERATION, form, None)
+
+    return route_generate, route_encode
 
 
 async def answered(answer: Awaitable[Response]) -> Response:

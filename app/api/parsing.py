@@ -14,8 +14,8 @@ from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.core.errors import ServiceError, field_error, summary, truncate
 from app.http.handlers import problem_response
-from app.http.problems import ServiceError, field_error, summary, truncate
 
 JSON_MEDIA_TYPE = "application/json"
 FORM_MEDIA_TYPE = "multipart/form-data"

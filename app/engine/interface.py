@@ -1,14 +1,17 @@
-"""The Engine protocol and the payloads that cross it. Torch-free: the server builds and reads these; only the
-engine's side turns them into tensors."""
+"""The Engine protocol: one batch of one operation's payloads at a time (app/operations/), answered in order.
+Torch-free: the server side of the engine; the inference side (app/inference/) implements the work."""
 
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
 
-from app.http.problems import ServiceError
+from app.core.errors import ServiceError
+from app.core.stages import BatchTrace, Stage
 from model.manifest import ModelFormat
+
+__all__ = ["BatchTrace", "Engine", "InferenceOptions", "Prepared", "Stage", "freeze_heap"]
 
 
 @dataclass(frozen=True)
@@ -23,69 +26,6 @@ class InferenceOptions:
     model_format: ModelFormat = "torchscript"  # what the networks are loaded from
 
 
-class GenerateSpec(NamedTuple):
-    """One /generate request, checked against the model card. Tiles are digit-major, then sample."""
-
-    digits: tuple[int, ...]
-    n: int
-    latent: tuple[tuple[float, ...], ...] | None  # 1 or n rows of D numbers, used as-is; None: sample from the prior
-    seed: int | None  # None exactly when latent is given
-    temperature: float
-    columns: int
-    padding: int
-    scale: int
-    width: int
-    height: int
-    with_latents: bool  # the answer shows each tile's latent and label (a JSON answer)
-
-    @property
-    def tiles(self) -> int:
-        return len(self.digits) * self.n
-
-
-class Drawing(NamedTuple):
-    """A /generate request's answer: its PNG, and its tiles' labels and latents when the spec asked for them."""
-
-    png: bytes
-    labels: list[int] | None  # (N,)
-    latents: list[list[float]] | None  # (N, D), what the decoder drew each tile from
-
-
-class Upload(NamedTuple):
-    """One /encode request: the uploaded file's bytes and the digit it shows (None: infer it)."""
-
-    data: bytes
-    digit: int | None
-
-
-class EncodeResult(NamedTuple):
-    """The posterior of z for the given or inferred digit; probabilities only when inferred."""
-
-    digit: int
-    inferred: bool
-    probabilities: list[float] | None
-    mean: list[float]
-    log_var: list[float]
-
-
-class Stage(NamedTuple):
-    """A step of a batch's work timed by the engine, for traces (app/telemetry/otel.py)."""
-
-    name: str  # "inference", "png" (a /generate drawing's) or "image" (an upload's decoding)
-    item: int | None  # the job it was for, by its index in the batch; None: the whole batch
-    start_ns: int  # time.time_ns(): the wall clock, the same in the server and the inference process
-    end_ns: int
-
-
-@dataclass
-class BatchTrace:
-    """A traced batch: each job's trace context goes in (W3C traceparents, for the engine's logs), the engine's timed
-    stages come out. A batch without one is timed by nobody."""
-
-    traceparents: list[str]
-    stages: list[Stage] = field(default_factory=list)
-
-
 class Prepared(NamedTuple):
     """What prepare() allowed on this machine."""
 
@@ -94,8 +34,9 @@ class Prepared(NamedTuple):
 
 
 class Engine(Protocol):
-    """prepare() once (load, warm up, check reproducibility), then batches: draw() for /generate, encode() for
-    /encode, each answering its items in order (a traced batch's stages added to its trace); close() at shutdown."""
+    """prepare() once (load, warm up, check reproducibility), then batches: run() answers one operation's payloads
+    (by the operation's name, app/operations/registry.py) in order, a traced batch's stages added to its trace;
+    close() at shutdown."""
 
     @property
     def available(self) -> bool:
@@ -104,11 +45,9 @@ class Engine(Protocol):
 
     async def prepare(self) -> Prepared: ...
 
-    async def draw(self, specs: list[GenerateSpec], trace: BatchTrace | None = None) -> list[Drawing]: ...
-
-    async def encode(
-        self, uploads: list[Upload], trace: BatchTrace | None = None
-    ) -> list[EncodeResult | ServiceError]: ...
+    async def run(
+        self, operation: str, payloads: list[Any], trace: BatchTrace | None = None
+    ) -> list[Any | ServiceError]: ...
 
     async def close(self) -> None: ...
 

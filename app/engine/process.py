@@ -1,4 +1,4 @@
-"""ProcessEngine: the engine whose model work runs in a child process (app/engine/child.py) with its own interpreter
+"""ProcessEngine: the engine whose model work runs in a child process (app/inference/child.py) with its own interpreter
 and core, so that the server's event loop only parses requests, batches them and relays bytes. It talks to the child
 over a socketpair in the messages of app/engine/wire.py; if the child dies, the batches it held are answered 503 and
 a new one is started. Why a process: docs/architecture.md."""
@@ -17,23 +17,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from app.engine.interface import (
-    BatchTrace,
-    Drawing,
-    EncodeResult,
-    GenerateSpec,
-    InferenceOptions,
-    Prepared,
-    Upload,
-    freeze_heap,
-)
+from app.core.errors import ServiceError, unavailable
+from app.core.stages import BatchTrace
+from app.engine.interface import InferenceOptions, Prepared, freeze_heap
 from app.engine.wire import (
+    Batch,
     BatchFailed,
-    DrawBatch,
-    Drawn,
-    EncodeBatch,
-    Encoded,
+    Done,
     Message,
     Ready,
     StartFailed,
@@ -43,7 +35,6 @@ from app.engine.wire import (
     read_message,
     wire_version,
 )
-from app.http.problems import ServiceError, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -102,18 +93,13 @@ class ProcessEngine:
         freeze_heap()
         return prepared
 
-    async def draw(self, specs: list[GenerateSpec], trace: BatchTrace | None = None) -> list[Drawing]:
+    async def run(
+        self, operation: str, payloads: list[Any], trace: BatchTrace | None = None
+    ) -> list[Any | ServiceError]:
         traceparents = trace.traceparents if trace is not None else None
-        reply = await self._send(DrawBatch(batch_id=self._new_id(), specs=specs, traceparents=traceparents))
-        assert isinstance(reply, Drawn)
-        if trace is not None and reply.stages is not None:
-            trace.stages.extend(reply.stages)
-        return reply.drawings
-
-    async def encode(self, uploads: list[Upload], trace: BatchTrace | None = None) -> list[EncodeResult | ServiceError]:
-        traceparents = trace.traceparents if trace is not None else None
-        reply = await self._send(EncodeBatch(batch_id=self._new_id(), uploads=uploads, traceparents=traceparents))
-        assert isinstance(reply, Encoded)
+        batch = Batch(batch_id=self._new_id(), operation=operation, payloads=payloads, traceparents=traceparents)
+        reply = await self._send(batch)
+        assert isinstance(reply, Done)
         if trace is not None and reply.stages is not None:
             trace.stages.extend(reply.stages)
         return reply.outcomes
@@ -149,7 +135,7 @@ class ProcessEngine:
         parent, child = socket.socketpair()
         path = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
         options = json.dumps(dataclasses.asdict(self.options))
-        cmd = [sys.executable, "-m", "app.engine.child", "--fd", str(child.fileno()), "--model-dir",
+        cmd = [sys.executable, "-m", "app.inference.child", "--fd", str(child.fileno()), "--model-dir",
                str(self.model_dir), "--torch-threads", str(self.torch_threads), "--options", options,
                "--log-format", self.log_format]  # fmt: skip
         try:
@@ -196,7 +182,7 @@ class ProcessEngine:
         self._next_id += 1
         return self._next_id
 
-    async def _send(self, message: DrawBatch | EncodeBatch) -> Message:
+    async def _send(self, message: Batch) -> Message:
         if self._writer is None or self._closing:
             raise unavailable("the inference process is restarting; try again shortly", kind="not-ready")
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
@@ -215,7 +201,7 @@ class ProcessEngine:
         try:
             while True:
                 message = await read_message(reader)
-                if not isinstance(message, Drawn | Encoded | BatchFailed):
+                if not isinstance(message, Done | BatchFailed):
                     raise WireError(f"unexpected {type(message).__name__} from the inference process")
                 future = self._pending.pop(message.batch_id, None)
                 if future is None or future.done():

@@ -1,6 +1,6 @@
 """The messages between the server and its inference process, and how they travel: a pickle of (class name, fields
-by name, payloads as plain tuples) after an 8-byte length. Server -> child: DrawBatch, EncodeBatch, Stop. Child ->
-server: Ready (or StartFailed) once, then one reply per batch, in order: Drawn, Encoded or BatchFailed. Ready
+by name, payloads as plain tuples) after an 8-byte length. Server -> child: Batch (of one operation's payloads),
+Stop. Child -> server: Ready (or StartFailed) once, then one reply per batch, in order: Done or BatchFailed. Ready
 carries wire_version(), so that a child running other code is refused. Why this format: docs/architecture.md.
 """
 
@@ -14,8 +14,9 @@ import struct
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from app.engine.interface import Drawing, EncodeResult, GenerateSpec, Stage, Upload
-from app.http.problems import ServiceError
+from app.core.errors import ServiceError
+from app.core.stages import Stage
+from app.operations.registry import BY_NAME, OPERATIONS
 
 HEADER = struct.Struct(">Q")
 
@@ -55,32 +56,22 @@ class StartFailed(NamedTuple):
     reason: str
 
 
-class DrawBatch(NamedTuple):
+class Batch(NamedTuple):
+    """One operation's payloads (app/operations/registry.py, by name), to run together."""
+
     batch_id: int
-    specs: list[GenerateSpec]
+    operation: str
+    payloads: list[Any]
     traceparents: list[str] | None  # a traced batch's jobs' trace contexts: the child times its work; None: untraced
 
 
-class EncodeBatch(NamedTuple):
-    batch_id: int
-    uploads: list[Upload]
-    traceparents: list[str] | None
-
-
-class Drawn(NamedTuple):
-    """A DrawBatch's answer: each spec's drawing, in order."""
+class Done(NamedTuple):
+    """A Batch's answer: each payload's result, or the error that payload alone gets, in order."""
 
     batch_id: int
-    drawings: list[Drawing]
+    operation: str
+    outcomes: list[Any | ServiceError]
     stages: list[Stage] | None  # the work timed, when the batch was traced
-
-
-class Encoded(NamedTuple):
-    """An EncodeBatch's answer: each upload's result, or the error that upload alone gets."""
-
-    batch_id: int
-    outcomes: list[EncodeResult | ServiceError]
-    stages: list[Stage] | None
 
 
 class BatchFailed(NamedTuple):
@@ -94,37 +85,30 @@ class Stop(NamedTuple):
     """Exit after answering what was sent before."""
 
 
-Message = Ready | StartFailed | DrawBatch | EncodeBatch | Drawn | Encoded | BatchFailed | Stop
-MESSAGES: dict[str, type[Message]] = {
-    cls.__name__: cls for cls in (Ready, StartFailed, DrawBatch, EncodeBatch, Drawn, Encoded, BatchFailed, Stop)
-}
-PAYLOADS = (GenerateSpec, Upload, Drawing, EncodeResult, Refusal, Stage)
-# The field of a message holding a list of payloads, and their class: each travels as a plain tuple in its class's
-# field order (pickling the classes would cost several times more per payload; the order cannot drift from the class).
-PAYLOAD_LISTS: dict[type[Message], tuple[str, Any]] = {
-    DrawBatch: ("specs", GenerateSpec),
-    EncodeBatch: ("uploads", Upload),
-    Drawn: ("drawings", Drawing),
-}
+Message = Ready | StartFailed | Batch | Done | BatchFailed | Stop
+MESSAGES: dict[str, type[Message]] = {cls.__name__: cls for cls in (Ready, StartFailed, Batch, Done, BatchFailed, Stop)}
+# Every payload and result travels as a plain tuple in its class's field order (pickling the classes would cost several
+# times more per payload; the order cannot drift from the class).
+PAYLOADS = (Refusal, Stage, *(cls for op in OPERATIONS for cls in (op.Payload, op.Result)))
 
 
 @lru_cache(maxsize=1)
 def wire_version() -> str:
     """A digest of every message's and payload's class name and field names, in order."""
-    layout = repr([(cls.__name__, cls._fields) for cls in (*MESSAGES.values(), *PAYLOADS)])
+    layout = repr([(cls.__name__, cls._fields) for cls in (*MESSAGES.values(), *PAYLOADS)])  # type: ignore[attr-defined]
     return hashlib.sha256(layout.encode()).hexdigest()[:16]
 
 
 def to_wire(message: Message) -> dict[str, Any]:
-    """A message's fields by name, its payloads as plain tuples (an upload's error as its Refusal)."""
+    """A message's fields by name, its payloads as plain tuples (an error as its Refusal)."""
     fields = message._asdict()
-    if isinstance(message, Encoded):
+    if isinstance(message, Batch):
+        fields["payloads"] = [tuple(p) for p in message.payloads]
+    elif isinstance(message, Done):
         fields["outcomes"] = [
-            ("result", tuple(o)) if isinstance(o, EncodeResult) else ("refusal", tuple(Refusal.of(o)))
+            ("refusal", tuple(Refusal.of(o))) if isinstance(o, ServiceError) else ("result", tuple(o))
             for o in message.outcomes
         ]
-    elif (listed := PAYLOAD_LISTS.get(type(message))) is not None:
-        fields[listed[0]] = [tuple(p) for p in fields[listed[0]]]
     if fields.get("stages") is not None:
         fields["stages"] = [tuple(s) for s in fields["stages"]]
     return fields
@@ -132,13 +116,14 @@ def to_wire(message: Message) -> dict[str, Any]:
 
 def from_wire(name: str, fields: dict[str, Any]) -> Message:
     cls = MESSAGES[name]
-    if cls is Encoded:
+    if cls is Batch:
+        payload = BY_NAME[fields["operation"]].Payload
+        fields["payloads"] = [payload._make(p) for p in fields["payloads"]]
+    elif cls is Done:
+        result = BY_NAME[fields["operation"]].Result
         fields["outcomes"] = [
-            EncodeResult._make(f) if tag == "result" else Refusal._make(f).to_error() for tag, f in fields["outcomes"]
+            result._make(f) if tag == "result" else Refusal._make(f).to_error() for tag, f in fields["outcomes"]
         ]
-    elif (listed := PAYLOAD_LISTS.get(cls)) is not None:
-        field, payload = listed
-        fields[field] = [payload._make(p) for p in fields[field]]
     if fields.get("stages") is not None:
         fields["stages"] = [Stage._make(s) for s in fields["stages"]]
     return cls(**fields)

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.http.problems import ServiceError, retry_after_value, send_problem
+from app.core.errors import ServiceError, retry_after_value
+from app.http.problems import send_problem
 
 MAX_CLIENTS = 10_000  # rate-limit buckets kept (least recently used dropped first)
 CORS_HEADERS = ["Authorization", "X-API-Key", "Content-Type", "Accept", "X-Request-ID"]
@@ -96,28 +97,24 @@ class Access:
 
 
 class AccessMiddleware:
-    """Checks app.state.access; passes everything through while it asks for nothing."""
+    """Checks `access` (built by create_app from the settings); passes everything through while it asks for
+    nothing."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, access: Access) -> None:
         self.app = app
-        self._built: tuple[Access, ASGIApp] | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        access: Access | None = scope["app"].state.access if scope["type"] == "http" else None
-        if access is None or not access.active:
-            await self.app(scope, receive, send)
-            return
-        built = self._built
-        if built is None or built[0] is not access:  # built once per Access (per lifespan)
-            checked = _Checks(self.app, access)
-            chain: ASGIApp = checked
+        self.access = access
+        chain: ASGIApp = app
+        if access.active:
+            chain = _Checks(app, access)
             if access.cors_origins:
                 chain = CORSMiddleware(
-                    checked, allow_origins=list(access.cors_origins), allow_methods=["GET", "POST"],
+                    chain, allow_origins=list(access.cors_origins), allow_methods=["GET", "POST"],
                     allow_headers=CORS_HEADERS, expose_headers=CORS_EXPOSED, max_age=600,
                 )  # fmt: skip
-            built = self._built = (access, chain)
-        await built[1](scope, receive, send)
+        self.chain = chain
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await (self.chain if scope["type"] == "http" else self.app)(scope, receive, send)
 
 
 class _Checks:

@@ -12,8 +12,9 @@ from typing import Any, ClassVar
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from app.core.errors import ServiceError, unavailable
 from app.http.middleware import ResponseStatus
-from app.http.problems import ServiceError, send_problem, unavailable
+from app.http.problems import send_problem
 
 log = logging.getLogger(__name__)
 

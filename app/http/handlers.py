@@ -10,7 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from app.http.problems import PROBLEM_MEDIA_TYPE, ServiceError, field_error, summary
+from app.core.errors import ServiceError, field_error, summary
+from app.http.problems import PROBLEM_MEDIA_TYPE
 
 log = logging.getLogger(__name__)
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import itertools
 import re
 import secrets
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.http.problems import ServiceError, send_problem
+from app.core.errors import ServiceError
+from app.http.problems import send_problem
 from app.telemetry.logs import REQUEST_ID
 
 # A request ID a client may choose (a UUID, a ULID, a trace ID): visible ASCII without separators, at most 128.
@@ -84,33 +85,20 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"the request body is larger than the limit of {limit} bytes")
 
 
-@dataclass(frozen=True)
-class BodyLimits:
-    """Largest request body in bytes: `default`, or by_path[path] for the paths that need less."""
-
-    default: int
-    by_path: dict[str, int]
-
-    def of(self, path: str) -> int:
-        return self.by_path.get(path, self.default)
-
-
 class BodyLimitMiddleware:
-    """Refuses request bodies over the app's BodyLimits (app.state.body_limits) with 413, counting the bytes as they
-    arrive: a Content-Length over the limit is refused at once, but a missing or lying one (chunked) cannot slip by."""
+    """Refuses request bodies over limit_of(path) bytes with 413, counting the bytes as they arrive: a Content-Length
+    over the limit is refused at once, but a missing or lying one (chunked) cannot slip by. limit_of is given by
+    create_app (a path's limit depends on the model the lifespan loads)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, limit_of: Callable[[str], int]) -> None:
         self.app = app
+        self.limit_of = limit_of
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limits: BodyLimits | None = getattr(scope["app"].state, "body_limits", None)
-        if limits is None:  # lifespan not run: nothing is served anyway
-            await self.app(scope, receive, send)
-            return
-        limit = limits.of(scope["path"])
+        limit = self.limit_of(scope["path"])
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:

@@ -8,14 +8,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from app.engine.card import ModelCard
 from app.engine.interface import freeze_heap
 from app.engine.process import ProcessEngine
 from app.serving.runtime import Runtime
+from app.serving.state import ServiceState
 from app.telemetry.metrics import Metrics
-from model.manifest import ModelDirError
+from model.manifest import ModelCard, ModelDirError
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,13 @@ class Reloader:
     def __init__(
         self,
         *,
-        state: Any,
+        state: ServiceState,
         read: Callable[[], ModelCard],
         build: Callable[[ModelCard], Runtime],
         metrics: Metrics,
         timeout_s: float,
     ) -> None:
-        self.state = state  # app.state: its runtime is the one serving
+        self.state = state  # its runtime is the one serving
         self.read = read
         self.build = build
         self.metrics = metrics
@@ -70,7 +70,9 @@ class Reloader:
 
     async def reload(self, source: str) -> ReloadOutcome:
         async with self._lock:
-            old: Runtime = self.state.runtime
+            old = self.state.runtime
+            if old is None:  # the lifespan makes the reloader once a runtime serves
+                raise RuntimeError("no runtime to reload")
             log.info("reload (%s): reading the model directory again; model %s keeps serving", source, old.card.id)
             new: Runtime | None = None
             try:

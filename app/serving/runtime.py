@@ -1,41 +1,22 @@
-"""What the routes call: the model card (request checks) and the engine behind one scheduler with a lane per
-operation. Async and torch-free; no HTTP."""
+"""What the routes call: the model card, and the engine behind one scheduler with a lane per operation
+(app/operations/registry.py). Async and torch-free; no HTTP."""
 
 from __future__ import annotations
 
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from app.engine.card import ModelCard
-from app.engine.images import header_pixels
-from app.engine.interface import Drawing, EncodeResult, Engine, GenerateSpec, Upload
-from app.http.problems import ServiceError
+from app.core.errors import ServiceError
+from app.engine.interface import Engine
+from app.operations.base import Operation, Serving
+from app.operations.registry import OPERATIONS
 from app.serving.scheduler import Lane, Scheduler
 from app.settings import Settings
 from app.telemetry.metrics import Metrics
+from model.manifest import ModelCard
 
 if TYPE_CHECKING:
     from app.telemetry.otel import Tracing
-
-# What a request costs the engine, estimated before it is queued (the scheduler turns it into seconds, starting from
-# the guesses below and learning from the batches it runs): a /generate tile costs the decoder about as much as
-# writing 12,000 grid pixels (scaling, PNG), and a request ~8 tiles besides; an upload costs the model (encoder,
-# label scoring) about as much as decoding 100,000 pixels. The seconds per unit are learnt; these ratios are not.
-GENERATE_SECONDS_PER_TILE = 50e-6
-PIXELS_PER_TILE = 12_000
-REQUEST_TILES = 8
-ENCODE_SECONDS_PER_PIXEL = 40e-9
-UPLOAD_PIXELS = 100_000
-
-
-def generate_work(spec: GenerateSpec) -> float:
-    """A /generate request's estimated work, in tiles."""
-    return spec.tiles + spec.width * spec.height / PIXELS_PER_TILE + REQUEST_TILES
-
-
-def encode_work(decoded_pixels: int) -> float:
-    """An /encode upload's estimated work, in pixels decoded."""
-    return decoded_pixels + UPLOAD_PIXELS
 
 
 class Runtime:
@@ -46,26 +27,28 @@ class Runtime:
         self.engine = engine
         self.metrics = metrics
         self.tracing = tracing  # None: untraced, and the lanes' jobs are the payloads themselves
-        self.max_image_pixels = settings.max_image_pixels
+        self.serving = Serving(card=card, max_image_pixels=settings.max_image_pixels)
+        # The largest body each operation's path reads for this model (others: CVAE_MAX_UPLOAD_BYTES alone).
+        self.body_limits = {
+            op.path: min(settings.max_upload_bytes, limit)
+            for op in OPERATIONS
+            if (limit := op.body_limit(card)) is not None
+        }
         self.scheduler = Scheduler(
             max_wait_s=settings.max_wait_ms / 1000.0,
             max_queue_s=settings.max_queue_wait_s,
             max_queued_bytes=settings.max_queued_bytes,
         )
-        self._draws: Lane[Any, Drawing] = self.scheduler.lane(
-            engine.draw if tracing is None else tracing.batches("generate", engine.draw),
-            max_cost=settings.max_batch,
-            seconds_per_unit=GENERATE_SECONDS_PER_TILE,
-            on_batch=partial(metrics.on_batch, "generate"),
-            on_queue=partial(metrics.on_queue, "generate"),
-        )
-        self._encodes: Lane[Any, EncodeResult | ServiceError] = self.scheduler.lane(
-            engine.encode if tracing is None else tracing.batches("encode", engine.encode),
-            max_cost=settings.max_encode_batch,
-            seconds_per_unit=ENCODE_SECONDS_PER_PIXEL,
-            on_batch=partial(metrics.on_batch, "encode"),
-            on_queue=partial(metrics.on_queue, "encode"),
-        )
+        self.lanes: dict[str, Lane[Any, Any]] = {}
+        for op in OPERATIONS:
+            run = partial(engine.run, op.name)
+            self.lanes[op.name] = self.scheduler.lane(
+                run if tracing is None else tracing.batches(op.name, run),
+                max_cost=op.max_cost(settings),
+                seconds_per_unit=op.seconds_per_unit,
+                on_batch=partial(metrics.on_batch, op.name),
+                on_queue=partial(metrics.on_queue, op.name),
+            )
 
     @property
     def available(self) -> bool:
@@ -81,23 +64,13 @@ class Runtime:
         await self.scheduler.stop()
         await self.engine.close()
 
-    async def generate(self, spec: GenerateSpec) -> Drawing:
-        """-> the request's drawing (a spec from card.make_spec)."""
-        job = spec if self.tracing is None else self.tracing.job(spec)
-        drawing = await self.scheduler.submit(self._draws, job, spec.tiles, generate_work(spec))
-        self.metrics.count_images(spec.digits, spec.n)
-        self.metrics.count_answer(self.card.id, "generate")
-        return drawing
-
-    async def encode(self, upload: Upload) -> EncodeResult:
-        """-> the upload's result; its ServiceError (4xx for a bad upload) is raised. An upload too large, or not
-        an image at all, is refused from its header here, before it is queued."""
-        if upload.digit is not None:
-            self.card.check_digits([upload.digit], ["body", "digit"])
-        pixels = header_pixels(upload.data, self.max_image_pixels)
-        job = upload if self.tracing is None else self.tracing.job(upload)
-        outcome = await self.scheduler.submit(self._encodes, job, 1, encode_work(pixels), size=len(upload.data))
+    async def run(self, op: Operation[Any, Any, Any], payload: Any) -> Any:
+        """-> the payload's result (a payload from op.prepare); its ServiceError (4xx for a bad upload) is raised."""
+        job = payload if self.tracing is None else self.tracing.job(payload)
+        lane = self.lanes[op.name]
+        outcome = await self.scheduler.submit(lane, job, op.cost(payload), op.work(payload), size=op.size(payload))
         if isinstance(outcome, ServiceError):
             raise outcome
-        self.metrics.count_answer(self.card.id, "encode")
+        self.metrics.count_images(op.images(payload))
+        self.metrics.count_answer(self.card.id, op.name)
         return outcome

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from app.http.problems import ServiceError, unavailable
+from app.core.errors import ServiceError, unavailable
 
 log = logging.getLogger(__name__)
 

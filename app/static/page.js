@@ -9,6 +9,7 @@ const GRID_PADDING = 2; // /generate's default padding, which the page does not 
 const INK = 20; // stroke width on the 280 px pad: about MNIST's stroke-to-digit proportion
 const PEN_STEP = 14; // canvas pixels per arrow key press
 const SURE = 0.9; // a reading at least this probable is said without a runner-up
+const WALK_STEPS = 8; // tiles in "Walk between hands", both ends included
 
 const KEY_STORAGE = "cvae-api-key"; // sessionStorage: the key lives as long as the tab
 
@@ -143,6 +144,7 @@ const generate = latestOnly(async () => {
       `Seed ${answer.seed}, temperature ${body.temperature.toFixed(2)}: ` +
       `${digits.length} digit${digits.length > 1 ? "s" : ""}, ${body.n} sample${body.n > 1 ? "s" : ""} each.`;
     $("column").max = String(answer.columns);
+    $("walk-column").max = String(answer.columns);
     if (!hand.base) await takeTile(0);
   } catch (error) {
     showError("generate-error", error);
@@ -283,6 +285,7 @@ async function read(blob, filename, what) {
   try {
     const answer = await (await call("encode", { method: "POST", body: form })).json();
     showReading(answer);
+    if (what === "your drawing") drawn = { latent: answer.mean, digit: answer.digit };
     setHand(answer.mean, answer.log_var, `${what[0].toUpperCase()}${what.slice(1)}, read as ${answer.digit}`, what);
   } catch (error) {
     $("inferred").textContent = "";
@@ -423,6 +426,35 @@ function setUpStyle() {
   });
 }
 
+// ---- Walk: from the drawn hand to a grid column's, by /interpolate ------------------------------------------
+
+let drawn = null; // the latent /encode gave for the drawing, and the digit it was read as
+
+const walk = latestOnly(async () => {
+  clearError("walk-error");
+  const column = $("walk-column").valueAsNumber;
+  if (!drawn) return showError("walk-error", new ApiError("Draw a digit and read it first: the walk starts there."));
+  if (!(column >= 1 && column <= grid.columns)) {
+    return showError("walk-error", new ApiError(`Choose a column from 1 to ${grid.columns}.`));
+  }
+  // Every row of a grid column shares one latent (the column is one hand across digits): the first row's will do.
+  const body = { digit: drawn.digit, from: drawn.latent, to: grid.latents[column - 1], steps: WALK_STEPS, scale: 3 };
+  try {
+    const response = await postJSON("interpolate", body, "image/png");
+    const img = $("walk-strip");
+    showPng(img, await response.blob());
+    img.alt = `Your drawing's hand walking, in ${WALK_STEPS} steps, to the hand of grid column ${column}, as ${aDigit(drawn.digit)}`;
+    $("walk-caption").textContent = `From your drawing to grid column ${column}, as ${aDigit(drawn.digit)}.`;
+    img.dataset.column = String(column); // which walk is shown, once its image has arrived (tests wait on it)
+  } catch (error) {
+    showError("walk-error", error);
+  }
+});
+
+function setUpWalk() {
+  $("walk").addEventListener("click", walk);
+}
+
 // ---- Start: the model's own temperature, then a grid without any click -------------------------------------
 
 function setUpKey() {
@@ -445,6 +477,7 @@ async function start() {
   setUpGenerate();
   setUpPad();
   setUpStyle();
+  setUpWalk();
   $("seed").value = String(Math.floor(Math.random() * 2 ** 31));
   await load();
 }

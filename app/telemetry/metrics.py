@@ -4,20 +4,19 @@ middleware that counts every request under the endpoint it was for (app/paths.py
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.engine.card import ModelCard
 from app.http.middleware import ResponseStatus
 from app.paths import route_label
 from app.telemetry.process import InferenceProcessCollector
+from model.manifest import ModelCard
 
 # Seconds: most requests here take a millisecond or a few; the tail reaches seconds only under overload.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
-OPERATIONS = ("generate", "encode")  # the engine's batched operations
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 RELOAD_OUTCOMES = ("reloaded", "refused")
 CLIENT_CLOSED = 499  # status counted for a request whose client went away before its answer (nginx's code)
@@ -26,7 +25,9 @@ CLIENT_CLOSED = 499  # status counted for a request whose client went away befor
 class Metrics:
     """All of the service's metrics; `registry` is what /metrics exposes."""
 
-    def __init__(self, namespace: str = "cvae") -> None:
+    def __init__(self, operations: Iterable[str] = (), drawing: Iterable[str] = (), namespace: str = "cvae") -> None:
+        """operations: the names of the batched operations (app/operations/registry.py); drawing: those whose batch
+        cost is tiles drawn."""
         self.registry = r = CollectorRegistry()
         ProcessCollector(registry=r)
         self.inference_process = InferenceProcessCollector(namespace, r)  # watches the engine the lifespan starts
@@ -45,11 +46,11 @@ class Metrics:
             "images_generated", "Digit images (tiles) generated, by digit", ["digit"], namespace=namespace, registry=r
         )
         self.inference_duration = Histogram(
-            "inference_duration_seconds", "Time a batch takes in the engine, by operation (generate, encode)",
+            "inference_duration_seconds", "Time a batch takes in the engine, by operation",
             ["operation"], namespace=namespace, registry=r, buckets=LATENCY_BUCKETS,
         )  # fmt: skip
         self.batch_samples = Histogram(
-            "batch_size_samples", "Tiles decoded per /generate batch", namespace=namespace, registry=r,
+            "batch_size_samples", "Tiles decoded per batch of a drawing operation", namespace=namespace, registry=r,
             buckets=BATCH_BUCKETS,
         )  # fmt: skip
         self.batch_requests = Histogram(
@@ -80,12 +81,13 @@ class Metrics:
         self._model_ids: list[str] = []  # the models whose answers are counted: the previous one, the current one
         self.ready = Gauge("ready", "1 when /readyz answers 200, else 0", namespace=namespace, registry=r)
         # Children looked up once, not per request.
-        self._images_by_digit = {d: self.images.labels(str(d)) for d in range(10)}
+        self._images_by_digit: dict[int, Counter] = {}
         self._by_operation = {
             op: (self.inference_duration.labels(op), self.batch_requests.labels(op), self.queue_wait.labels(op))
-            for op in OPERATIONS
+            for op in operations
         }
         self._by_request: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}  # (method, route, status)
+        self.drawing = frozenset(drawing)
 
     def set_model(self, card: ModelCard) -> None:
         """The model now serving; the answers of models before the previous one are no longer exposed."""
@@ -100,6 +102,7 @@ class Metrics:
                 "latent_dim": str(card.latent_dim),
                 "prior": card.prior_kind,
                 "torch_version": str(card.manifest.get("torch_version", "")),
+                "reading": card.reading,
             }
         )
 
@@ -111,17 +114,23 @@ class Metrics:
             child = self._answers_by[(model_id, operation)] = self.answers.labels(model_id, operation)
         child.inc()
 
-    def count_images(self, digits: Sequence[int], n: int) -> None:
-        for d in digits:
-            child = self._images_by_digit.get(d) or self.images.labels(str(d))
+    def count_images(self, labels: Sequence[int]) -> None:
+        """One per image drawn, by its label."""
+        counts: dict[int, int] = {}
+        for d in labels:
+            counts[d] = counts.get(d, 0) + 1
+        for d, n in counts.items():
+            child = self._images_by_digit.get(d)
+            if child is None:
+                child = self._images_by_digit[d] = self.images.labels(str(d))
             child.inc(n)
 
     def on_batch(self, operation: str, requests: int, cost: int, queue_waits: Sequence[float], seconds: float) -> None:
-        """Once per batch (the batchers' observer); cost: a generate batch's tiles."""
+        """Once per batch (the batchers' observer); cost: the batch's tiles, for a drawing operation."""
         duration, batch_requests, queue_wait = self._by_operation[operation]
         duration.observe(seconds)
         batch_requests.observe(requests)
-        if operation == "generate":
+        if operation in self.drawing:
             self.batch_samples.observe(cost)
         for wait in queue_waits:
             queue_wait.observe(wait)
@@ -144,9 +153,10 @@ class Metrics:
 class MetricsMiddleware:
     """Counts and times every request, by method, route label (app/paths.py's route_label) and status."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, operations: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.metrics = metrics
+        self.operations = operations  # the operations' paths, labelled as themselves
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -163,5 +173,5 @@ class MetricsMiddleware:
         finally:
             status = response.status or CLIENT_CLOSED  # ended unanswered: its client had gone (app/http/connections.py)
             self.metrics.in_flight.dec()
-            route = route_label(scope["path"])
+            route = route_label(scope["path"], self.operations)
             self.metrics.observe_request(scope["method"], route, status, time.perf_counter() - started)

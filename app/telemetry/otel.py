@@ -21,7 +21,7 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, get_cu
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.engine.interface import BatchTrace
+from app.core.stages import BatchTrace
 from app.paths import route_label
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,9 @@ class Tracing:
         self.provider = provider
         self.tracer = provider.get_tracer(SCOPE)
 
-    def install(self, app: Starlette) -> None:
-        """Trace every request to app, outermost (added last)."""
-        app.add_middleware(TraceRequests, tracing=self)
+    def install(self, app: Starlette, operations: frozenset[str] = frozenset()) -> None:
+        """Trace every request to app, outermost (added last); operations: their paths, labelled as themselves."""
+        app.add_middleware(TraceRequests, tracing=self, operations=operations)
 
     def job(self, job: J) -> Traced[J]:
         """A job about to be queued by the current request: its "parse" span (the request's start until now: the head
@@ -110,9 +110,10 @@ class TraceRequests:
     """ASGI middleware: every HTTP request one server span, named by its method and route label (app/paths.py), the
     current span while the request is answered."""
 
-    def __init__(self, app: ASGIApp, *, tracing: Tracing) -> None:
+    def __init__(self, app: ASGIApp, *, tracing: Tracing, operations: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.tracer = tracing.tracer
+        self.operations = operations
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -120,7 +121,7 @@ class TraceRequests:
             return
         carrier = {TRACE_HEADERS[n]: v.decode("latin-1") for n, v in scope["headers"] if n in TRACE_HEADERS}
         method, path = scope["method"], scope["path"]
-        label = route_label(path)
+        label = route_label(path, self.operations)
         attributes = {"http.request.method": method, "http.route": label, "url.path": path}
         with self.tracer.start_as_current_span(
             f"{method} {label}", context=extract(carrier) if carrier else None, kind=SpanKind.SERVER,

@@ -18,7 +18,7 @@ from http import HTTPStatus
 from pathlib import Path
 
 TEMPLATE = Path(__file__).with_name("nginx.conf.template")
-PROBLEM_TYPE_PREFIX = "tag:cvae-digits,2025:problems/"  # as app/http/problems.py names the service's problem types
+PROBLEM_TYPE_PREFIX = "tag:cvae-digits,2025:problems/"  # as app/core/errors.py names the service's problem types
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # the service's CVAE_MAX_UPLOAD_BYTES default (a test keeps them equal)
 
 _HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
@@ -65,7 +65,7 @@ def byte_count(value: str) -> int:
 
 
 def problem(status: int, kind: str, detail: str) -> str:
-    """An RFC 9457 body as the service writes one (app/http/problems.py), fit for a single-quoted nginx string."""
+    """An RFC 9457 body as the service writes one (app/core/errors.py), fit for a single-quoted nginx string."""
     body = json.dumps(
         {"type": PROBLEM_TYPE_PREFIX + kind, "title": HTTPStatus(status).phrase, "status": status, "detail": detail},
         separators=(",", ":"),

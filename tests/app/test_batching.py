@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from app.http.problems import ServiceError
+from app.core.errors import ServiceError
 from app.serving.scheduler import Lane, Scheduler
 
 

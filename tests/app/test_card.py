@@ -1,4 +1,4 @@
-"""What the server process reads of the model without torch: the model card (app/engine/card.py, checked by
+"""What the server process reads of the model without torch: the model card (model/manifest.py, checked by
 model/manifest.py) agrees with the loaded model and refuses a model directory as the loader does, and an upload is
 sized from its header (model/uploads.py) as model/imaging.py decodes it. The server process itself imports neither
 torch nor numpy."""
@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from app.engine.card import read_card
-from app.engine.images import header_pixels, image_refusal
-from app.http.problems import ServiceError
+from app.core.errors import ServiceError
+from app.operations.encode import header_pixels, image_refusal
 from model.artifacts import load_model_dir
 from model.imaging import decode_image
-from model.manifest import ModelDirError
+from model.manifest import ModelDirError, read_card
 from model.uploads import ImageError
 from tests.conftest import drawing, encoded
 

@@ -14,8 +14,8 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.api.schemas import EncodeResponse
 from app.factory import create_app
+from app.operations.encode import EncodeResponse
 from app.settings import Settings
 from model.artifacts import load_model_dir
 from model.imaging import decode_image, to_mnist, to_uint8
@@ -55,8 +55,8 @@ def test_encode_infers_the_digit_with_probabilities_for_all_ten(client, tiny_mod
     assert len(p) == 10 and abs(sum(p) - 1) < 1e-5
     assert body["digit"] == int(np.argmax(p))
     # The same numbers as the model package computes for the same preprocessing, scored as the service scores a lone
-    # upload: among blank images, with the kernels a batch of uploads takes (app/engine/inference.py, SCORE_MIN_ROWS).
-    from app.engine.inference import SCORE_MIN_ROWS
+    # upload: among blank images, with the kernels a batch of uploads takes (app/inference/worker.py, SCORE_MIN_ROWS).
+    from app.inference.worker import SCORE_MIN_ROWS
 
     model = load_model_dir(tiny_model_dir)
     with torch.inference_mode():
@@ -257,8 +257,9 @@ class RowwiseDecoder:
 def test_uploads_are_scored_together_only_where_that_changes_no_bit(tiny_model_dir, shape_error, few_rows, allowed):
     import dataclasses
 
-    from app.engine.inference import SCORE_MIN_ROWS, Inference
-    from app.engine.interface import InferenceOptions, Upload
+    from app.engine.interface import InferenceOptions
+    from app.inference.worker import SCORE_MIN_ROWS, Inference
+    from app.operations.encode import Upload
 
     assert SCORE_MIN_ROWS == 4
     model = load_model_dir(tiny_model_dir)
@@ -271,7 +272,7 @@ def test_uploads_are_scored_together_only_where_that_changes_no_bit(tiny_model_d
     assert service.check_scoring_passes() == allowed
     service.score_uploads = allowed
     uploads = [Upload(data=encoded(drawing((40 + 3 * i, 60))), digit=None) for i in range(6)]
-    assert service.encode_batch(uploads) == [service.encode_batch([u])[0] for u in uploads]
+    assert service.run("encode", uploads) == [service.run("encode", [u])[0] for u in uploads]
 
 
 def test_a_digit_the_model_has_no_label_for_is_a_422_on_both_endpoints(tmp_path: Path):

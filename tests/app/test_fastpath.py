@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-import app.api.routes.encode as encode_route
-import app.api.routes.generate as generate_route
+import app.api.routes.operations as generate_route
 from app.api.fastpath import parse_upload
-from app.engine.interface import Upload
+from app.operations.encode import Upload
 from tests.conftest import drawing, encoded
 
 FAST = {"Content-Type": "application/json"}
@@ -40,7 +39,7 @@ def route_calls(monkeypatch) -> list[int]:
 
 @pytest.fixture
 def encode_route_calls(monkeypatch) -> list[int]:
-    return counting(monkeypatch, encode_route)
+    return counting(monkeypatch, generate_route)  # one module routes every operation
 
 
 def form(*parts: tuple[str, bytes], end: bytes = b"--\r\n") -> bytes:

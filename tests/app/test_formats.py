@@ -170,6 +170,6 @@ def test_the_service_told_to_serve_programs_serves_an_old_directory_from_torchsc
 ) -> None:
     old = make_model_dir(tmp_path / "old")
     settings = Settings(model_dir=old, model_format="export", inference_process=False)
-    with caplog.at_level("INFO", logger="app.engine.inference"), TestClient(create_app(settings)) as c:
+    with caplog.at_level("INFO", logger="app.inference.worker"), TestClient(create_app(settings)) as c:
         assert c.post("/generate", json={"digit": 1, "n": 2, "seed": 0}).status_code == 200
     assert "loaded from its TorchScript modules" in caplog.text and "has no torch.export programs" in caplog.text

@@ -13,10 +13,11 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from app.api.routes.generate import wants_json
-from app.engine.inference import Inference
+from app.api.routes.operations import wants_json
 from app.engine.interface import InferenceOptions
 from app.factory import create_app
+from app.inference.worker import Inference
+from app.operations.generate import GenerateRequest, make_spec
 from app.settings import Settings
 from model.artifacts import load_model_dir
 from model.network import CVAEConfig
@@ -344,8 +345,8 @@ def options(**overrides: int) -> InferenceOptions:
 
 
 def spec_of(service: Inference, digits: list[int], n: int, seed: int):
-    return service.card.make_spec(digits=digits, n=n, latent=None, seed=seed, temperature=1.0, columns=None,
-                                  padding=2, scale=1, with_latents=False)  # fmt: skip
+    body = GenerateRequest(digit=digits, n=n, seed=seed, temperature=1.0)
+    return make_spec(service.card, body, with_latents=False)
 
 
 @pytest.mark.parametrize("large_passes", [False, True])
@@ -354,10 +355,10 @@ def test_service_rows_do_not_depend_on_what_shares_their_batch(wide_model, large
     if large_passes:
         service.pass_rows = service.check_decoder_passes()  # larger than a chunk if this machine's kernels allow
     target = spec_of(service, [3], 5, 42)
-    alone = service.draw_batch([target])[0].png
+    alone = service.run("generate", [target])[0].png
     for companions in ([[1], 1, 1],), ([[0, 9], 17, 2], [[4], 30, 3]), ([[7], 61, 4],):
         specs = [spec_of(service, *c) for c in companions]
-        drawings = service.draw_batch([*specs, target, spec_of(service, [2], 3, 5)])
+        drawings = service.run("generate", [*specs, target, spec_of(service, [2], 3, 5)])
         assert drawings[len(specs)].png == alone
 
 

@@ -15,15 +15,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 import app.engine.process
-from app.engine.interface import Drawing, EncodeResult, GenerateSpec, Stage, Upload
+from app.core.errors import ServiceError
+from app.core.stages import Stage
 from app.engine.process import ProcessEngine
 from app.engine.wire import (
     MESSAGES,
+    Batch,
     BatchFailed,
-    DrawBatch,
-    Drawn,
-    EncodeBatch,
-    Encoded,
+    Done,
     Ready,
     StartFailed,
     Stop,
@@ -33,7 +32,9 @@ from app.engine.wire import (
     wire_version,
 )
 from app.factory import create_app, engine_of
-from app.http.problems import ServiceError
+from app.operations.encode import EncodeResult, Upload
+from app.operations.generate import GenerateSpec
+from app.operations.grid import Drawing
 from app.settings import Settings
 from tests.conftest import drawing, encoded, upload, wait_for
 
@@ -62,7 +63,7 @@ def test_process_and_thread_give_byte_identical_answers(tiny_model_dir: Path):
         in_thread = _answers(c)
         json_thread = c.post("/generate", json=BODIES[3], headers={"Accept": "application/json"}).json()
     with TestClient(create_app(Settings(model_dir=tiny_model_dir, inference_process=True))) as c:
-        assert isinstance(c.app.state.runtime.engine, ProcessEngine)
+        assert isinstance(c.app.state.service.runtime.engine, ProcessEngine)
         in_process = _answers(c)
         with ThreadPoolExecutor(len(BODIES)) as pool:  # concurrent: they share batches
             together = list(pool.map(lambda b: c.post("/generate", json=b).content, BODIES))
@@ -84,22 +85,22 @@ def test_every_message_crosses_the_wire_unchanged():
     messages = [
         Ready(version=wire_version(), model_id="m", pass_rows=8, score_uploads=4),
         StartFailed(reason="no model"),
-        DrawBatch(batch_id=1, specs=[spec], traceparents=None),
-        DrawBatch(batch_id=1, specs=[spec], traceparents=[TRACEPARENT]),
-        EncodeBatch(batch_id=2, uploads=[Upload(b"\x89PNG", None), Upload(b"", 7)], traceparents=[TRACEPARENT] * 2),
-        Drawn(batch_id=1, drawings=drawings, stages=None),
-        Drawn(batch_id=1, drawings=[Drawing(b"png", None, None)], stages=[Stage("inference", None, 10, 20)]),
+        Batch(batch_id=1, operation="generate", payloads=[spec], traceparents=None),
+        Batch(batch_id=1, operation="generate", payloads=[spec], traceparents=[TRACEPARENT]),
+        Batch(2, "encode", [Upload(b"\x89PNG", None), Upload(b"", 7, 100)], traceparents=[TRACEPARENT] * 2),
+        Done(batch_id=1, operation="generate", outcomes=drawings, stages=None),
+        Done(1, "generate", [Drawing(b"png", None, None)], stages=[Stage("inference", None, 10, 20)]),
         BatchFailed(batch_id=3, reason="boom"),
         Stop(),
     ]
-    assert {type(m).__name__ for m in messages} | {"Encoded"} == set(MESSAGES)
+    assert {type(m).__name__ for m in messages} == set(MESSAGES)
     for message in messages:
         assert parse(frame(message)[8:]) == message
-    back = parse(frame(DrawBatch(batch_id=4, specs=[latent_spec], traceparents=None))[8:])
-    assert isinstance(back, DrawBatch) and back.specs[0] == latent_spec
+    back = parse(frame(Batch(batch_id=4, operation="generate", payloads=[latent_spec], traceparents=None))[8:])
+    assert isinstance(back, Batch) and back.payloads[0] == latent_spec and isinstance(back.payloads[0], GenerateSpec)
     refused = ServiceError(415, "not an image", kind="unsupported-image", title="Not an image")
-    back = parse(frame(Encoded(batch_id=5, outcomes=[result, refused], stages=[Stage("image", 1, 3, 4)]))[8:])
-    assert isinstance(back, Encoded) and back.outcomes[0] == result
+    back = parse(frame(Done(5, "encode", outcomes=[result, refused], stages=[Stage("image", 1, 3, 4)]))[8:])
+    assert isinstance(back, Done) and back.outcomes[0] == result and isinstance(back.outcomes[0], EncodeResult)
     assert back.stages == [Stage("image", 1, 3, 4)] and isinstance(back.stages[0], Stage)
     error = back.outcomes[1]
     assert isinstance(error, ServiceError) and error.body() == refused.body()
@@ -144,14 +145,14 @@ def test_a_child_running_other_code_is_refused(tiny_model_dir: Path, monkeypatch
 
 def test_a_dead_inference_process_fails_its_batch_with_503_and_is_replaced(tiny_model_dir: Path):
     with TestClient(create_app(Settings(model_dir=tiny_model_dir))) as c:
-        engine = c.app.state.runtime.engine
+        engine = c.app.state.service.runtime.engine
         before = c.post("/generate", json=BODIES[0]).content
         first = engine.pid
         os.kill(first, signal.SIGSTOP)  # the next batch waits in the child...
         with ThreadPoolExecutor(2) as pool:
             pending = [pool.submit(c.post, "/generate", json=BODIES[0]), pool.submit(upload, c, *UPLOADS[0])]
             # one batch in the child, the other request queued behind it (one batch at a time)
-            wait_for(lambda: len(engine._pending) == 1 and c.app.state.runtime.scheduler.queued_jobs == 1, 10)
+            wait_for(lambda: len(engine._pending) == 1 and c.app.state.service.runtime.scheduler.queued_jobs == 1, 10)
             os.kill(first, signal.SIGKILL)  # ...which dies with it
             answers = [p.result(30) for p in pending]
         for r in answers:
@@ -165,7 +166,7 @@ def test_a_dead_inference_process_fails_its_batch_with_503_and_is_replaced(tiny_
 
 def test_a_hung_inference_process_is_replaced_and_its_batch_answered_503(tiny_model_dir: Path):
     with TestClient(create_app(Settings(model_dir=tiny_model_dir))) as c:
-        engine = c.app.state.runtime.engine
+        engine = c.app.state.service.runtime.engine
         engine.batch_timeout_s = 0.5
         first = engine.pid
         os.kill(first, signal.SIGSTOP)  # alive, but never answers
@@ -179,7 +180,7 @@ def test_a_hung_inference_process_is_replaced_and_its_batch_answered_503(tiny_mo
 
 def test_the_inference_process_ends_with_the_service(tiny_model_dir: Path):
     with TestClient(create_app(Settings(model_dir=tiny_model_dir))) as c:
-        child = c.app.state.runtime.engine.process
+        child = c.app.state.service.runtime.engine.process
         assert child.poll() is None
     assert child.poll() is not None
 

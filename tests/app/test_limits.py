@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from app.api.schemas import MAX_N, max_generate_body_bytes
+from app.operations.generate import MAX_N, max_generate_body_bytes
 from tests.conftest import MAX_UPLOAD_BYTES as LIMIT
 from tests.conftest import D
 

@@ -39,13 +39,13 @@ def test_readyz_is_200_once_the_model_is_loaded_and_warmed_up(client):
 
 
 def test_readyz_is_503_while_draining(client):
-    client.app.state.draining = True
+    client.app.state.service.draining = True
     try:
         p = problem(client.get("/readyz"), 503)
         assert "shutting down" in p["detail"]
         assert client.get("/livez").status_code == 200
     finally:
-        client.app.state.draining = False
+        client.app.state.service.draining = False
     assert client.get("/readyz").status_code == 200
 
 
@@ -53,13 +53,13 @@ def test_readiness_ends_with_the_lifespan(tiny_model_dir):
     app = create_app(Settings(model_dir=tiny_model_dir))
     with TestClient(app) as c:
         assert c.get("/readyz").status_code == 200
-    assert app.state.ready is False
+    assert app.state.service.ready is False
 
 
 @pytest.mark.parametrize("inference_process", [True, False])
 def test_probes_answer_while_inference_is_busy(tiny_model_dir, inference_process):
     with TestClient(create_app(Settings(model_dir=tiny_model_dir, inference_process=inference_process))) as c:
-        engine = c.app.state.runtime.engine
+        engine = c.app.state.service.runtime.engine
         if isinstance(engine, ProcessEngine):  # pause the inference process
             pid = engine.pid
             os.kill(pid, signal.SIGSTOP)
@@ -201,13 +201,13 @@ def test_wrong_method_is_a_405_problem_with_allow(client):
 def test_unexpected_failure_is_a_500_problem_without_internals(tiny_model_dir, monkeypatch):
     app = create_app(Settings(model_dir=tiny_model_dir, inference_process=False))
     with TestClient(app, raise_server_exceptions=False) as c:
-        service = app.state.runtime.engine.inference
+        service = app.state.service.runtime.engine.inference
 
         def broken(*args):
             raise RuntimeError("secret internals")
 
-        monkeypatch.setattr(service, "draw_batch", broken)
-        monkeypatch.setattr(service, "_score", broken)
+        monkeypatch.setattr(service, "decode", broken)
+        monkeypatch.setattr(service, "score", broken)
         p = problem(c.post("/generate", json={"digit": 1}), 500)
         assert "secret" not in json.dumps(p)
         p = problem(upload(c, encoded(drawing())), 500)
@@ -236,15 +236,19 @@ def test_invalid_setting_is_refused(monkeypatch):
         Settings()
 
 
-def test_settings_are_read_from_the_environment_at_start_up_not_before(tiny_model_dir, monkeypatch):
-    app = create_app()
-    assert app.state.settings is None and app.state.runtime is None
+def test_settings_are_read_from_the_environment_when_the_app_is_built_and_the_model_at_start_up(
+    tiny_model_dir, monkeypatch
+):
     monkeypatch.setenv("CVAE_MODEL_DIR", str(tiny_model_dir))
     monkeypatch.setenv("CVAE_MAX_UPLOAD_BYTES", "999")
     monkeypatch.setenv("CVAE_INFERENCE_PROCESS", "false")
+    app = create_app()
+    assert app.state.settings.max_upload_bytes == 999 and app.state.service.runtime is None
+    monkeypatch.setenv("CVAE_MAX_UPLOAD_BYTES", "5")  # too late: the middleware were configured when built
     with TestClient(app) as c:
-        assert c.get("/readyz").status_code == 200
-        assert app.state.settings.max_upload_bytes == 999
+        assert c.get("/readyz").json()["status"] == "ready"
+        p = problem(c.post("/admin/reload", content=b"x" * 1000), 413)
+        assert "limit of 999 bytes" in p["detail"]
 
 
 # --- start-up failures ----------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from app.settings import Settings
 from tests.conftest import problem
 
 SWAGGER_DIR = STATIC_DIR / "vendor" / "swagger-ui"
-TEST_HOOKS = {"grid", "pad", "encode", "inferred", "restyled"}
+TEST_HOOKS = {"grid", "pad", "encode", "inferred", "restyled", "walk", "walk-strip"}
 CONTENT_TYPES = {".js": "javascript", ".css": "text/css", ".svg": "image/svg+xml", ".html": "text/html"}
 
 

@@ -31,7 +31,7 @@ def rss_of(pid: int) -> int:
 
 def test_the_inference_process_memory_cpu_and_start_are_its_own(tiny_model_dir: Path):
     with TestClient(create_app(Settings(model_dir=tiny_model_dir))) as c:
-        pid = c.app.state.runtime.engine.pid
+        pid = c.app.state.service.runtime.engine.pid
         assert pid != os.getpid()
         for seed in range(20):  # CPU time in the child, not here
             assert c.post("/generate", json={"digit": 3, "n": 64, "seed": seed}).status_code == 200
@@ -46,7 +46,7 @@ def test_the_inference_process_memory_cpu_and_start_are_its_own(tiny_model_dir: 
 
 def test_a_sigkilled_inference_process_counts_one_restart_and_is_not_ready_meanwhile(tiny_model_dir: Path):
     with TestClient(create_app(Settings(model_dir=tiny_model_dir))) as c:
-        engine = c.app.state.runtime.engine
+        engine = c.app.state.service.runtime.engine
         first, started = engine.pid, metric(c, P + "start_time_seconds")
         time.sleep(0.05)  # start times are in clock ticks (1/100 s)
         assert metric(c, "cvae_ready") == 1
@@ -117,9 +117,9 @@ def test_metrics_with_the_inference_process_pass_promtool_check_metrics(client):
 
 def test_cvae_ready_says_what_readyz_says_while_draining(client):
     assert metric(client, "cvae_ready") == 1 and client.get("/readyz").status_code == 200
-    client.app.state.draining = True  # as a SIGTERM sets it
+    client.app.state.service.draining = True  # as a SIGTERM sets it
     try:
         assert metric(client, "cvae_ready") == 0 and client.get("/readyz").status_code == 503
     finally:
-        client.app.state.draining = False
+        client.app.state.service.draining = False
     assert metric(client, "cvae_ready") == 1

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.engine.card import ModelCard
 from app.factory import create_app
 from app.settings import Settings
 from app.telemetry.metrics import Metrics
+from model.manifest import ModelCard
 from tests.conftest import TINY, drawing, encoded, make_model_dir, metric, problem, upload
 
 ADMIN_KEY = "admin-key-for-the-tests-0123"
@@ -105,7 +105,7 @@ def test_a_reload_serves_the_new_model_every_answer_names_it_and_rolling_back_is
 def test_a_model_that_cannot_be_served_is_refused_and_the_old_one_keeps_serving(admin, models, caplog, bad, why):
     a = model_id(models["a"])
     refused = metric(admin, 'cvae_reloads_total{outcome="refused"}')
-    reloader = admin.app.state.reloader
+    reloader = admin.app.state.service.reloader
     timeout_s = reloader.timeout_s
     if bad == "slow":  # model b is good, but takes longer than this to load, check and warm up
         point(models, "b")
@@ -130,7 +130,7 @@ def test_a_model_that_cannot_be_served_is_refused_and_the_old_one_keeps_serving(
 def test_a_directory_that_changes_while_it_is_read_is_refused(admin, models):
     # The card says model b, but the inference process finds model a: what copying over a served directory can do.
     a, b = model_id(models["a"]), model_id(models["b"])
-    reloader = admin.app.state.reloader
+    reloader = admin.app.state.service.reloader
     read = reloader.read
     b_card_of_a = ModelCard(manifest=json.loads((models["b"] / "manifest.json").read_text()), path=models["a"])
     reloader.read = lambda: b_card_of_a

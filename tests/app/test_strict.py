@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from app.http.problems import MAX_ERRORS, MAX_TEXT
+from app.core.errors import MAX_ERRORS, MAX_TEXT
 from tests.conftest import D, drawing, encoded, problem
 
 FAST = {"Content-Type": "application/json"}  # the fast path takes exactly this
@@ -168,7 +168,7 @@ def test_an_object_of_many_keys_is_one_error(client, headers):
 def test_a_large_invalid_body_keeps_the_event_loop_free(client):
     """A body of NaNs as large as /generate takes: answered in a few tens of milliseconds, and /livez, asked
     meanwhile over and over from another thread, never waits long (it shares the event loop)."""
-    limit = client.app.state.body_limits.of("/generate")
+    limit = client.app.state.service.runtime.body_limits["/generate"]
     count = (limit - 100) // 4
     body = b'{"digit": 1, "latent": [' + b",".join([b"NaN"] * count) + b"]}"
     assert limit - 200 < len(body) <= limit

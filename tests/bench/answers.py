@@ -5,7 +5,8 @@ Runs the app in-process (TestClient) on a model directory, in both engines (infe
 /encode uploads (inferred and given digits, several sizes and formats, a large JPEG, and refused ones), one at a time
 and then all at once (so that they share batches), and prints one line per answer: status, media type, X-Seed,
 X-Model-Id and the body's sha256. Only the app's public entry points are used (create_app, Settings), so the same
-file runs against an older checkout:
+file runs against an older checkout. `--ignore-field NAME` (repeatable) digests a JSON answer without that top-level
+field, in a canonical form (sorted keys, compact), to show that two checkouts differ by that field alone:
 
     python -m tests.bench.answers [--model-dir DIR] > ours.txt
     git archive main | tar -x -C /tmp/main && cp tests/bench/answers.py /tmp/main/tests/bench/ \
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -86,13 +88,17 @@ def uploads() -> list[tuple[bytes, str | None]]:
     return out
 
 
-def line(r: Any) -> str:
+def line(r: Any, ignored: frozenset[str] = frozenset()) -> str:
     h = r.headers
-    digest = hashlib.sha256(r.content).hexdigest()[:24]
+    content = r.content
+    if ignored and h.get("content-type") == "application/json":
+        body = {k: v for k, v in json.loads(content).items() if k not in ignored}
+        content = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    digest = hashlib.sha256(content).hexdigest()[:24]
     return f"{r.status_code} {h.get('content-type')} seed={h.get('x-seed')} model={h.get('x-model-id')} {digest}"
 
 
-def answers(model_dir: Path, inference_process: bool) -> list[str]:
+def answers(model_dir: Path, inference_process: bool, ignored: frozenset[str] = frozenset()) -> list[str]:
     settings = Settings(model_dir=model_dir, inference_process=inference_process, max_upload_bytes=64 * 1024 * 1024)
     with TestClient(create_app(settings)) as c:
         latent_dim = c.get("/model").json()["latent_dim"]
@@ -102,12 +108,13 @@ def answers(model_dir: Path, inference_process: bool) -> list[str]:
         def generate(item: tuple[dict[str, Any], bool]) -> str:
             body, as_json = item
             headers = {"Accept": "application/json"} if as_json else {}
-            return line(c.post("/generate", json=body, headers=headers))
+            return line(c.post("/generate", json=body, headers=headers), ignored)
 
         def encode(item: tuple[bytes, str | None]) -> str:
             data, digit = item
             form = {} if digit is None else {"digit": digit}
-            return line(c.post("/encode", files={"file": ("f", data, "application/octet-stream")}, data=form))
+            answer = c.post("/encode", files={"file": ("f", data, "application/octet-stream")}, data=form)
+            return line(answer, ignored)
 
         alone = [generate(b) for b in bodies] + [encode(u) for u in files]
         with ThreadPoolExecutor(8) as pool:  # at once: they share batches, and must not show it
@@ -119,9 +126,11 @@ def answers(model_dir: Path, inference_process: bool) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, default=ROOT / "artifacts" / "default")
+    parser.add_argument("--ignore-field", action="append", default=[], help="a JSON answer's field left out")
     args = parser.parse_args()
-    in_process = answers(args.model_dir, inference_process=True)
-    in_thread = answers(args.model_dir, inference_process=False)
+    ignored = frozenset(args.ignore_field)
+    in_process = answers(args.model_dir, inference_process=True, ignored=ignored)
+    in_thread = answers(args.model_dir, inference_process=False, ignored=ignored)
     assert in_process == in_thread, "the two engines answered differently"
     print("\n".join(in_process))
 

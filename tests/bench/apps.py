@@ -1,7 +1,8 @@
 """The service's reference points for tests/bench/serve.py, each a FastAPI app run like the service.
 
 * floor: the cheapest FastAPI endpoint doing the service's HTTP part: it validates the same JSON body
-  (app.api.schemas.GenerateRequest) or multipart upload, then answers a constant PNG (or constant JSON). No model.
+  (app/operations/generate.py's GenerateRequest) or multipart upload, then answers a constant PNG (or constant
+  JSON). No model.
 * floor-asgi: the floor with POST /generate and POST /encode taken by the service's own fast path (app/api/fastpath.py,
   a pure ASGI middleware reading plain JSON bodies and plain multipart uploads as FastAPI would), answering the
   constant PNG or JSON without FastAPI's per-request machinery. The floor of the service's own design, for an honest
@@ -33,8 +34,8 @@ from PIL import Image
 from starlette.types import Scope
 
 from app.api.fastpath import FastPath
-from app.api.schemas import GenerateRequest
-from app.engine.interface import Upload
+from app.operations.encode import Upload
+from app.operations.generate import GenerateRequest
 from model.artifacts import load_model_dir
 from model.imaging import decode_image, to_mnist
 from model.inference import label_log_probs

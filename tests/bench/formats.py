@@ -1,5 +1,5 @@
-"""The two model formats side by side: load time, and the time of one /generate and one /encode batch in the
-inference process's own code (app.engine.inference), each format loaded from the same model directory.
+"""The two model formats side by side: load time, and the time of one /generate, /encode and /interpolate batch in the
+inference process's own code (app.inference.worker), each format loaded from the same model directory.
 
     python -m tests.bench.formats [--model-dir DIR] [--rounds N] [--seconds S]
 
@@ -22,8 +22,12 @@ from pathlib import Path
 
 import torch
 
-from app.engine.inference import Inference
-from app.engine.interface import InferenceOptions, Upload
+from app.engine.interface import InferenceOptions
+from app.inference.worker import Inference
+from app.operations import interpolate
+from app.operations.base import Serving
+from app.operations.encode import Upload
+from app.operations.generate import GenerateRequest, make_spec
 from app.settings import Settings, default_model_dir
 from model.artifacts import load_model_dir
 from model.manifest import ModelFormat
@@ -78,13 +82,15 @@ def main() -> None:
     engines = {f: Inference(load_model_dir(args.model_dir, model_format=f), options[f]) for f in FORMATS}
     for engine in engines.values():
         engine.prepare()
-    spec = engines["torchscript"].card.make_spec(
-        digits=[3], n=8, latent=None, seed=1, temperature=None, columns=None, padding=2, scale=1, with_latents=False
+    card = engines["torchscript"].card
+    spec = make_spec(card, GenerateRequest(digit=3, n=8, seed=1), with_latents=False)
+    big = make_spec(card, GenerateRequest(digit=list(range(10)), n=25, seed=1), with_latents=False)
+    ends = {"from": [0.5] * card.latent_dim, "to": [-0.5] * card.latent_dim}
+    walk = interpolate.OPERATION.prepare(
+        Serving(card=card, max_image_pixels=s.max_image_pixels),
+        interpolate.InterpolateRequest.model_validate({"digit": 3, **ends, "steps": 8}),
+        as_json=False,
     )
-    big = engines["torchscript"].card.make_spec(
-        digits=list(range(10)), n=25, latent=None, seed=1, temperature=None, columns=None, padding=2, scale=1,
-        with_latents=False,
-    )  # fmt: skip
     uploads = [Upload(encoded(drawing()), None)]
     results: dict[str, list[float]] = {}
     for _ in range(args.rounds):
@@ -92,9 +98,10 @@ def main() -> None:
             e = engines[f]
             results.setdefault(f"{f} load s", []).append(load_seconds(args.model_dir, f))
             batches: dict[str, Callable[[], object]] = {
-                "/generate n=8": lambda: e.draw_batch([spec]),  # noqa: B023 (called before e changes)
-                "/generate 250 tiles": lambda: e.draw_batch([big]),  # noqa: B023
-                "/encode inferred": lambda: e.encode_batch(uploads),  # noqa: B023
+                "/generate n=8": lambda: e.run("generate", [spec]),  # noqa: B023 (called before e changes)
+                "/generate 250 tiles": lambda: e.run("generate", [big]),  # noqa: B023
+                "/encode inferred": lambda: e.run("encode", uploads),  # noqa: B023
+                "/interpolate 8 steps": lambda: e.run("interpolate", [walk]),  # noqa: B023
             }
             for name, batch in batches.items():
                 results.setdefault(f"{f} {name} ms", []).append(1e3 * per_call(batch, args.seconds))

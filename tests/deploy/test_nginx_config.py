@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from app.core.errors import ServiceError
 from app.http.middleware import BodyTooLarge
-from app.http.problems import ServiceError
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ COMMANDS = [
     "training.evaluation",
     "training.evaluation.judge",
     "app",
-    "app.engine.child",  # started by the service, not by hand, but a command all the same
+    "app.inference.child",  # started by the service, not by hand, but a command all the same
     "tests.bench.serve",
     "tests.bench.apps",
     "tests.bench.train_speed",

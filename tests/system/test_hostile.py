@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.api.schemas import max_generate_body_bytes
+from app.operations.generate import max_generate_body_bytes
 from tests.conftest import D, free_port, wait_for, wait_ready
 from tests.system.test_serve import ROOT
 

@@ -6,8 +6,8 @@ them, unless CVAE_REQUIRE_CHROMIUM=1 (as .ci/run sets it), which makes their abs
 both paths, so Selenium Manager never downloads a browser or a driver.
 
 CVAE_PAGE_SCREENSHOT=PATH saves the README's screenshot of the page there (else into the test's temporary folder):
-    CVAE_PAGE_SCREENSHOT=artifacts/readme/page.png \
-        bash tests/run.sh tests/system/test_page_browser.py -k reads_a_drawing
+    CVAE_PAGE_SCREENSHOT=artifacts/readme/page.png bash tests/run.sh tests/system/test_page_browser.py \
+        -k reads_a_drawing
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import os
 import random
 import re
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -288,6 +289,55 @@ def test_style_sliders_redraw_the_hand_live_with_one_request_in_flight(browser, 
     home = [json.loads(r["postData"]) for r in network_requests(browser) if r["url"] == base + "/generate"][-1]
     moved = [i for i, (a, b) in enumerate(zip(last["latent"], home["latent"], strict=True)) if abs(a - b) > 1e-9]
     assert moved == [axis] and last["latent"][axis] - home["latent"][axis] == pytest.approx(2.0)
+    assert console_errors(browser) == []
+
+
+def test_the_walk_strip_goes_from_the_drawn_hand_to_a_grid_column(browser, base):
+    """/interpolate from the latent /encode gave for the drawing to the latent of the grid column asked for, under the
+    digit the drawing was read as; asked before any drawing was read, or for a column the grid lacks, it says why."""
+    open_page(browser, base + "/")
+    by_id(browser, "walk").click()
+    wait(browser, lambda d: by_id(d, "walk-error").is_displayed(), "no error for a walk without a drawing")
+    assert "Draw a digit and read it first" in by_id(browser, "walk-error").text
+
+    draw(browser, [[(-45, -80), (45, -80), (20, -30), (0, 20), (-15, 85)]])  # a 7
+    by_id(browser, "encode").click()
+    wait(browser, lambda d: hand(d) == "your drawing" and loaded(d, "restyled"), "the drawing was not read")
+    digit = read_digit(browser)
+    column = by_id(browser, "walk-column")
+    column.clear()
+    column.send_keys("9")
+    by_id(browser, "walk").click()
+    wait(browser, lambda d: "Choose a column from 1 to 6" in by_id(d, "walk-error").text, "column 9 was not refused")
+
+    requests = network_requests(browser)
+    column.clear()
+    column.send_keys("3")
+    by_id(browser, "walk").click()
+    strip = "[data-testid=walk-strip]"
+    wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, strip).get_attribute("data-column") == "3"
+         and loaded(d, "walk-strip"), "the walk was not drawn")  # fmt: skip
+    assert not by_id(browser, "walk-error").is_displayed()
+    size = browser.execute_script(
+        f"const s = document.querySelector('{strip}'); return [s.naturalWidth, s.naturalHeight]"
+    )
+    assert size == [(8 * 30 + 2) * 3, (30 + 2) * 3], "eight tiles in a row, scale 3"
+
+    requests += network_requests(browser)
+    grid_body = [json.loads(r["postData"]) for r in requests if r["url"] == base + "/generate" and "seed" in r.get(
+        "postData", "")]  # fmt: skip
+    encoded = [r for r in requests if r["url"] == base + "/encode"]
+    walks = [json.loads(r["postData"]) for r in requests if r["url"] == base + "/interpolate"]
+    assert len(walks) == 1 and encoded, "one walk, after the drawing was read"
+    walk = walks[0]
+    assert walk["digit"] == digit and walk["steps"] == 8
+    ask = urllib.request.Request(  # the grid the page showed, with its latents: the walk ends at column 3's
+        base + "/generate", data=json.dumps(grid_body[-1] if grid_body else {}).encode(),
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(ask, timeout=WAIT_S) as answer:
+        latents = json.load(answer)["latents"]
+    assert walk["to"] == latents[2] and len(walk["from"]) == len(latents[2]) and walk["from"] != walk["to"]
     assert console_errors(browser) == []
 
 

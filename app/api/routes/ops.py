@@ -7,14 +7,15 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.datastructures import State
 
 from app import paths
 from app.api.deps import runtime_of
 from app.api.schemas import Liveness, Problem, Readiness
-from app.http.problems import ServiceError, unavailable
+from app.core.errors import ServiceError, unavailable
 from app.serving.reload import Reloader
 from app.serving.runtime import Runtime
+from app.serving.state import ServiceState
+from app.settings import Settings
 
 router = APIRouter(tags=["operations"])
 
@@ -33,13 +34,14 @@ async def livez() -> dict[str, str]:
     responses={503: {"model": Problem, "description": "Not ready (starting or shutting down)"}},
 )
 async def readyz(request: Request) -> dict[str, str]:
-    reason = not_ready(request.app.state)
-    if reason is not None:
+    state: ServiceState = request.app.state.service
+    reason = not_ready(state)
+    if reason is not None or state.runtime is None:
         raise unavailable(f"not ready: {reason}", kind="not-ready")
-    return {"status": "ready", "model_id": request.app.state.runtime.card.id}
+    return {"status": "ready", "model_id": state.runtime.card.id}
 
 
-def not_ready(state: State) -> str | None:
+def not_ready(state: ServiceState) -> str | None:
     """Why /readyz answers 503 (starting, restarting, shutting down), or None: it answers 200. The cvae_ready gauge
     reads it too."""
     runtime: Runtime | None = state.runtime
@@ -72,11 +74,14 @@ def public_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
     summary="The model: what it is and how well it does",
     description="The public part of the served model directory's manifest.json: id, latent_dim, image shape, labels, "
     "the prior's kind and sampling temperature, the training data's name and size, the network's configuration and "
-    "the evaluation metrics. How it was made (command, training options, git commit, file checksums) is not shown.",
+    "the evaluation metrics, and `reading`: the rule /encode reads digits by (`reader`, the model's reader network, or "
+    "`generative`, Bayes' rule over the generative model, for a model directory without a reader). How it was made "
+    "(command, training options, git commit, file checksums) is not shown.",
     responses={200: {"content": {"application/json": {"example": {"id": "cvae-ae80abbd7489", "latent_dim": 16}}}}},
 )
 async def model(request: Request) -> dict[str, Any]:
-    return public_manifest(runtime_of(request.app).card.manifest)
+    card = runtime_of(request.app.state.service).card
+    return {**public_manifest(card.manifest), "reading": card.reading}
 
 
 @router.get(
@@ -95,12 +100,12 @@ async def metrics(request: Request) -> Response:
 async def reload(request: Request) -> dict[str, str]:
     """Read CVAE_MODEL_DIR again and serve what it holds once it is checked and warmed up in a new inference process
     (SIGHUP does the same). 200 when switched, 409 (the reason; the old model keeps serving) when refused."""
-    state = request.app.state
-    if state.settings is None or not state.settings.admin_api_keys.get_secret_value():
+    settings: Settings = request.app.state.settings
+    if not settings.admin_api_keys.get_secret_value():
         raise HTTPException(404)
     if request.method != "POST":
         raise HTTPException(405, headers={"Allow": "POST"})
-    reloader: Reloader | None = state.reloader
+    reloader: Reloader | None = request.app.state.service.reloader
     if reloader is None:
         raise unavailable("the model is not loaded yet", kind="not-ready")
     outcome = await reloader.reload("POST /admin/reload")

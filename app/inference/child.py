@@ -1,9 +1,9 @@
-"""The inference process's side: `python -m app.engine.child`, started by ProcessEngine (app/engine/process.py). It
+"""The inference process: `python -m app.inference.child`, started by ProcessEngine (app/engine/process.py). It
 loads the model, prepares it and says Ready; then it answers batches in order until told to Stop or until the socket
 closes (the server died). It ignores SIGINT: a terminal's Ctrl-C reaches the whole process group, and the server
 drains first.
 
-    python -m app.engine.child --fd N --model-dir DIR --torch-threads T --options '{"decode_chunk": 8, ...}'
+    python -m app.inference.child --fd N --model-dir DIR --torch-threads T --options '{"decode_chunk": 8, ...}'
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ import socket
 import sys
 from pathlib import Path
 
-from app.engine.interface import InferenceOptions, Stage
+from app.core.stages import Stage
+from app.engine.interface import InferenceOptions
 from app.engine.wire import (
+    Batch,
     BatchFailed,
-    DrawBatch,
-    Drawn,
-    EncodeBatch,
-    Encoded,
+    Done,
     Message,
     Ready,
     StartFailed,
@@ -40,7 +39,7 @@ def serve(sock: socket.socket, model_dir: Path, options: InferenceOptions, torch
     """The child's loop: load and prepare the model, then answer batches until told to stop or the server goes."""
     import torch
 
-    from app.engine.inference import load_inference, prepare_here
+    from app.inference.worker import load_inference, prepare_here
 
     try:
         torch.set_num_threads(torch_threads)
@@ -60,17 +59,13 @@ def serve(sock: socket.socket, model_dir: Path, options: InferenceOptions, torch
         message = receive_message(sock)
         if message is None or isinstance(message, Stop):  # None: the server closed the socket (or died)
             return 0
-        if not isinstance(message, DrawBatch | EncodeBatch):
+        if not isinstance(message, Batch):
             log.error("the server sent %s, which the inference process does not take; exiting", type(message).__name__)
             return 2
         stages: list[Stage] | None = [] if message.traceparents is not None else None
         try:
-            if isinstance(message, DrawBatch):
-                drawings = inference.draw_batch(message.specs, stages)
-                reply: Message = Drawn(batch_id=message.batch_id, drawings=drawings, stages=stages)
-            else:
-                outcomes = inference.encode_batch(message.uploads, stages)
-                reply = Encoded(batch_id=message.batch_id, outcomes=outcomes, stages=stages)
+            outcomes = inference.run(message.operation, message.payloads, stages)
+            reply: Message = Done(message.batch_id, message.operation, outcomes, stages)
         except Exception as e:  # the batch fails, the process goes on
             log.exception("a batch failed (traces: %s)", message.traceparents or "none")
             reply = BatchFailed(batch_id=message.batch_id, reason=f"{type(e).__name__}: {e}")
@@ -78,7 +73,7 @@ def serve(sock: socket.socket, model_dir: Path, options: InferenceOptions, torch
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.engine.child", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m app.inference.child", description=__doc__.split("\n\n")[0])
     parser.add_argument("--fd", type=int, required=True, help="the socket inherited from the server")
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--torch-threads", type=int, required=True)

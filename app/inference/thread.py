@@ -8,13 +8,14 @@ import gc
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from app.engine.interface import BatchTrace, Drawing, EncodeResult, GenerateSpec, InferenceOptions, Prepared, Upload
-from app.http.problems import ServiceError
+from app.core.errors import ServiceError
+from app.core.stages import BatchTrace
+from app.engine.interface import InferenceOptions, Prepared
 
 if TYPE_CHECKING:
-    from app.engine.inference import Inference
+    from app.inference.worker import Inference
 
 T = TypeVar("T")
 
@@ -37,13 +38,11 @@ class ThreadEngine:
     async def prepare(self) -> Prepared:
         return await self._run(self._load_and_prepare)
 
-    async def draw(self, specs: list[GenerateSpec], trace: BatchTrace | None = None) -> list[Drawing]:
+    async def run(
+        self, operation: str, payloads: list[Any], trace: BatchTrace | None = None
+    ) -> list[Any | ServiceError]:
         assert self.inference is not None, "prepare first"
-        return await self._run(self.inference.draw_batch, specs, trace.stages if trace is not None else None)
-
-    async def encode(self, uploads: list[Upload], trace: BatchTrace | None = None) -> list[EncodeResult | ServiceError]:
-        assert self.inference is not None, "prepare first"
-        return await self._run(self.inference.encode_batch, uploads, trace.stages if trace is not None else None)
+        return await self._run(self.inference.run, operation, payloads, trace.stages if trace is not None else None)
 
     async def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -56,7 +55,7 @@ class ThreadEngine:
     def _load_and_prepare(self) -> Prepared:
         import torch
 
-        from app.engine.inference import load_inference, prepare_here
+        from app.inference.worker import load_inference, prepare_here
 
         self._threads_before = torch.get_num_threads()
         torch.set_num_threads(self.torch_threads)
