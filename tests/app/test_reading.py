@@ -14,7 +14,7 @@ from app.factory import create_app
 from app.settings import Settings
 from model.network import Reader, ReaderConfig
 from tests.conftest import drawing, encoded
-from training import reading
+from training.reader import model_dir as reading
 
 
 def test_a_model_without_a_reader_says_it_reads_by_the_generative_rule(client: TestClient) -> None:
