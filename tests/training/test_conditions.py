@@ -1,4 +1,5 @@
-"""Digits in poor conditions (training/evaluation/conditions.py): deterministic sets of 28x28 PNGs, every one read."""
+"""Digits in poor conditions: the test-only sets (training/evaluation/conditions.py), deterministic 28x28 PNGs every
+one of which is read, and the reader's training augmentations (training/reader/conditions.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from model.imaging import decode_image, to_mnist
+from training.data import load_pair
 from training.evaluation import conditions
 from training.evaluation.conditions import KINDS, figures, make_set
+from training.reader.conditions import CONDITIONS, in_condition
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "mnist-1000"
 
 
 def pixels(data: bytes) -> np.ndarray:
@@ -75,3 +82,59 @@ def test_figures_report_each_kind_beside_the_plain_cnn(
         assert 0 <= kind["calibration_error"] <= 1
     assert conditions.main(["--model", str(tiny_model_dir), "--count", "3", "--kind", "speckle"]) == 0
     assert set(json.loads(capsys.readouterr().out)) == {"speckle"}
+
+
+# ---- training/reader/conditions.py: the same conditions, drawn afresh, for the reader's training digits ----------
+
+
+@pytest.fixture(scope="module")
+def canvas_digits() -> list[np.ndarray]:
+    """Ten fixture MNIST digits as training.reading varies them: padded to 40 px and scaled to 80 (its CANVAS)."""
+    d = load_pair(FIXTURE / "train-images-idx3-ubyte.gz", FIXTURE / "train-labels-idx1-ubyte.gz")
+    x = F.pad(d.images[:10].unsqueeze(1).float() / 255, (6, 6, 6, 6))
+    return list(F.interpolate(x, size=(80, 80), mode="bilinear", align_corners=False)[:, 0].numpy())
+
+
+@pytest.mark.parametrize("condition", CONDITIONS)
+def test_a_condition_is_grey_levels_the_same_for_the_same_generator(
+    canvas_digits: list[np.ndarray], condition: str
+) -> None:
+    a = canvas_digits[0]
+    first = in_condition(a, np.random.default_rng(7), condition)
+    np.testing.assert_array_equal(first, in_condition(a, np.random.default_rng(7), condition))
+    assert first.dtype == np.float32 and first.ndim == 2 and first.min() >= 0 and first.max() <= 1
+    assert not np.array_equal(first, in_condition(a, np.random.default_rng(8), condition))
+    np.testing.assert_array_equal(a, canvas_digits[0])  # the digit itself is left as it was
+
+
+@pytest.mark.parametrize("condition", CONDITIONS)
+def test_a_digit_in_any_condition_is_still_a_digit_to_the_pre_processing(
+    canvas_digits: list[np.ndarray], condition: str
+) -> None:
+    rng = np.random.default_rng(0)
+    for a in canvas_digits * 3:
+        assert to_mnist(torch.from_numpy(in_condition(a, rng, condition))).sum() > 10  # never refused as blank
+
+
+def test_conditions_are_drawn_at_random_when_none_is_named(canvas_digits: list[np.ndarray]) -> None:
+    rng = np.random.default_rng(0)
+    shapes = {in_condition(canvas_digits[0], rng).shape for _ in range(40)}
+    assert shapes == {(80, 80), (28, 28)}  # speckle among them, at MNIST's own size
+    with pytest.raises(ValueError, match="condition must be one of"):
+        in_condition(canvas_digits[0], rng, "rain")
+
+
+def test_bands_invert_whole_columns_or_rows_and_leave_the_digit_upright() -> None:
+    blank = np.zeros((80, 80), dtype=np.float32)
+    stroke = blank.copy()
+    stroke[20:60, 38:42] = 1.0  # an upright stroke
+    seen = set()
+    for seed in range(40):
+        bands = in_condition(blank, np.random.default_rng(seed), "bands")
+        columns, rows = np.ptp(bands, axis=0).max() < 0.2, np.ptp(bands, axis=1).max() < 0.2
+        assert columns != rows  # whole columns (bands at the sides) or whole rows (at the top and bottom)
+        seen.add(columns)
+        out = in_condition(stroke, np.random.default_rng(seed), "bands")
+        ground = np.median(out[40, 30:50])
+        assert int(np.abs(out[40, 30:50] - ground).argmax()) + 30 in range(38, 42)  # the stroke where it was
+    assert seen == {True, False}
