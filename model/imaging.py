@@ -31,13 +31,13 @@ LIGHT_SIDE = 256
 LIGHT_MEDIAN = 7  # the median filter's window, at half LIGHT_SIDE: wider than twice a pencil line there
 PHOTO_INK = 0.3  # reduced-scale ink above this fraction of the way from the grain to the darkest is a stroke
 MIN_CONTRAST = 0.1  # the contrast rule: ink departs from its background by at least this many grey levels
-# Uneven grounds (bands of the other polarity, a fog): where the border's 10th-90th percentiles span more than
-# UNEVEN_GROUND of the image's range, the ground is estimated pixel by pixel (a median over GROUND_MEDIAN px at
-# about GROUND_SIDE px on the long side: MNIST's field, where a stroke is 1-4 px wide) and the ink is what departs
-# from it. A scan's grain and JPEG noise span at most a fifth of the range (docs/quality.md).
+# Uneven grounds (bands of the other polarity, ruled lines, a fog): where the border's 10th-90th percentiles span
+# more than UNEVEN_GROUND of the image's range, the ground is estimated pixel by pixel (a median over GROUND_MEDIAN
+# px at about GROUND_SIDE px on the long side: half MNIST's field, where a stroke is under 2 px wide) and the ink is
+# what departs from it. A scan's grain and JPEG noise span at most a fifth of the range (docs/quality.md).
 UNEVEN_GROUND = 0.25
-GROUND_SIDE = 28
-GROUND_MEDIAN = 9
+GROUND_SIDE = 14
+GROUND_MEDIAN = 5
 CROPPED_STRAY = 0.05  # ...unless the ink departs one way (but for this share) and reaches all four sides: a crop
 # Salt and pepper: an image at most IMPULSE_SIDE px on its long side with more than IMPULSE_SHARE of its pixels lone
 # extremes (departing by over IMPULSE_LEVEL from all 8 neighbours, the same way) is read through a 3x3 median.
@@ -206,8 +206,8 @@ def _uneven_ground(a: np.ndarray, border: np.ndarray, background: np.floating, s
     above, below = _departures(even)
     ink = -even if below > above else even
     one_sided = min(above, below) <= CROPPED_STRAY * max(above, below)
-    if one_sided and min(ink[0].max(), ink[-1].max(), ink[:, 0].max(), ink[:, -1].max()) > NOISE_FLOOR:
-        return None  # ink one way only, reaching all four sides: a digit cropped to its ink, on an even ground
+    if one_sided and min(ink[:2].max(), ink[-2:].max(), ink[:, :2].max(), ink[:, -2:].max()) > NOISE_FLOOR:
+        return None  # ink one way only, reaching all four sides (within 2 px): a digit cropped to its ink
     best, least = None, above + below + 2 * min(above, below)
     for ground in (columns + rows + _local_ground(rest), _local_ground(a)):
         stray = _stray(a - ground)
@@ -252,7 +252,8 @@ def _local_ground(a: np.ndarray) -> np.ndarray:
     small = _shrunk(a, f) if f > 1 else a
     r = GROUND_MEDIAN // 2
     windows = np.lib.stride_tricks.sliding_window_view(np.pad(small, r, mode="edge"), (GROUND_MEDIAN, GROUND_MEDIAN))
-    ground = np.median(windows.reshape(*small.shape, -1), axis=-1).astype(np.float32)
+    middle = GROUND_MEDIAN * GROUND_MEDIAN // 2
+    ground = np.partition(windows.reshape(*small.shape, -1), middle, axis=-1)[..., middle]
     if f == 1:
         return ground
     return np.asarray(Image.fromarray(ground).resize(a.shape[::-1], Image.Resampling.BILINEAR), dtype=np.float32)
