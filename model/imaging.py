@@ -184,12 +184,12 @@ def to_mnist(grey: Tensor) -> Tensor:
 
 def _uneven_ground(a: np.ndarray, border: np.ndarray, background: np.floating, span: np.floating) -> np.ndarray | None:
     """The ground under a's ink, pixel by pixel, where the border's 10th to 90th percentiles span more than
-    UNEVEN_GROUND of the image's range `span` and the ground so estimated leaves less stray ink (beyond the contrast
-    rule, on the side with less of it) than the border's median does; else None (an even ground: most uploads,
-    and a digit cropped to its ink, whose border is partly ink). Two estimates are tried: each column's median in the
-    outer tenth (where a digit in MNIST's field does not reach), then each row's, taken away (bands and lines across
-    the whole image: a scan's margins, a gutter, ruled paper), then, as alone, a median over GROUND_MEDIAN px at
-    about GROUND_SIDE px (wider than twice a stroke there: a fog, a slope)."""
+    UNEVEN_GROUND of the image's range `span` and the ground so estimated explains a better than the border's median
+    does (_stray); else None (an even ground: most uploads, and a digit cropped to its ink, whose border is partly
+    ink). Two estimates are tried: each column's median in the outer tenth (where a digit in MNIST's field does not
+    reach), then each row's, taken away (bands and lines across the whole image: a scan's margins, a gutter, ruled
+    paper), then, as alone, a median over GROUND_MEDIAN px at about GROUND_SIDE px (wider than twice a stroke there:
+    a fog, a slope)."""
     limit = UNEVEN_GROUND * span
     if border.max() - border.min() <= limit:  # most uploads: a border of one level
         return None
@@ -197,18 +197,18 @@ def _uneven_ground(a: np.ndarray, border: np.ndarray, background: np.floating, s
     ranked = np.partition(border, [k // 10, k - 1 - k // 10])
     if ranked[k - 1 - k // 10] - ranked[k // 10] <= limit:
         return None
-    e = max(1, min(a.shape) // 10)
-    columns = np.median(np.concatenate([a[:e], a[-e:]]), axis=0, keepdims=True).astype(np.float32)
-    rest = a - columns
-    rows = np.median(np.concatenate([rest[:, :e], rest[:, -e:]], axis=1), axis=1, keepdims=True).astype(np.float32)
-    rest -= rows
     even = a - background
     above, below = _departures(even)
     ink = -even if below > above else even
     one_sided = min(above, below) <= CROPPED_STRAY * max(above, below)
     if one_sided and min(ink[:2].max(), ink[-2:].max(), ink[:, :2].max(), ink[:, -2:].max()) > NOISE_FLOOR:
         return None  # ink one way only, reaching all four sides (within 2 px): a digit cropped to its ink
-    best, least = None, above + below + 2 * min(above, below)
+    e = max(1, min(a.shape) // 10)
+    columns = np.median(np.concatenate([a[:e], a[-e:]]), axis=0, keepdims=True).astype(np.float32)
+    rest = a - columns
+    rows = np.median(np.concatenate([rest[:, :e], rest[:, -e:]], axis=1), axis=1, keepdims=True).astype(np.float32)
+    rest -= rows
+    best, least = None, _stray(even)
     for ground in (columns + rows + _local_ground(rest), _local_ground(a)):
         stray = _stray(a - ground)
         if stray < least:
@@ -225,6 +225,8 @@ def _departures(d: np.ndarray) -> tuple[float, float]:
 
 
 def _stray(d: np.ndarray) -> float:
+    """How badly a ground leaves departures d: all of them beyond the contrast rule, those on the side with less ink
+    three times over (a digit's ink departs one way; a ground that misses a band or a fog leaves ink both ways)."""
     above, below = _departures(d)
     return above + below + 2 * min(above, below)
 
