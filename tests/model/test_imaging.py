@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import zlib
 from pathlib import Path
@@ -65,6 +66,102 @@ def test_a_blank_image_is_refused() -> None:
     with pytest.raises(ImageError) as e:
         to_mnist(torch.full((50, 50), 0.9))
     assert e.value.reason == "blank"
+
+
+def test_ordinary_digits_are_pre_processed_bit_for_bit_as_before_polarity_by_departure(digits: torch.Tensor) -> None:
+    # The digest of to_mnist's output for 200 MNIST digits, white on black and black on white, as the border's level
+    # decided polarity (before commit "to_mnist: polarity by the ink's departure ..."): ordinary uploads unchanged.
+    x = digits.float() / 255
+    h = hashlib.sha256()
+    for img in x:
+        h.update(to_mnist(img).numpy().tobytes())
+        h.update(to_mnist(1 - img).numpy().tobytes())
+    assert h.hexdigest() == "89356f166e0868bcf6d457c7fdb20b12cdb00934331dd53630618817438954f9"
+
+
+GROUNDS_AND_INKS = [
+    (ground, ink)
+    for ground in (0.05, 0.3, 0.45, 0.55, 0.7, 0.95)
+    for ink in (0.0, ground - 0.2, ground + 0.2, 1.0)  # full and twice as faint as the contrast rule allows
+    if 0.0 <= ink <= 1.0 and abs(ink - ground) >= 0.2 - 1e-9
+]
+
+
+@pytest.mark.parametrize(("ground", "ink"), GROUNDS_AND_INKS)
+def test_ink_that_stands_out_is_read_in_either_polarity_on_any_uniform_ground(
+    digits: torch.Tensor, ground: float, ink: float
+) -> None:
+    # Chalk on a grey board lighter than half grey, dark ink on a ground darker than it, and both on light and dark.
+    x = digits[0].float() / 255
+    torch.testing.assert_close(to_mnist(ground + (ink - ground) * x), to_mnist(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("ground", [0.3, 0.5, 0.7])
+def test_a_uniform_ground_with_no_ink_is_blank_whatever_its_level(ground: float) -> None:
+    grain = torch.from_numpy(np.random.default_rng(0).normal(0, 0.015, (28, 28)).astype(np.float32))
+    with pytest.raises(ImageError) as e:
+        to_mnist(ground + grain)
+    assert e.value.reason == "blank"
+
+
+def _slow_ground(kind: str) -> torch.Tensor:
+    yy, xx = np.mgrid[0:28, 0:28].astype(np.float32) / 27
+    if kind == "ramp":
+        return torch.from_numpy(0.2 + 0.6 * xx)
+    return torch.from_numpy(0.45 + 0.2 * np.sin(2.5 * xx + 1.0) * np.cos(2.0 * yy))  # a fog, light to dark
+
+
+@pytest.mark.parametrize("kind", ["ramp", "fog"])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_a_faint_digit_on_a_slowly_varying_ground_is_read(digits: torch.Tensor, kind: str, sign: float) -> None:
+    x = digits[0].float() / 255
+    out = to_mnist(_slow_ground(kind) + sign * 0.25 * x)
+    assert (out - to_mnist(x)).abs().mean() < 0.03
+
+
+@pytest.mark.parametrize("kind", ["ramp", "fog"])
+def test_a_slowly_varying_ground_with_no_ink_is_blank(kind: str) -> None:
+    with pytest.raises(ImageError) as e:
+        to_mnist(_slow_ground(kind))
+    assert e.value.reason == "blank"
+
+
+@pytest.mark.parametrize("inverted", [False, True])
+def test_bands_of_the_other_polarity_at_the_sides_are_not_ink(digits: torch.Tensor, inverted: bool) -> None:
+    # A scan's dark margins (a book's gutter): the left and right 6 columns in the other polarity.
+    x = digits[0].float() / 255
+    a = 1 - x if inverted else x.clone()
+    a[:, :6], a[:, -6:] = 1 - a[:, :6], 1 - a[:, -6:]
+    assert (to_mnist(a) - to_mnist(x)).abs().mean() < 0.02
+
+
+@pytest.mark.parametrize("inverted", [False, True])
+def test_a_digit_cropped_to_its_ink_is_read_off_its_even_ground(digits: torch.Tensor, inverted: bool) -> None:
+    # Its border is partly ink (more than a tenth of it), as an uneven ground's is; the ink departs one way only.
+    for img in digits[:20]:
+        x = img.float() / 255
+        rows, cols = torch.nonzero(x.sum(1)).flatten(), torch.nonzero(x.sum(0)).flatten()
+        tight = x[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        assert (to_mnist(1 - tight if inverted else tight) - to_mnist(x)).abs().mean() < 0.02
+
+
+@pytest.mark.parametrize("inverted", [False, True])
+def test_ruled_lines_across_the_whole_image_are_not_ink(digits: torch.Tensor, inverted: bool) -> None:
+    x = digits[0].float() / 255
+    a = x.clone()
+    a[0::6] = torch.maximum(a[0::6], torch.tensor(0.5))  # a line every 6 rows, one of them on the border
+    out = to_mnist(1 - a if inverted else a)
+    assert (out - to_mnist(x)).abs().mean() < 0.03
+
+
+@pytest.mark.parametrize("ground", [0.0, 0.5, 1.0])
+def test_salt_and_pepper_noise_is_not_ink(digits: torch.Tensor, ground: float) -> None:
+    x = digits[0].float() / 255
+    a = ground + (1.0 - ground if ground < 0.5 else -ground) * x
+    g = torch.Generator().manual_seed(0)
+    hit = torch.rand(a.shape, generator=g) < 0.15
+    a = torch.where(hit, (torch.rand(a.shape, generator=g) < 0.5).float(), a)
+    assert (to_mnist(a) - to_mnist(x)).abs().mean() < 0.06
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "1", "I;16", "F", "LA", "CMYK"])
