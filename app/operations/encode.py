@@ -181,7 +181,7 @@ class Encode(Operation[EncodeForm, Upload, EncodeResult]):
         """A drawn stroke (an image of a one), encoded with its digit inferred and given."""
         import torch
 
-        from model.imaging import encode_png, to_uint8
+        from model.pictures import encode_png, to_uint8
 
         h, w = worker.card.tile_shape
         x = torch.zeros(1, h, w)

@@ -112,7 +112,7 @@ def draw(
     """Inference side: every request's (z (N, D), labels (N,)) decoded in shared passes -> each one's drawing."""
     import torch
 
-    from model.imaging import encode_png, tile_grid, to_uint8
+    from model.pictures import encode_png, tile_grid, to_uint8
 
     started = time_ns() if stages is not None else 0
     if len(jobs) == 1:

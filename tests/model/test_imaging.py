@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model.imaging import decode_image, encode_png, tile_grid, to_mnist, to_uint8
+from model.imaging import decode_image, to_mnist
+from model.pictures import encode_png, tile_grid, to_uint8
 from model.uploads import DECODE_SIDE, ImageError, decoded_pixels
 from training.data import load_pair
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from model.imaging import encode_png, tile_grid
 from model.network import CVAE
+from model.pictures import encode_png, tile_grid
 from model.prior import AggregatePosteriorPrior, GaussianPrior, Prior, sample_latents
 from training.config import TrainConfig
 from training.cvae.train import Batches

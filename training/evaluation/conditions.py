@@ -8,9 +8,9 @@ Seven kinds, each a list of (upload bytes, digit), the same for the same seed an
 - bands: a band of the other polarity down the left and the right (a scan's dark margins, a book's gutter);
 - fog: a faint digit under a fog of grey, the ground varying slowly and as much as the ink departs from it;
 - speckle: salt and pepper noise over 10-20% of the pixels.
-The digits are the project's own hand-written skeletons (training.testsets.hand_strokes), drawn into MNIST's 20 px
-box: no MNIST digit is used. These sets only ever test: nothing trains on them. Measured beside a plain CNN on
-the same images:
+The digits are the project's own hand-written skeletons (training.evaluation.testsets.hand_strokes), drawn into
+MNIST's 20 px box: no MNIST digit is used. These sets only ever test: nothing trains on them. Measured beside a
+plain CNN on the same images:
 
     python -m training.evaluation.conditions --model artifacts/default [--data-dir ../shared/data/mnist-8500]
 """
@@ -34,9 +34,11 @@ from model.artifacts import load_model_dir
 from model.imaging import decode_image, to_mnist
 from model.uploads import ImageError
 from training.data import Digits, load_data_dir
-from training.evaluate import MAX_PIXELS, calibration_error, read_digits
-from training.judge import Judge, predict, shipped_judge, train_judge
-from training.testsets import hand_strokes, render_strokes
+from training.evaluation.figures import calibration_error
+from training.evaluation.judge import Judge, predict, shipped_judge, train_judge
+from training.evaluation.testsets import hand_strokes
+from training.evaluation.uploads import MAX_PIXELS, read_digits
+from training.strokes import render_strokes
 
 Sample = tuple[bytes, int]
 SIDE = 28  # MNIST's field

@@ -18,9 +18,10 @@ import torch
 from torch import Tensor
 
 from model.artifacts import load_model_dir
-from model.imaging import decode_image, encode_png, to_mnist
+from model.imaging import decode_image, to_mnist
 from model.inference import DecoderLike, EncoderLike, ReaderLike, elbo_terms, importance_weighted_nll
 from model.manifest import MANIFEST_FILE
+from model.pictures import encode_png
 from model.prior import GaussianPrior, Prior, sample_latents
 from model.uploads import ImageError
 from training.data import DataSplits, Digits

@@ -35,8 +35,8 @@ def in_condition(a: np.ndarray, rng: np.random.Generator, condition: str | None 
 def _ink_and_ground(
     rng: np.random.Generator, contrast: tuple[float, float], away_from_half: float = 0.0
 ) -> tuple[float, float]:
-    """(ground, ink level): a ground anywhere from black to white (but not within `away_from_half` of half grey), and ink
-    departing from it up or down by a contrast in `contrast`, within [0, 1]."""
+    """(ground, ink level): a ground anywhere from black to white (but not within `away_from_half` of half grey), and
+    ink departing from it up or down by a contrast in `contrast`, within [0, 1]."""
     ground = float(rng.uniform(0.0, 0.5 - away_from_half))
     ground = 1.0 - ground if rng.random() < 0.5 else ground
     c = min(float(rng.uniform(*contrast)), max(ground, 1.0 - ground))
