@@ -39,6 +39,7 @@ class Tensor(NamedTuple):
     datatype: str
     shape: tuple[int, ...]
     data: Sequence[Any]
+    binary: bool = False  # read from binary tensor data (for BYTES: the elements' own bytes, not JSON text)
 
 
 class Output(NamedTuple):
@@ -216,7 +217,7 @@ def read_request(body: bytes, header_length: int | None, *, max_elements: int) -
             if len(values) != count:
                 raise ProtocolError(f"{where}: its data holds {len(values)} elements, its shape {list(shape)} {count}")
             data = _json_elements(datatype, values, where)
-        inputs.append(Tensor(name, datatype, shape, data))
+        inputs.append(Tensor(name, datatype, shape, data, binary_size is not None))
     if at != len(binary):
         raise ProtocolError(f"the body holds {len(binary) - at} bytes after the inputs' binary data")
     names = [t.name for t in inputs]
