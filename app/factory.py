@@ -25,6 +25,9 @@ from app.http.handlers import install_error_handlers
 from app.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.http.problems import PROBLEM_MEDIA_TYPE
 from app.inference.thread import ThreadEngine
+from app.oip import models as oip_models
+from app.oip import routes as oip_routes
+from app.oip.errors import ProtocolErrors
 from app.operations.registry import OPERATIONS
 from app.serving.reload import Reloader
 from app.serving.runtime import Runtime
@@ -66,10 +69,13 @@ def access_of(settings: Settings) -> Access:
         admin_keys=Keys.of(read_keys(settings.admin_api_keys.get_secret_value(), "CVAE_ADMIN_API_KEYS")),
         limiter=RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None,
         cors_origins=origins(settings.cors_origins),
-        keyed=paths.KEYED | OPERATION_PATHS,
+        keyed=paths.Paths(
+            paths.KEYED | OPERATION_PATHS | {paths.V2_INDEX},
+            frozenset({paths.V2_MODEL, paths.V2_MODEL_READY, paths.V2_INFER}),
+        ),
         metrics=paths.METRICS,
-        admin=paths.RELOAD,
-        limited=OPERATION_PATHS,
+        admin=paths.Paths(frozenset({paths.RELOAD}), frozenset({paths.V2_LOAD, paths.V2_UNLOAD})),
+        limited=paths.Paths(OPERATION_PATHS, frozenset({paths.V2_INFER})),
     )
 
 
@@ -99,12 +105,18 @@ def engine_of(settings: Settings, model_dir: Path | None = None) -> Engine:
 
 def body_limit_of(settings: Settings, state: ServiceState) -> Callable[[str], int]:
     """The largest request body for a path: the serving model's limit for an operation's path, else
-    CVAE_MAX_UPLOAD_BYTES. (A reload keeps the model's shapes, so its limits too.)"""
+    CVAE_MAX_UPLOAD_BYTES; a protocol model's infer path, its operation's. (A reload keeps the model's shapes, so its
+    limits too.)"""
     default = settings.max_upload_bytes
 
     def limit_of(path: str) -> int:
         runtime = state.runtime
-        return default if runtime is None else runtime.body_limits.get(path, default)
+        if runtime is None:
+            return default
+        if path.startswith(paths.V2 + "/"):
+            kind = oip_models.infer_kind(path, settings.model_name)
+            return default if kind is None else oip_models.body_limit(runtime.card, kind, default)
+        return runtime.body_limits.get(path, default)
 
     return limit_of
 
@@ -222,12 +234,14 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     app.add_middleware(BodyLimitMiddleware, limit_of=body_limit_of(settings, state))
     app.add_middleware(AccessMiddleware, access=access_of(settings))
     app.add_middleware(RequestGuard)
+    app.add_middleware(ProtocolErrors)  # under /v2, every refusal above as the protocol's {"error": ...}
     app.add_middleware(MetricsMiddleware, metrics=metrics, operations=OPERATION_PATHS)
     app.add_middleware(RequestContextMiddleware)
     if tracing is not None:
         tracing.install(app, OPERATION_PATHS)  # outermost: a request's span holds all of its answer
     app.include_router(operations.router(OPERATIONS))
     app.include_router(ops.router)
+    app.include_router(oip_routes.router(_version()))
     app.include_router(page.router)
     app.mount(paths.STATIC, page.StaticAssets(), name="static")
     return app

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CVAE_", frozen=True, extra="ignore", hide_input_in_errors=True)
 
     model_dir: Path = Field(default_factory=default_model_dir, description="model directory to serve")
+    model_name: str = Field(
+        "digits", pattern=r"^[a-z0-9][a-z0-9_.]{0,62}$",
+        description="the served model's name in the Open Inference Protocol (/v2): it answers as NAME-generate and "
+        "NAME-encode",
+    )  # fmt: skip
     model_format: ModelFormat = Field(
         "torchscript", description="load the networks from the TorchScript files (.pt) or the torch.export programs "
         "(.pt2); a model directory without programs loads from TorchScript either way",

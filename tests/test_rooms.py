@@ -26,6 +26,7 @@ FORBIDDEN = {
     "inference": {"api", "serving", "http", "factory"},
     "serving": {"api", "inference", "http", "factory"},
     "api": {"inference", "factory"},
+    "oip": {"inference", "factory"},  # the Open Inference Protocol: a second API, beside api's
 }
 TORCH_HOME = APP / "inference" / "worker.py"  # the one module that imports torch and all of model/ at import time
 MODEL = APP.parent / "model"

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import time
 from collections import OrderedDict
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 from starlette.middleware.cors import CORSMiddleware
@@ -86,10 +87,10 @@ class Access:
     limiter: RateLimiter | None  # applied on the `limited` paths
     cors_origins: tuple[str, ...]
     admin_keys: Keys = Keys(())  # needed on the `admin` path
-    keyed: frozenset[str] = frozenset()
+    keyed: Container[str] = frozenset()
     metrics: str = ""
-    admin: str = ""
-    limited: frozenset[str] = frozenset()
+    admin: Container[str] = frozenset()
+    limited: Container[str] = frozenset()
 
     @property
     def active(self) -> bool:
@@ -128,7 +129,7 @@ class _Checks:
         keys = (
             access.api_keys if path in access.keyed
             else access.metrics_keys if path == access.metrics
-            else access.admin_keys if path == access.admin
+            else access.admin_keys if path in access.admin
             else None
         )  # fmt: skip
         given = key_of(scope) if keys else None

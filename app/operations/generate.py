@@ -142,6 +142,7 @@ class GenerateSpec(NamedTuple):
     width: int
     height: int
     with_latents: bool  # the answer shows each tile's latent and label (a JSON answer)
+    raw: bool = False  # the answer is the tiles' pixels, not a PNG (the Open Inference Protocol's app/oip)
 
     @property
     def tiles(self) -> int:
@@ -152,7 +153,7 @@ class GenerateSpec(NamedTuple):
         return grid.Grid(self.columns, self.padding, self.scale, self.width, self.height)
 
 
-def make_spec(card: ModelCard, body: GenerateRequest, *, with_latents: bool) -> GenerateSpec:
+def make_spec(card: ModelCard, body: GenerateRequest, *, with_latents: bool, raw: bool = False) -> GenerateSpec:
     """Check what depends on the model (labels, latent size, output size) and fix the seed and the temperature
     (None: the model's). 422 for what the model cannot draw."""
     check_labels(card, body.digits, ["body", "digit"])
@@ -181,6 +182,7 @@ def make_spec(card: ModelCard, body: GenerateRequest, *, with_latents: bool) -> 
         width=g.width,
         height=g.height,
         with_latents=with_latents,
+        raw=raw,
     )
 
 
@@ -225,7 +227,10 @@ class Generate(Operation[GenerateRequest, GenerateSpec, Drawing]):
         self, worker: Worker, payloads: list[GenerateSpec], stages: list[Stage] | None
     ) -> list[Drawing | ServiceError]:
         jobs = latents_many(worker, payloads)
-        drawings = grid.draw(worker, jobs, [s.grid for s in payloads], [s.with_latents for s in payloads], stages)
+        drawings = grid.draw(
+            worker, jobs, [s.grid for s in payloads], [s.with_latents for s in payloads], stages,
+            raw=[s.raw for s in payloads],
+        )  # fmt: skip
         return list(drawings)
 
     def warm_up(self, worker: Worker) -> None:

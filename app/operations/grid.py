@@ -38,11 +38,13 @@ class Grid(NamedTuple):
 
 
 class Drawing(NamedTuple):
-    """A drawing's answer: its PNG, and its tiles' labels and latents when the request asked for them."""
+    """A drawing's answer: its PNG (or its tiles' pixels), and its tiles' labels and latents when the request asked
+    for them."""
 
-    png: bytes
+    png: bytes  # empty when the tiles were asked for instead
     labels: list[int] | None  # (N,)
     latents: list[list[float]] | None  # (N, D), what the decoder drew each tile from
+    tiles: bytes | None = None  # (N, H, W) uint8, row-major: the pixels the PNG lays out, when asked for instead
 
 
 def layout(card: ModelCard, *, tiles: int, columns: int | None, default_columns: int, padding: int, scale: int) -> Grid:
@@ -107,9 +109,15 @@ def answer(
 
 
 def draw(
-    worker: Worker, jobs: list[tuple[Any, Any]], grids: list[Grid], with_latents: list[bool], stages: list[Stage] | None
+    worker: Worker,
+    jobs: list[tuple[Any, Any]],
+    grids: list[Grid],
+    with_latents: list[bool],
+    stages: list[Stage] | None,
+    raw: list[bool] | None = None,
 ) -> list[Drawing]:
-    """Inference side: every request's (z (N, D), labels (N,)) decoded in shared passes -> each one's drawing."""
+    """Inference side: every request's (z (N, D), labels (N,)) decoded in shared passes -> each one's drawing (raw:
+    for each request, whether it wants its tiles' pixels instead of a PNG)."""
     import torch
 
     from model.pictures import encode_png, tile_grid, to_uint8
@@ -124,10 +132,15 @@ def draw(
     if stages is not None:
         stages.append(Stage("inference", None, started, time_ns()))
     drawings = []
-    for i, (g, t, (z, labels), latents) in enumerate(zip(grids, tiles, jobs, with_latents, strict=True)):
+    raw = raw or [False] * len(jobs)
+    for i, (g, t, (z, labels), latents, as_tiles) in enumerate(zip(grids, tiles, jobs, with_latents, raw, strict=True)):
+        labels_, latents_ = (labels.tolist(), z.tolist()) if latents else (None, None)
+        if as_tiles:
+            drawings.append(Drawing(b"", labels_, latents_, t.contiguous().numpy().tobytes()))
+            continue
         started = time_ns() if stages is not None else 0
         png = encode_png(tile_grid(t, g.columns, g.padding, g.scale), worker.png_compress_level)
         if stages is not None:
             stages.append(Stage("png", i, started, time_ns()))
-        drawings.append(Drawing(png, labels.tolist() if latents else None, z.tolist() if latents else None))
+        drawings.append(Drawing(png, labels_, latents_))
     return drawings

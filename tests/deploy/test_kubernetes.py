@@ -188,3 +188,23 @@ def test_api_keys_come_from_an_optional_secret_mounted_as_files_never_from_the_e
         with pytest.raises(ValueError):
             read_keys(placeholder, "CVAE_API_KEYS")
     assert not [k for k in configured_env() if "KEY" in k]  # off by default, and never a key in the environment
+
+
+def test_the_kserve_inference_service_runs_the_image_on_the_protocol_s_routes() -> None:
+    """optional/inferenceservice.yaml: a custom predictor running the image's command on KServe's port, probed on
+    /v2 routes the app answers, with settings the app has."""
+    from app.factory import create_app
+
+    service = yaml.safe_load((K8S / "optional" / "inferenceservice.yaml").read_text())
+    assert service["apiVersion"] == "serving.kserve.io/v1beta1" and service["kind"] == "InferenceService"
+    (container,) = service["spec"]["predictor"]["containers"]
+    port = container["ports"][0]["containerPort"]
+    assert container["args"][:3] == ["python", "-m", "app"] and container["args"][-1] == str(port)
+    routes = set(create_app().openapi()["paths"])
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] in routes and container[probe]["httpGet"]["port"] == port
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["PROTOCOL"] == "v2"
+    settings = {k.removeprefix("CVAE_").lower(): v for k, v in env.items() if k.startswith("CVAE_")}
+    assert settings and set(settings) <= set(Settings.model_fields)
+    Settings(**settings)

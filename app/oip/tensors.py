@@ -1,0 +1,291 @@
+"""The Open Inference Protocol's tensors on the wire (KServe v2 / Triton HTTP/REST): an inference request read from
+its JSON header and binary sections (the binary tensor data extension), and a response written either way. Pure
+Python (no torch, no numpy: the server process maps neither); every length, count and shape is checked before
+anything is allocated by it, and every mistake is a ProtocolError, answered 400 with the protocol's {"error": ...}.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import sys
+from array import array
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+HEADER_LENGTH = "inference-header-content-length"  # lower case, as ASGI gives header names
+# Numeric datatypes: (array typecode, bytes per element). BYTES elements are a 4-byte little-endian length each,
+# then the bytes; in JSON, a string (UTF-8 text; the encode models take an encoded picture's base64 text).
+NUMERIC = {
+    "BOOL": ("B", 1), "UINT8": ("B", 1), "UINT16": ("H", 2), "UINT32": ("I", 4), "UINT64": ("Q", 8),
+    "INT8": ("b", 1), "INT16": ("h", 2), "INT32": ("i", 4), "INT64": ("q", 8), "FP32": ("f", 4), "FP64": ("d", 8),
+}  # fmt: skip
+DATATYPES = (*NUMERIC, "BYTES")
+MAX_DIMS = 8
+MAX_TENSORS = 16  # inputs or outputs named in one request: the models have at most four of each
+MAX_DEPTH = 16  # nesting of a tensor's JSON data (a shape has at most MAX_DIMS dimensions)
+
+
+class ProtocolError(ValueError):
+    """A request the protocol cannot read: 400 with {"error": str(e)}."""
+
+
+class Tensor(NamedTuple):
+    """One named tensor: its datatype, shape and its elements flattened in row-major order (numbers, or bytes for
+    BYTES)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: Sequence[Any]
+    binary: bool = False  # read from binary tensor data (for BYTES: the elements' own bytes, not JSON text)
+
+
+class Output(NamedTuple):
+    """An output the request asked for; binary: as binary tensor data."""
+
+    name: str
+    binary: bool
+
+
+class Request(NamedTuple):
+    id: str | None
+    parameters: dict[str, Any]
+    inputs: list[Tensor]
+    outputs: list[Output] | None  # None: every output, each as binary_default says
+    binary_default: bool  # the request's binary_data_output parameter
+
+
+MAX_KEYS = 32  # members of one JSON object: the protocol's objects have a handful
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs) or len(pairs) > MAX_KEYS:
+        seen = [k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i])]
+        raise ProtocolError(
+            f"a JSON object repeats {seen[0]!r:.40}" if seen else f"a JSON object has over {MAX_KEYS} keys"
+        )
+    return obj
+
+
+def _constant(name: str) -> float:
+    raise ProtocolError(f"{name} is not a number JSON allows")
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{where} must be a JSON object")
+    return value
+
+
+def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
+    params = obj.get("parameters", {})
+    if not isinstance(params, dict) or any(isinstance(v, dict | list) for v in params.values()):
+        raise ProtocolError(f"{where}.parameters must be an object of strings, numbers and booleans")
+    return params
+
+
+def _shape(value: Any, where: str, max_elements: int) -> tuple[int, ...]:
+    if not isinstance(value, list) or len(value) > MAX_DIMS:
+        raise ProtocolError(f"{where}.shape must be a list of at most {MAX_DIMS} dimensions")
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
+        raise ProtocolError(f"{where}.shape must hold non-negative integers, not {value!r:.80}")
+    shape = tuple(value)
+    if math.prod(shape) > max_elements:
+        raise ProtocolError(f"{where} has {math.prod(shape)} elements, over the limit of {max_elements}")
+    return shape
+
+
+def _flatten(data: Any, where: str) -> list[Any]:
+    """A tensor's JSON data, nested or flat, as one row-major list (without recursion: no depth limit to hit)."""
+    if not isinstance(data, list):
+        return [data]
+    out: list[Any] = []
+    stack: list[tuple[list[Any], int]] = [(data, 0)]
+    while stack:
+        items, i = stack.pop()
+        if i < len(items):
+            stack.append((items, i + 1))
+            item = items[i]
+            if isinstance(item, list):
+                if len(stack) >= MAX_DEPTH:
+                    raise ProtocolError(f"{where}.data is nested deeper than {MAX_DEPTH}")
+                stack.append((item, 0))
+            else:
+                out.append(item)
+    return out
+
+
+def _json_elements(datatype: str, values: list[Any], where: str) -> list[Any]:
+    if datatype == "BYTES":
+        if not all(isinstance(v, str) for v in values):
+            raise ProtocolError(f"{where}: BYTES data in JSON must be strings")
+        return [v.encode() for v in values]
+    if datatype == "BOOL":
+        if not all(isinstance(v, bool) for v in values):
+            raise ProtocolError(f"{where}: BOOL data must be true or false")
+        return values
+    if datatype.startswith(("INT", "UINT")):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise ProtocolError(f"{where}: {datatype} data must be integers")
+        try:
+            array(NUMERIC[datatype][0], values)  # the range of the type
+        except OverflowError as e:
+            raise ProtocolError(f"{where}: a value out of {datatype}'s range") from e
+        return values
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        raise ProtocolError(f"{where}: {datatype} data must be numbers")
+    return [float(v) for v in values]
+
+
+def _binary_elements(datatype: str, raw: memoryview, count: int, where: str) -> Sequence[Any]:
+    if datatype == "BYTES":
+        out, at = [], 0
+        while at < len(raw):
+            if at + 4 > len(raw):
+                raise ProtocolError(f"{where}: a BYTES element's length is cut short")
+            (n,) = struct.unpack_from("<I", raw, at)
+            if at + 4 + n > len(raw):
+                raise ProtocolError(f"{where}: a BYTES element says {n} bytes, more than its binary data holds")
+            out.append(bytes(raw[at + 4 : at + 4 + n]))
+            at += 4 + n
+            if len(out) > count:
+                break
+        if len(out) != count:
+            raise ProtocolError(f"{where}: its binary data holds {len(out)} BYTES elements, its shape {count}")
+        return out
+    code, size = NUMERIC[datatype]
+    if len(raw) != count * size:
+        raise ProtocolError(
+            f"{where}: binary_data_size is {len(raw)} bytes; its shape and {datatype} need {count * size}"
+        )
+    values = array(code)
+    values.frombytes(raw)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return [bool(v) for v in values] if datatype == "BOOL" else values
+
+
+def read_request(body: bytes, header_length: int | None, *, max_elements: int) -> Request:
+    """The request in `body`: its first header_length bytes JSON, the rest the binary sections of the inputs with a
+    binary_data_size, in their order (header_length None: all JSON). max_elements bounds each input."""
+    size = len(body) if header_length is None else header_length
+    if not 0 <= size <= len(body):
+        raise ProtocolError(f"Inference-Header-Content-Length is {header_length}, the body {len(body)} bytes")
+    try:
+        head = _object(json.loads(body[:size], object_pairs_hook=_pairs, parse_constant=_constant), "the request")
+    except ProtocolError:
+        raise
+    except (ValueError, RecursionError) as e:
+        raise ProtocolError(f"the request's JSON is malformed: {e}") from None
+    inputs_json = head.get("inputs")
+    if not isinstance(inputs_json, list) or not 0 < len(inputs_json) <= MAX_TENSORS:
+        raise ProtocolError(f"the request needs inputs: a list of 1 to {MAX_TENSORS} tensors")
+    request_id = head.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError("id must be a string")
+    binary = memoryview(body)[size:]
+    at, inputs = 0, []
+    for i, raw_input in enumerate(inputs_json):
+        where = f"inputs[{i}]"
+        obj = _object(raw_input, where)
+        name, datatype = obj.get("name"), obj.get("datatype")
+        if not isinstance(name, str) or not name:
+            raise ProtocolError(f"{where}.name must be a non-empty string")
+        where = f"input {name!r:.40}"
+        if datatype not in DATATYPES:
+            raise ProtocolError(f"{where}: datatype must be one of {', '.join(DATATYPES)}, not {datatype!r:.40}")
+        shape = _shape(obj.get("shape"), where, max_elements)
+        count = math.prod(shape)
+        params = _parameters(obj, where)
+        binary_size = params.get("binary_data_size")
+        if binary_size is not None:
+            if "data" in obj:
+                raise ProtocolError(f"{where} has both data and binary_data_size")
+            if not isinstance(binary_size, int) or isinstance(binary_size, bool) or binary_size < 0:
+                raise ProtocolError(f"{where}: binary_data_size must be a non-negative integer")
+            if at + binary_size > len(binary):
+                raise ProtocolError(f"{where}: binary_data_size {binary_size} runs past the end of the body")
+            data = _binary_elements(datatype, binary[at : at + binary_size], count, where)
+            at += binary_size
+        else:
+            if "data" not in obj:
+                raise ProtocolError(f"{where} has no data (nor binary_data_size)")
+            values = _flatten(obj["data"], where)
+            if len(values) != count:
+                raise ProtocolError(f"{where}: its data holds {len(values)} elements, its shape {list(shape)} {count}")
+            data = _json_elements(datatype, values, where)
+        inputs.append(Tensor(name, datatype, shape, data, binary_size is not None))
+    if at != len(binary):
+        raise ProtocolError(f"the body holds {len(binary) - at} bytes after the inputs' binary data")
+    names = [t.name for t in inputs]
+    if len(set(names)) != len(names):
+        raise ProtocolError("an input is named twice")
+    params = _parameters(head, "the request")
+    binary_default = params.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise ProtocolError("binary_data_output must be true or false")
+    return Request(request_id, params, inputs, _outputs(head.get("outputs")), binary_default)
+
+
+def _outputs(value: Any) -> list[Output] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_TENSORS:
+        raise ProtocolError(f"outputs must be a list of at most {MAX_TENSORS} outputs")
+    out = []
+    for i, raw in enumerate(value):
+        obj = _object(raw, f"outputs[{i}]")
+        name = obj.get("name")
+        if not isinstance(name, str) or not name:
+            raise ProtocolError(f"outputs[{i}].name must be a non-empty string")
+        binary = _parameters(obj, f"output {name!r:.40}").get("binary_data", False)
+        if not isinstance(binary, bool):
+            raise ProtocolError(f"output {name!r:.40}: binary_data must be true or false")
+        out.append(Output(name, binary))
+    if len({o.name for o in out}) != len(out):
+        raise ProtocolError("an output is named twice")
+    return out
+
+
+def _binary(t: Tensor) -> bytes:
+    if t.datatype == "BYTES":
+        return b"".join(struct.pack("<I", len(v)) + v for v in t.data)
+    if isinstance(t.data, bytes | bytearray):  # UINT8 pixels as they are
+        return bytes(t.data)
+    values = array(NUMERIC[t.datatype][0], t.data)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values.tobytes()
+
+
+def _json_data(t: Tensor) -> list[Any]:
+    if t.datatype == "BYTES":
+        return [v.decode("utf-8", "backslashreplace") for v in t.data]
+    return list(t.data)
+
+
+def write_response(
+    model: str, version: str, request_id: str | None, outputs: Iterable[tuple[Tensor, bool]]
+) -> tuple[bytes, int | None]:
+    """-> (body, the Inference-Header-Content-Length to send, or None when every output is JSON). Each output with
+    True goes as binary tensor data, after the JSON, in the order given."""
+    described, sections = [], []
+    for t, binary in outputs:
+        entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+        if binary:
+            section = _binary(t)
+            entry["parameters"] = {"binary_data_size": len(section)}
+            sections.append(section)
+        else:
+            entry["data"] = _json_data(t)
+        described.append(entry)
+    head: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": described}
+    if request_id is not None:
+        head["id"] = request_id
+    header = json.dumps(head, separators=(",", ":"), allow_nan=False).encode()
+    if not sections:
+        return header, None
+    return b"".join([header, *sections]), len(header)

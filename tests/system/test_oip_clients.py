@@ -1,0 +1,119 @@
+"""The Open Inference Protocol spoken by real clients to `python -m app`: tritonclient's HTTP client (locked in the
+dev extra) and kserve's InferenceRESTClient (not locked: docs/api.md says why; skipped where it is not installed).
+Metadata, readiness, digits-generate and digits-encode with JSON and binary tensors, errors and the repository
+index."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import free_port, wait_ready
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def port(tiny_model_dir: Path) -> Iterator[int]:
+    port = free_port()
+    env = {**os.environ, "CVAE_MODEL_DIR": str(tiny_model_dir), "CVAE_PORT": str(port), "CVAE_ACCESS_LOG": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        wait_ready(port, proc, lambda: proc.stdout.read() if proc.stdout else "")
+        yield port
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(20)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def picture() -> bytes:
+    img = Image.new("L", (40, 60), 255)
+    img.paste(20, (17, 10, 23, 50))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def rest_tiles(port: int, body: dict[str, object], count: int) -> np.ndarray:
+    png = httpx.post(f"http://127.0.0.1:{port}/generate", json={**body, "padding": 0}).content
+    grid = np.asarray(Image.open(io.BytesIO(png)))
+    return grid.reshape(grid.shape[0], count, -1).transpose(1, 0, 2)
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_tritonclient_speaks_to_the_service(port: int, binary: bool) -> None:
+    http = pytest.importorskip("tritonclient.http")
+    utils = pytest.importorskip("tritonclient.utils")
+    client = http.InferenceServerClient(f"127.0.0.1:{port}")
+    assert client.is_server_live() and client.is_server_ready()
+    assert {"binary_tensor_data", "model_repository"} <= set(client.get_server_metadata()["extensions"])
+    assert client.is_model_ready("digits-generate")
+    meta = client.get_model_metadata("digits-generate")
+    assert [i["name"] for i in meta["inputs"]] == ["label", "latent"]
+    assert client.is_model_ready("digits-encode", model_version=meta["versions"][0])
+
+    label = http.InferInput("label", [4], "INT64")
+    label.set_data_from_numpy(np.full(4, 3, dtype=np.int64), binary_data=binary)
+    outputs = [http.InferRequestedOutput("image", binary_data=binary), http.InferRequestedOutput("latent")]
+    result = client.infer("digits-generate", [label], outputs=outputs, parameters={"seed": 9})
+    images = result.as_numpy("image")
+    assert images.shape == (4, 28, 28) and images.dtype == np.uint8
+    assert np.array_equal(images, rest_tiles(port, {"digit": 3, "n": 4, "seed": 9}, 4))
+
+    image = http.InferInput("image", [1], "BYTES")
+    data = picture() if binary else base64.b64encode(picture())
+    image.set_data_from_numpy(np.array([data], dtype=np.object_), binary_data=binary)
+    encoded = client.infer("digits-encode", [image])
+    answer = httpx.post(f"http://127.0.0.1:{port}/encode", files={"file": ("d.png", picture())}).json()
+    assert encoded.as_numpy("label").tolist() == [answer["digit"]]
+    assert np.array_equal(encoded.as_numpy("mean")[0], np.asarray(answer["mean"], dtype=np.float32))
+
+    with pytest.raises(utils.InferenceServerException, match="labels are 0-9"):
+        wrong = http.InferInput("label", [1], "INT64")
+        wrong.set_data_from_numpy(np.array([12], dtype=np.int64), binary_data=binary)
+        client.infer("digits-generate", [wrong])
+    with pytest.raises(utils.InferenceServerException, match="no model named"):
+        client.get_model_metadata("fashion-generate")
+    index = client.get_model_repository_index()
+    assert {m["name"] for m in index} == {"digits-generate", "digits-encode"}
+
+
+def test_kserve_s_rest_client_speaks_to_the_service(port: int) -> None:
+    kserve = pytest.importorskip("kserve")
+
+    async def run() -> None:
+        client = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v2", timeout=30))
+        base = f"http://127.0.0.1:{port}"
+        try:
+            assert await client.is_server_ready(base)
+            assert await client.is_model_ready(base, "digits-generate")
+            request = kserve.InferRequest(
+                model_name="digits-generate",
+                infer_inputs=[kserve.InferInput("label", [2], "INT64", data=[7, 7])],
+                parameters={"seed": 5},
+            )
+            response = await client.infer(base, request, model_name="digits-generate")
+            images = {o.name: o for o in response.outputs}["image"].as_numpy()
+            assert np.array_equal(images.reshape(2, 28, 28), rest_tiles(port, {"digit": 7, "n": 2, "seed": 5}, 2))
+        finally:
+            await client.close()
+
+    asyncio.run(run())
