@@ -177,7 +177,7 @@ def test_generate_list_of_latents_gives_n_and_is_used_as_is(client):
 def test_generate_from_latent_decodes_exactly_that_latent(client, tiny_model_dir):
     import torch
 
-    from model.imaging import to_uint8
+    from model.pictures import to_uint8
 
     latent = [0.3, -0.7, 1.1, 0.05]
     a = pixels(client.post("/generate", json={"digit": 6, "n": 1, "latent": latent, "padding": 0}).content)
