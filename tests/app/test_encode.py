@@ -19,9 +19,9 @@ from app.operations.encode import EncodeResponse
 from app.settings import Settings
 from model.artifacts import load_model_dir
 from model.imaging import decode_image, to_mnist
-from model.pictures import to_uint8
 from model.inference import label_log_probs
 from model.network import CVAEConfig
+from model.pictures import to_uint8
 from tests.conftest import D, drawing, encoded, make_model_dir, metric, problem, upload
 
 
