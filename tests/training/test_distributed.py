@@ -93,7 +93,7 @@ def _two_epochs(tmp: Path, launch: Launch) -> tuple[list[float], dict[str, torch
     cfg = small_config(tmp, batch_size=100, label_batch=20)
     device = torch.device("cpu")
     train = Batches.from_digits(load_data_dir(FIXTURE, val_size=cfg.val_size, seed=cfg.seed).train, device)
-    state = new_state(cfg, device)
+    state = new_state(cfg, device, launch)  # wrapped in DistributedDataParallel once, for both epochs
     losses = [train_one_epoch(state, train, cfg, epoch, device, launch)["train_nelbo"] for epoch in range(2)]
     params = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
     assert state.adversary is not None
