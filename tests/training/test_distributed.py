@@ -145,7 +145,7 @@ def test_torchrun_trains_once_exports_once_and_records_the_world(tmp_path: Path)
     assert manifest["config"]["distributed"] == {
         "world_size": 2, "backend": "gloo", "global_batch": 100, "per_process_batch": 50, "lr": 0.002
     }  # fmt: skip
-    assert output.count("exported cvae-") == 1  # rank 0 alone exports
+    assert output.count("published cvae-") == 1  # rank 0 alone exports (and publishes)
     assert len((tmp_path / "model-run" / "metrics.jsonl").read_text().splitlines()) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model-run"]  # nothing half-written
 
