@@ -31,10 +31,21 @@ RUN apt-get update \
 
 RUN python -m venv /opt/venv
 
+# REQUIRE_CUDA=1 (the compose `train` image): the build must install a CUDA build of torch, and fails otherwise.
+# A CPU wheel in the local wheel folder (torch-X+cpu, as .ci/compose leaves it) satisfies torch==X and sorts above
+# PyPI's X, so for a plain torch==X pin it is excluded (torch==X,!=X+cpu); whatever is installed is then checked.
+ARG REQUIRE_CUDA=
+
 # torch first, in its own layer: it is most of the image and changes least often.
 COPY .ci/wheels/ /wheels/
 RUN if [ -n "$TORCH_INDEX_URL" ]; then set -- --index-url "$TORCH_INDEX_URL"; else set --; fi \
-    && /opt/venv/bin/pip install --no-cache-dir "$@" "$TORCH_SPEC"
+    && spec="$TORCH_SPEC" \
+    && case "$REQUIRE_CUDA:$spec" in ?*:torch==*+*|:*) ;; ?*:torch==*) spec="$spec,!=${spec#torch==}+cpu" ;; esac \
+    && /opt/venv/bin/pip install --no-cache-dir "$@" "$spec" \
+    && if [ -n "$REQUIRE_CUDA" ]; then /opt/venv/bin/python -c "import sys, torch; \
+print('torch', torch.__version__, 'CUDA', torch.version.cuda); \
+sys.exit(None if torch.version.cuda else f'REQUIRE_CUDA: torch {torch.__version__} is a CPU build (torch.version.cuda \
+is None): remove CPU torch wheels from .ci/wheels, or set TORCH_SPEC / TORCH_INDEX_URL to a CUDA build')"; fi
 
 # Every other package at the version requirements/app.txt locks, checked against its hashes: the service's and the
 # trainer's (tqdm) dependencies, without the dev tools. Then the project, non-editable, without dependencies (built

@@ -14,7 +14,8 @@ def random_affine(x: Tensor, strength: float, generator: torch.Generator | None 
     if strength <= 0:
         return x
     n, _, h, _ = x.shape
-    u = torch.rand(n, 4, generator=generator, device=x.device) * 2 - 1  # (N, 4) in [-1, 1]
+    # Drawn on the CPU (where `generator` lives) and moved: the same numbers whatever device x is on.
+    u = torch.rand(n, 4, generator=generator).to(x.device) * 2 - 1  # (N, 4) in [-1, 1]
     angle = u[:, 0] * math.radians(10) * strength
     scale = 1 + u[:, 1] * 0.1 * strength
     shift = u[:, 2:] * (2 * strength) * 2 / h  # pixels -> normalised coordinates

@@ -82,6 +82,13 @@ class TrainConfig:
         default=0, metadata=doc("seed of initialisation, batching, the reparameterisation noise and the held-out split")
     )
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=doc("'auto' takes CUDA when present"))
+    amp: Literal["auto", "bf16", "fp16", "off"] = field(
+        default="auto",
+        metadata=doc(
+            "the CVAE's forward pass in mixed precision on CUDA: 'auto' takes bf16 where the GPU has it natively "
+            "(compute capability 8.0+), else fp16 with a gradient scaler; on the CPU, off (float32)"
+        ),
+    )
     threads: int = field(default=0, metadata=doc("torch CPU threads per process (0: torch's default)"))
     resume: bool = field(default=False, metadata=doc("continue from the epoch checkpoint in --run-dir"))
     prior: Literal["aggregate_posterior", "class_gaussian", "standard"] = field(

@@ -143,7 +143,7 @@ def train_cvae(run: Run) -> None:
                 "%d processes (%s): global batch %d = %d per process; learning rate %g",
                 launch.world_size, launch.backend, cfg.batch_size, cfg.batch_size // launch.world_size, cfg.lr,
             )  # fmt: skip
-    state = new_state(cfg, device)
+    state = new_state(cfg, device, launch)
     start_epoch, history = 0, list[dict[str, Any]]()
     if cfg.resume:
         start_epoch, history = resume(state, run.dir / CHECKPOINT, launch, device)
@@ -151,7 +151,7 @@ def train_cvae(run: Run) -> None:
         announce_judge(run.data, default_cache_dir(), cfg.seed)
     if launch.is_main:
         parameters = sum(p.numel() for p in state.model.parameters())
-        record = run_record(cfg, run.command, launch, device, run.data, parameters)
+        record = run_record(cfg, run.command, launch, device, run.data, parameters) | {"amp": state.amp}
         (run.dir / "samples").mkdir(parents=True, exist_ok=True)
         (run.dir / STEPS_FILE).unlink(missing_ok=True)
         (run.dir / "run.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -215,7 +215,7 @@ def train_teacher(run: Run) -> None:
     reader_cfg = ReaderConfig(num_classes=num_classes, members=len(MEMBERS))
     teacher = train_reader(
         images[fit], labels[fit], reader_cfg, MEMBERS, epochs=epochs["varied"], plain_epochs=epochs["plain"],
-        seed=cfg.seed,
+        seed=cfg.seed, device=run.device,
     )  # fmt: skip
     teacher.temperature = fit_temperature(teacher, calibration, labels[keep])
     teacher_accuracy = accuracy(teacher, calibration, labels[keep])
@@ -236,7 +236,10 @@ def train_student(run: Run) -> None:
     teacher.load_state_dict(saved["state_dict"])
     teacher.temperature = saved["temperature"]
     student_seed = cfg.seed + len(MEMBERS)
-    reader = distil(teacher, images[fit], labels[fit], reader_cfg, epochs=epochs["distilled"], seed=student_seed)
+    reader = distil(
+        teacher, images[fit], labels[fit], reader_cfg, epochs=epochs["distilled"], seed=student_seed,
+        device=run.device,
+    )  # fmt: skip
     reader.temperature = fit_temperature(reader, calibration, labels[keep])
     final_cfg = ReaderConfig(**{**reader_cfg.to_dict(), "members": 1, "temperature": reader.temperature})
     calibration_accuracy = accuracy(reader, calibration, labels[keep])

@@ -93,7 +93,7 @@ def _two_epochs(tmp: Path, launch: Launch) -> tuple[list[float], dict[str, torch
     cfg = small_config(tmp, batch_size=100, label_batch=20)
     device = torch.device("cpu")
     train = Batches.from_digits(load_data_dir(FIXTURE, val_size=cfg.val_size, seed=cfg.seed).train, device)
-    state = new_state(cfg, device)
+    state = new_state(cfg, device, launch)  # wrapped in DistributedDataParallel once, for both epochs
     losses = [train_one_epoch(state, train, cfg, epoch, device, launch)["train_nelbo"] for epoch in range(2)]
     params = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
     assert state.adversary is not None
@@ -145,7 +145,7 @@ def test_torchrun_trains_once_exports_once_and_records_the_world(tmp_path: Path)
     assert manifest["config"]["distributed"] == {
         "world_size": 2, "backend": "gloo", "global_batch": 100, "per_process_batch": 50, "lr": 0.002
     }  # fmt: skip
-    assert output.count("exported cvae-") == 1  # rank 0 alone exports
+    assert output.count("published cvae-") == 1  # rank 0 alone exports (and publishes)
     assert len((tmp_path / "model-run" / "metrics.jsonl").read_text().splitlines()) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model-run"]  # nothing half-written
 

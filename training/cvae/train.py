@@ -1,7 +1,8 @@
 """The CVAE's training step and epoch: the whole dataset lives on the training device as one tensor; batches are
 index slices of it, so there is no per-batch host work. Each epoch's randomness (its order and the reparameterisation
-noise) comes from one generator seeded from (seed, epoch): a run resumed from an epoch checkpoint continues exactly as
-if it had never stopped (on CPU). Under torchrun every process trains on its share of each global batch
+noise) comes from one CPU generator seeded from (seed, epoch), its numbers moved to the device: a run resumed from an
+epoch checkpoint continues exactly as if it had never stopped (on CPU), and every process and every device draws the
+same numbers. Under torchrun every process trains on its share of each global batch
 (training/cvae/distributed.py); the shares' gradients average to the whole batch's.
 """
 
@@ -28,6 +29,7 @@ from training.config import TrainConfig
 from training.cvae import distributed
 from training.cvae.distributed import SINGLE_PROCESS, Launch
 from training.data import Digits
+from training.device import select_amp
 
 ADVERSARY_LR = 1e-3  # Adam, constant: the adversary must keep up with an encoder that keeps moving
 
@@ -55,7 +57,7 @@ class Batches:
         """The index rows of each batch: shuffled by `generator`, else in order."""
         n = len(self)
         device = self.x.device
-        order = torch.randperm(n, generator=generator, device=device) if generator is not None else None
+        order = torch.randperm(n, generator=generator).to(device) if generator is not None else None
         for i in range(0, n, batch_size):
             yield (
                 order[i : i + batch_size]
@@ -64,11 +66,14 @@ class Batches:
             )
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bf16 mixed precision on CUDA; full precision on CPU."""
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
+    """The forward pass in `amp` ("bf16", "fp16"; training/device.py chooses); "off": full precision."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
 
 
 def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
@@ -82,9 +87,10 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    """All of one epoch's randomness: the order of the images and the reparameterisation noise."""
-    return torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """All of one epoch's randomness: the order of the images and the reparameterisation noise. A CPU generator
+    whatever the device (its numbers are moved there), so that every process and every GPU model draws the same."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
 class Objective(nn.Module):
@@ -99,7 +105,9 @@ class Objective(nn.Module):
     def __init__(self, model: CVAE) -> None:
         super().__init__()
         self.model = model
-        self.standard = GaussianPrior.standard(model.cfg.num_classes, model.cfg.latent_dim)
+        # On the model's device (a prior is no Module: a later .to() would not move it).
+        device = next(model.parameters()).device
+        self.standard = GaussianPrior.standard(model.cfg.num_classes, model.cfg.latent_dim).to(device)
 
     def forward(self, x: Tensor, y: Tensor, eps: Tensor, label_rows: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         out = self.model(x, y, eps)
@@ -121,35 +129,47 @@ class Adversary:
 
     net: LabelAdversary
     optimizer: torch.optim.Optimizer
+    module: nn.Module  # what a step calls: net, wrapped in DistributedDataParallel under torchrun
 
 
 @dataclass
 class TrainState:
-    """What a training step changes, and an epoch checkpoint keeps."""
+    """What a training step changes, and an epoch checkpoint keeps (all but the gradient scaler's running scale,
+    which finds its level again within a few steps)."""
 
     model: CVAE
     optimizer: torch.optim.Optimizer
     ema: CVAE | None  # the moving average of the weights, which validation and export use
     adversary: Adversary | None
+    objective: nn.Module  # what a step calls: Objective(model), wrapped in DistributedDataParallel under torchrun
+    amp: str  # the forward pass's precision: "bf16", "fp16" or "off" (training/device.py)
+    scaler: torch.amp.GradScaler | None  # fp16's loss scaling; None otherwise
 
     @property
     def final(self) -> CVAE:
         return self.ema if self.ema is not None else self.model
 
 
-def new_state(cfg: TrainConfig, device: torch.device) -> TrainState:
-    """A fresh model (initialised from cfg.seed), its optimiser, moving average and label adversary."""
+def new_state(cfg: TrainConfig, device: torch.device, launch: Launch = SINGLE_PROCESS) -> TrainState:
+    """A fresh model (initialised from cfg.seed), its optimiser, moving average and label adversary, wrapped once
+    for the whole run in DistributedDataParallel under torchrun (the process group must exist), in the precision
+    --amp chooses on `device`."""
     torch.manual_seed(cfg.seed)
     model = CVAE(cfg.model_config()).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else None
     adversary = None
     if cfg.adversary_weight > 0:
         net = LabelAdversary(model.cfg).to(device)
-        adversary = Adversary(net, torch.optim.Adam(net.parameters(), lr=ADVERSARY_LR))
+        adversary = Adversary(net, torch.optim.Adam(net.parameters(), lr=ADVERSARY_LR), _ddp(net, launch, device))
+    amp = select_amp(cfg.amp, device)
     return TrainState(
         model=model,
         optimizer=torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
-        ema=copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else None,
+        ema=ema,
         adversary=adversary,
+        objective=_ddp(Objective(model), launch, device),
+        amp=amp,
+        scaler=torch.amp.GradScaler(device.type) if amp == "fp16" else None,
     )
 
 
@@ -169,13 +189,11 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """One pass over `data` (this process's share of each batch): updates the model, its moving average and the
     label adversary. -> the epoch's mean -ELBO, reconstruction and KL per image, over every process's images."""
-    model, optimizer = state.model, state.optimizer
+    model, optimizer, objective, scaler = state.model, state.optimizer, state.objective, state.scaler
     model.train()
-    objective = _ddp(Objective(model), launch, device)
-    adversary = _ddp(state.adversary.net, launch, device) if state.adversary is not None else None
     params: list[Tensor] = list(model.parameters())
     ema_params: list[Tensor] = list(state.ema.parameters()) if state.ema is not None else []
-    g = epoch_generator(cfg.seed, epoch, device)
+    g = epoch_generator(cfg.seed, epoch)
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     w = launch.world_size
@@ -187,23 +205,28 @@ def train_one_epoch(
             group["lr"] = learning_rate(cfg, step, total_steps)
         beta = min(1.0, (epoch + i / steps_per_epoch) / cfg.kl_warmup_epochs) if cfg.kl_warmup_epochs > 0 else 1.0
         batch = len(rows)  # the global batch; this process takes its share of the rows and of the noise
-        eps = torch.randn(batch, model.cfg.latent_dim, generator=g, device=device)
+        eps = torch.randn(batch, model.cfg.latent_dim, generator=g).to(device)
         label_rows = min(cfg.label_batch, batch) if cfg.label_weight > 0 else 0
         mine = launch.share(rows)
         x, y = data.x[mine], data.y[mine]
-        with autocast(device):
+        with autocast(device, state.amp):
             recon, kl, label_nll, mean = objective(x, y, launch.share(eps), launch.share_count(label_rows))
         # Sums over this process's images scaled by w / (global count): DistributedDataParallel averages the
         # gradients over the w processes, which makes them the gradients of the whole batch's means.
         loss = (recon.sum() + beta * kl.sum()) * (w / batch)
         if label_rows > 0:
             loss = loss + cfg.label_weight * label_nll * (w / label_rows)
-        if state.adversary is not None and adversary is not None:
-            penalty = adversary_step(state.adversary, adversary, mean, y, scale=w / batch)
+        if state.adversary is not None:
+            penalty = adversary_step(state.adversary, mean, y, scale=w / batch)
             loss = loss + cfg.adversary_weight * penalty
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:  # fp16: the loss scaled up so small gradients do not underflow, unscaled to step
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         if state.ema is not None:
             with torch.no_grad():
                 torch._foreach_lerp_(ema_params, params, 1.0 - min(cfg.ema, (1 + step) / (10 + step)))
@@ -218,14 +241,14 @@ def train_one_epoch(
     return {"train_nelbo": loss, "train_recon": recon, "train_kl": kl}
 
 
-def adversary_step(adversary: Adversary, module: nn.Module, mean: Tensor, y: Tensor, scale: float) -> Tensor:
-    """One step of the label adversary on this process's posterior means (`module`: its net, DDP-wrapped under
-    torchrun), then, frozen, its penalty on what the means still give away (times `scale`), for the encoder's loss.
+def adversary_step(adversary: Adversary, mean: Tensor, y: Tensor, scale: float) -> Tensor:
+    """One step of the label adversary on this process's posterior means (float32, outside autocast), then, frozen,
+    its penalty on what the means still give away (times `scale`), for the encoder's loss.
 
     The adversary reads the posterior mean, not the sampled z: from z the encoder could hide the label behind noise
     (wider posteriors) instead of moving every digit's posteriors into one region (docs/quality.md: the frontier).
     """
-    adversary_loss = F.cross_entropy(module(mean.detach()), y, reduction="sum") * scale
+    adversary_loss = F.cross_entropy(adversary.module(mean.detach()), y, reduction="sum") * scale
     adversary.optimizer.zero_grad(set_to_none=True)
     adversary_loss.backward()
     adversary.optimizer.step()

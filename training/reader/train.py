@@ -1,10 +1,12 @@
 """The digit reader's training: three CNNs (the teacher) trained on the model's own training digits, varied
 (training/reader/variants.py) and with flagged 1s (training/reader/letterforms.py), one CNN distilled from them (the
-reader /encode runs: a third of their cost, reading as well) and its temperature calibrated.
+reader /encode runs: a third of their cost, reading as well) and its temperature calibrated. The CNNs train on the
+run's device (each epoch's inputs are made on the CPU and moved there); the readers they make are returned on the CPU.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -24,11 +26,12 @@ log = logging.getLogger(__name__)
 
 MEMBERS = ("varied", "varied", "plain")  # what the teacher's CNNs train on, in order (docs/quality.md: why)
 DISTIL_BATCH = 1024  # digits the teacher reads at once while distilling
+CPU = torch.device("cpu")
 
 
 def train_reader(
     images: Tensor, labels: Tensor, cfg: ReaderConfig, recipes: Sequence[str], *, epochs: int, plain_epochs: int,
-    seed: int,
+    seed: int, device: torch.device = CPU,
 ) -> Reader:  # fmt: skip
     """A reader of len(recipes) == cfg.members CNNs, member i trained from seed + i on images (uint8 (N, 28, 28))
     by recipes[i]: "varied", fresh varied copies every epoch (`epochs` of them), or "plain", the images as /encode
@@ -42,20 +45,24 @@ def train_reader(
             inputs, passes = partial(_varied_input, images, labels), epochs
         else:
             inputs, passes = partial(_plain_input, images, labels), plain_epochs
-        member = train_member(labels, cfg, epochs=passes, seed=seed + i, inputs=inputs)
+        member = train_member(labels, cfg, epochs=passes, seed=seed + i, inputs=inputs, device=device)
         reader.members[i].load_state_dict(member.state_dict())
     return reader.eval()
 
 
-def distil(teacher: Reader, images: Tensor, labels: Tensor, cfg: ReaderConfig, *, epochs: int, seed: int) -> Reader:
+def distil(
+    teacher: Reader, images: Tensor, labels: Tensor, cfg: ReaderConfig, *, epochs: int, seed: int,
+    device: torch.device = CPU,
+) -> Reader:  # fmt: skip
     """A reader of one CNN trained to read as `teacher` (calibrated) does (knowledge distillation, Hinton et al.
     2015): every epoch on fresh varied copies of images (uint8 (N, 28, 28)) and on the images as /encode
     pre-processes them, lightly moved (in both, a share of the 1s flagged afresh: letterforms), so that it learns what
     the teacher's varied members and its plain one know; half its loss the cross-entropy to the teacher's
     probabilities, half to the labels."""
     member = train_member(
-        labels, cfg, epochs=epochs, seed=seed, inputs=partial(_varied_and_plain, images, labels), teacher=teacher.eval()
-    )
+        labels, cfg, epochs=epochs, seed=seed, inputs=partial(_varied_and_plain, images, labels),
+        teacher=copy.deepcopy(teacher).to(device).eval(), device=device,
+    )  # fmt: skip
     student = Reader(ReaderConfig(**{**cfg.to_dict(), "members": 1}))
     student.members[0].load_state_dict(member.state_dict())
     return student.eval()
@@ -80,30 +87,30 @@ def _varied_and_plain(images: Tensor, labels: Tensor, g: torch.Generator, seed: 
 @torch.enable_grad()
 def train_member(
     labels: Tensor, cfg: ReaderConfig, *, epochs: int, seed: int, inputs: Callable[[torch.Generator, int], Tensor],
-    teacher: Reader | None = None,
+    teacher: Reader | None = None, device: torch.device = CPU,
 ) -> nn.Module:  # fmt: skip
-    """One CNN of a reader, trained on inputs(generator, epoch_seed) (k*N, 1, 28, 28: k copies of the N labelled
-    digits, in order), new ones every epoch. With a teacher, half the loss is the cross-entropy to the teacher's
-    probabilities, half to the labels."""
+    """One CNN of a reader, trained on `device` on inputs(generator, epoch_seed) (k*N, 1, 28, 28: k copies of the N
+    labelled digits, in order; made on the CPU), new ones every epoch. With a teacher (on `device`), half the loss is
+    the cross-entropy to the teacher's probabilities, half to the labels. -> the CNN, on the CPU."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    member = Reader(ReaderConfig(**{**cfg.to_dict(), "members": 1})).members[0]
+    member = Reader(ReaderConfig(**{**cfg.to_dict(), "members": 1})).members[0].to(device)
     batch = 128
-    x = inputs(g, seed * 1000)  # the first epoch's inputs: how many digits an epoch has
-    targets = labels.repeat(len(x) // len(labels))
+    x = inputs(g, seed * 1000).to(device)  # the first epoch's inputs: how many digits an epoch has
+    targets = labels.repeat(len(x) // len(labels)).to(device)
     opt = torch.optim.AdamW(member.parameters(), lr=2e-3, weight_decay=1e-4)
     steps = epochs * -(-len(x) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
     for epoch in range(epochs):
         if epoch:
-            x = inputs(g, seed * 1000 + epoch)
+            x = inputs(g, seed * 1000 + epoch).to(device)
         soft: Tensor | None = None
         if teacher is not None:
             with torch.no_grad():
                 soft = torch.cat([teacher(x[i : i + DISTIL_BATCH]) for i in range(0, len(x), DISTIL_BATCH)]).exp()
         member.train()
-        order = torch.randperm(len(x), generator=g)
-        total = 0.0
+        order = torch.randperm(len(x), generator=g).to(device)  # drawn on the CPU generator: the same on any device
+        total = torch.zeros((), device=device)  # summed on the device: no host sync per step
         for i in range(0, len(x), batch):
             idx = order[i : i + batch]
             logits = member(x[idx])
@@ -114,9 +121,9 @@ def train_member(
             loss.backward()
             opt.step()
             sched.step()
-            total += loss.item() * len(idx)
-        log.info("reader member (seed %d) epoch %d/%d: loss %.4f", seed, epoch + 1, epochs, total / len(x))
-    return member.eval()
+            total += loss.detach() * len(idx)
+        log.info("reader member (seed %d) epoch %d/%d: loss %.4f", seed, epoch + 1, epochs, total.item() / len(x))
+    return member.to(CPU).eval()
 
 
 @torch.no_grad()
