@@ -15,8 +15,9 @@ from PIL import Image
 
 from model.imaging import decode_image, to_mnist
 from training.data import load_pair
-from training.evaluation import conditions
-from training.evaluation.conditions import KINDS, figures, make_set
+from training.evaluation import conditions_figures
+from training.evaluation.conditions import KINDS, make_set
+from training.evaluation.conditions_figures import figures
 from training.reader.conditions import CONDITIONS, in_condition
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "mnist-1000"
@@ -80,7 +81,7 @@ def test_figures_report_each_kind_beside_the_plain_cnn(
         assert kind["count"] == 10 and kind["refused"] == 0
         assert 0 <= kind["encode_accuracy"] <= 1 and 0 <= kind["judge_accuracy"] <= 1
         assert 0 <= kind["calibration_error"] <= 1
-    assert conditions.main(["--model", str(tiny_model_dir), "--count", "3", "--kind", "speckle"]) == 0
+    assert conditions_figures.main(["--model", str(tiny_model_dir), "--count", "3", "--kind", "speckle"]) == 0
     assert set(json.loads(capsys.readouterr().out)) == {"speckle"}
 
 
