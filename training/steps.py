@@ -107,6 +107,8 @@ def load_data(cfg: TrainConfig, launch: Launch = SINGLE_PROCESS) -> DataSplits:
 def run_steps(run: Run) -> dict[str, Any] | None:
     steps_file = run.dir / STEPS_FILE
     done: list[str] = json.loads(steps_file.read_text())["done"] if run.cfg.resume and steps_file.is_file() else []
+    if "cvae" in done and _epochs_done(run.dir / CHECKPOINT) < run.cfg.epochs:
+        done = []  # more epochs asked of a finished run: the cvae step resumes from its checkpoint, the rest follow
     if "cvae" not in done:
         train_cvae(run)
         distributed.barrier(run.launch)
@@ -122,6 +124,14 @@ def run_steps(run: Run) -> dict[str, Any] | None:
         step(run)
         done = _mark_done(steps_file, done, name)
     return json.loads((run.cfg.out / MANIFEST_FILE).read_text())
+
+
+def _epochs_done(checkpoint: Path) -> int:
+    """The epochs the run's checkpoint holds (0 without one)."""
+    if not checkpoint.is_file():
+        return 0
+    _, payload = load_checkpoint(checkpoint)
+    return int(payload["meta"]["epochs_done"])
 
 
 def _mark_done(path: Path, done: list[str], name: str) -> list[str]:
