@@ -109,8 +109,12 @@ def test_two_processes_keep_every_parameter_identical_and_train_what_one_process
         assert torch.equal(value, ranks[1]["params"][name]), name  # bit for bit on every process
     assert ranks[0]["losses"] == ranks[1]["losses"]  # each epoch's loss is over both processes' images
 
-    torch.set_num_threads(1)
-    single_losses, single_params = _two_epochs(tmp_path, Launch())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank ran; put back after, so no later test inherits it
+    try:
+        single_losses, single_params = _two_epochs(tmp_path, Launch())
+    finally:
+        torch.set_num_threads(threads)
     for two, one in zip(ranks[0]["losses"], single_losses, strict=True):
         assert abs(two - one) <= LOSS_TOLERANCE * abs(one), (ranks[0]["losses"], single_losses)
     for name, value in single_params.items():
@@ -162,7 +166,8 @@ def test_a_killed_rank_leaves_a_checkpoint_that_resumes_to_the_uninterrupted_mod
     while not checkpoint.is_file() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert checkpoint.is_file(), "no checkpoint after the first epoch"
-    workers = subprocess.run(["pgrep", "-P", str(killed.pid)], capture_output=True, text=True).stdout.split()
+    # torchrun's workers, its children (from /proc: no pgrep needed)
+    workers = Path(f"/proc/{killed.pid}/task/{killed.pid}/children").read_text().split()
     os.kill(int(workers[-1]), signal.SIGKILL)
     output, _ = killed.communicate(timeout=120)  # torchrun stops the other process too: nothing hangs
     assert killed.returncode != 0
