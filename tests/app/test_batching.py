@@ -113,13 +113,13 @@ def test_a_job_costlier_than_max_cost_runs_alone():
 def test_without_waiting_a_lone_job_runs_at_once():
     async def main():
         async def body(s, lane):
-            start = time.perf_counter()
-            await s.submit(lane, 1, 1, 1.0)
-            return time.perf_counter() - start
+            timer = asyncio.ensure_future(asyncio.sleep(1.0))  # an order, not a bound on the clock: the job is
+            await s.submit(lane, 1, 1, 1.0)  # answered before a second's timer started with it, however busy
+            return timer.done()
 
         return await _with_scheduler(Recorder(), body, max_wait_s=0.0)
 
-    assert run(main()) < 0.5
+    assert run(main()) is False
 
 
 def test_jobs_arriving_while_a_batch_runs_form_the_next_batch():
@@ -183,7 +183,8 @@ def test_a_job_that_would_wait_too_long_is_refused_at_once_and_a_short_one_still
 
     error, refused_after, results, batches = run(main())
     assert error.status == 503 and error.kind == "overloaded" and int(error.headers["Retry-After"]) >= 1
-    assert "1 s" in error.detail and refused_after < 0.05
+    # "At once": well before the 1 s deadline that refuses a job that waited (whose kind is not "overloaded").
+    assert "1 s" in error.detail and refused_after < 0.5
     assert results == [0, 50, 10, 20, 30]
     assert batches[1] == [5]  # the small one ran next
 
@@ -266,13 +267,19 @@ def test_a_lane_learns_its_rate_from_the_batches_it_runs():
         rec = Recorder(delay=0.05)
 
         async def body(s, lane):
+            observed = []
             for j in range(12):
-                await s.submit(lane, j, 1, 10.0)  # 0.005 s per unit observed
-            return lane.seconds_per_unit
+                started = time.perf_counter()
+                await s.submit(lane, j, 1, 10.0)  # at least 0.005 s per unit: the batch sleeps 0.05 s
+                observed.append((time.perf_counter() - started) / 10.0)
+            return lane.seconds_per_unit, max(observed)
 
         return await _with_scheduler(rec, body, max_wait_s=0.0, seconds_per_unit=0.0005)
 
-    assert 0.004 < run(main()) < 0.008
+    # Learnt from the guess of 0.0005 towards what the batches took (on a busy machine they take longer, and the
+    # rate follows them: no bound on the clock but the batches' own).
+    learnt, slowest = run(main())
+    assert 0.004 < learnt <= slowest
 
 
 def test_lanes_share_one_worker_and_the_shortest_head_goes_first():

@@ -187,9 +187,11 @@ def test_a_large_invalid_body_keeps_the_event_loop_free(client):
         took = []
         for headers in (FAST, ROUTE) * 3:
             started = time.perf_counter()
-            small_problem(client.post("/generate", content=body, headers=headers), 422)
+            answer = small_problem(client.post("/generate", content=body, headers=headers), 422)
             took.append(time.perf_counter() - started)
+            assert len(answer["errors"]) == 1 and "error_count" not in answer, answer  # one error, not one per NaN
         stop.set()
         probing.result()
-    # Before errors were capped, a body like it took seconds (one error per NaN) and so did /livez meanwhile.
-    assert min(took) < 0.1 and max(livez) < 0.5, (took, max(livez))
+    # Before errors were capped, a body like it took seconds (one error per NaN) and so did /livez meanwhile: each
+    # answer now carries one error however many NaNs (a count, not the clock), and /livez was answered throughout.
+    assert max(livez) < 2.0 and len(livez) >= len(took), (took, max(livez))
