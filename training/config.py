@@ -12,6 +12,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from model.manifest import MAX_TEMPERATURE, is_temperature
 from model.network import CVAEConfig
+from training.data import FASHION_MNIST_DIR, FASHION_MNIST_PACKAGE, KINDS, Kind
 
 READER_EPOCHS = {"varied": 30, "plain": 16, "distilled": 45}  # the reader's passes by default (docs/quality.md)
 
@@ -26,13 +27,19 @@ class TrainConfig:
     """Options of `python -m training`; each field's metadata holds its --help text."""
 
     out: Path = field(default=Path("runs/model"), metadata=doc("model directory to export into (replaced atomically)"))
-    data_dir: Path = field(
-        default=Path("data/mnist"),
-        metadata=doc("folder of MNIST IDX files (train-*, optionally t10k-* as the held-out set)"),
+    data_dir: Path | None = field(
+        default=None,
+        metadata=doc(
+            "folder of IDX files in MNIST's layout (train-*, optionally t10k-* as the held-out set); default "
+            f"data/mnist, or {FASHION_MNIST_DIR} (Debian's {FASHION_MNIST_PACKAGE}) for --dataset fashion-mnist"
+        ),
     )
-    dataset: Literal["folder", "mnist"] = field(
+    dataset: Literal["folder", "mnist", "fashion-mnist"] = field(
         default="folder",
-        metadata=doc("'folder': read --data-dir as it is; 'mnist': first download the official MNIST files into it"),
+        metadata=doc(
+            "'folder': digits, read from --data-dir as they are; 'mnist': first download the official MNIST files "
+            "into it; 'fashion-mnist': Fashion-MNIST's ten classes of clothing, read from --data-dir"
+        ),
     )
     run_dir: Path | None = field(
         default=None,
@@ -179,6 +186,17 @@ class TrainConfig:
             encoder_hidden=self.encoder_hidden,
             channels=self.channels,
         )
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        if self.data_dir is not None:
+            return self.data_dir
+        return FASHION_MNIST_DIR if self.dataset == "fashion-mnist" else Path("data/mnist")
+
+    @property
+    def kind(self) -> Kind:
+        """What the dataset's images are (its classes, the preprocessing its uploads get)."""
+        return KINDS[self.dataset]
 
     @property
     def resolved_run_dir(self) -> Path:

@@ -60,6 +60,29 @@ class DataError(Exception):
 
 
 @dataclass(frozen=True)
+class Kind:
+    """What a dataset's images are: its classes' names (index = label), how an upload becomes one of its images (the
+    manifest's `preprocessing`, model/imaging.py: "mnist" crops to the ink and centres its mass as MNIST's digits
+    are; "frame" fits the whole picture in the frame, as Fashion-MNIST's items fill theirs), and whether they are
+    digits (the digit-only steps: the flagged 1s of the reader's training, the sets of digits that are not MNIST)."""
+
+    classes: tuple[str, ...]
+    preprocessing: str
+    digits: bool
+
+
+DIGITS = Kind(tuple(str(d) for d in range(NUM_CLASSES)), "mnist", True)
+FASHION = Kind(
+    ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"),
+    "frame",
+    False,
+)
+KINDS = {"folder": DIGITS, "mnist": DIGITS, "fashion-mnist": FASHION}
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # where Debian's dataset-fashion-mnist puts it
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+
+
+@dataclass(frozen=True)
 class Digits:
     images: torch.Tensor  # uint8 (N, 28, 28), white ink (255) on black (0) as in MNIST
     labels: torch.Tensor  # int64 (N,), values 0..9

@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,16 +95,21 @@ def export_model_dir(
     reproduce: str,
     temperature: float = 1.0,
     programs: bool = True,
+    labels: Sequence[str] | None = None,
+    preprocessing: str = "mnist",
 ) -> dict[str, Any]:
     """Write out_dir/{decoder.pt, encoder.pt, their torch.export programs, manifest.json}; replaces out_dir only
     once all is written.
     temperature: the one the service samples at by default (manifest prior.temperature). programs: False writes
-    the TorchScript files alone, as model directories were written before the programs.
+    the TorchScript files alone, as model directories were written before the programs. labels: the classes'
+    names (default "0", "1", ...); preprocessing: how an upload becomes one of the model's images (model/imaging.py).
 
     -> the manifest.
     """
     # long: the manifest is written out literally, field by field, in the one place that writes it
     out_dir = Path(out_dir)
+    if labels is not None and len(labels) != model.cfg.num_classes:
+        raise ValueError(f"{len(labels)} class names for a model of {model.cfg.num_classes} classes")
     model = model.to("cpu").eval()
     with quiet_torchscript():
         encoder = torch.jit.script(model.encoder)
@@ -129,7 +134,8 @@ def export_model_dir(
             "id": model_id(artifacts),
             "latent_dim": model.cfg.latent_dim,
             "image_shape": [1, model.cfg.image_size, model.cfg.image_size],
-            "labels": [str(i) for i in range(model.cfg.num_classes)],
+            "labels": list(labels) if labels is not None else [str(i) for i in range(model.cfg.num_classes)],
+            "preprocessing": preprocessing,
             "pixel_model": "independent Bernoulli on grey values in [0, 1]",
             "training_prior": "standard_normal",
             "prior": prior_spec,

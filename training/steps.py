@@ -38,7 +38,7 @@ from training.cvae.distributed import SINGLE_PROCESS, Launch
 from training.cvae.epochs import train_epochs
 from training.cvae.prior import fit_prior, sample_grid_png
 from training.cvae.train import Batches, new_state
-from training.data import DataSplits, download_mnist, load_data_dir
+from training.data import FASHION_MNIST_DIR, FASHION_MNIST_PACKAGE, DataError, DataSplits, download_mnist, load_data_dir
 from training.device import select_device
 from training.evaluation.evaluate import evaluate_model, record_figures
 from training.evaluation.judge import announce_judge, default_cache_dir
@@ -96,12 +96,18 @@ def main(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any] | No
 
 
 def load_data(cfg: TrainConfig, launch: Launch = SINGLE_PROCESS) -> DataSplits:
-    """The digits; with --dataset mnist, downloaded first (by one process per machine under torchrun)."""
+    """The images; with --dataset mnist, downloaded first (by one process per machine under torchrun)."""
+    data_dir = cfg.resolved_data_dir
     if cfg.dataset == "mnist":
         if launch.local_rank == 0:
-            download_mnist(cfg.data_dir)
+            download_mnist(data_dir)
         distributed.barrier(launch)
-    return load_data_dir(cfg.data_dir, val_size=cfg.val_size, seed=cfg.seed)
+    if cfg.dataset == "fashion-mnist" and not data_dir.is_dir():
+        raise DataError(
+            f"Fashion-MNIST is not at {data_dir}: apt-get install {FASHION_MNIST_PACKAGE} (Debian puts it at "
+            f"{FASHION_MNIST_DIR}), or give --data-dir"
+        )
+    return load_data_dir(data_dir, val_size=cfg.val_size, seed=cfg.seed)
 
 
 def run_steps(run: Run) -> dict[str, Any] | None:
@@ -194,7 +200,8 @@ def export_cvae(run: Run) -> None:
     config |= {"distributed": record["distributed"], "git_commit": record["git_commit"]}
     export_model_dir(
         model, prior, run.model_dir, data=run.data.info, config=config, metrics=metrics, reproduce=run.command,
-        temperature=cfg.sample_temperature, programs=False,
+        temperature=cfg.sample_temperature, programs=False, labels=cfg.kind.classes,
+        preprocessing=cfg.kind.preprocessing,
     )  # fmt: skip
     (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
 
@@ -225,7 +232,7 @@ def train_teacher(run: Run) -> None:
     reader_cfg = ReaderConfig(num_classes=num_classes, members=len(MEMBERS))
     teacher = train_reader(
         images[fit], labels[fit], reader_cfg, MEMBERS, epochs=epochs["varied"], plain_epochs=epochs["plain"],
-        seed=cfg.seed, device=run.device,
+        seed=cfg.seed, device=run.device, digits=cfg.kind.digits,
     )  # fmt: skip
     teacher.temperature = fit_temperature(teacher, calibration, labels[keep])
     teacher_accuracy = accuracy(teacher, calibration, labels[keep])
@@ -248,7 +255,7 @@ def train_student(run: Run) -> None:
     student_seed = cfg.seed + len(MEMBERS)
     reader = distil(
         teacher, images[fit], labels[fit], reader_cfg, epochs=epochs["distilled"], seed=student_seed,
-        device=run.device,
+        device=run.device, digits=cfg.kind.digits,
     )  # fmt: skip
     reader.temperature = fit_temperature(reader, calibration, labels[keep])
     final_cfg = ReaderConfig(**{**reader_cfg.to_dict(), "members": 1, "temperature": reader.temperature})
@@ -280,7 +287,9 @@ def measure_reader(run: Run) -> None:
     """Step figures: /encode with the reader, recorded in the manifest's metrics (--no-evaluate: skipped)."""
     if not run.cfg.evaluate:
         return
-    record_figures(run.model_dir, run.data, seed=run.cfg.seed, outside_count=run.cfg.outside_count)
+    # The sets of drawn, typed, scanned and photographed uploads are of digits: only a digits model reads them.
+    outside = run.cfg.outside_count if run.cfg.kind.digits else 0
+    record_figures(run.model_dir, run.data, seed=run.cfg.seed, outside_count=outside)
 
 
 def add_export_programs(run: Run) -> None:

@@ -84,7 +84,7 @@ def test_the_other_device_fails_where_a_cuda_cpu_mix_fails() -> None:
 
 
 def _data(cfg: TrainConfig) -> DataSplits:
-    return load_data_dir(cfg.data_dir, val_size=cfg.val_size, seed=cfg.seed)
+    return load_data_dir(cfg.resolved_data_dir, val_size=cfg.val_size, seed=cfg.seed)
 
 
 def test_training_and_resuming_on_another_device_mix_nothing_and_give_the_cpu_numbers(tmp_path: Path) -> None:

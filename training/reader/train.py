@@ -31,20 +31,20 @@ CPU = torch.device("cpu")
 
 def train_reader(
     images: Tensor, labels: Tensor, cfg: ReaderConfig, recipes: Sequence[str], *, epochs: int, plain_epochs: int,
-    seed: int, device: torch.device = CPU,
+    seed: int, device: torch.device = CPU, digits: bool = True,
 ) -> Reader:  # fmt: skip
     """A reader of len(recipes) == cfg.members CNNs, member i trained from seed + i on images (uint8 (N, 28, 28))
     by recipes[i]: "varied", fresh varied copies every epoch (`epochs` of them), or "plain", the images as /encode
-    pre-processes them, lightly moved (the plain recipe of training/judge.py; `plain_epochs`). Either way a share
-    of the 1s is flagged afresh every epoch (letterforms)."""
+    pre-processes them, lightly moved (the plain recipe of training/judge.py; `plain_epochs`). Either way, for digits,
+    a share of the 1s is flagged afresh every epoch (letterforms)."""
     if len(recipes) != cfg.members or not set(recipes) <= {"varied", "plain"}:
         raise ValueError(f"one recipe, varied or plain, per member: {recipes} for {cfg.members}")
     reader = Reader(cfg)
     for i, recipe in enumerate(recipes):
         if recipe == "varied":
-            inputs, passes = partial(_varied_input, images, labels), epochs
+            inputs, passes = partial(_varied_input, images, labels if digits else None), epochs
         else:
-            inputs, passes = partial(_plain_input, images, labels), plain_epochs
+            inputs, passes = partial(_plain_input, images, labels if digits else None), plain_epochs
         member = train_member(labels, cfg, epochs=passes, seed=seed + i, inputs=inputs, device=device)
         reader.members[i].load_state_dict(member.state_dict())
     return reader.eval()
@@ -52,15 +52,16 @@ def train_reader(
 
 def distil(
     teacher: Reader, images: Tensor, labels: Tensor, cfg: ReaderConfig, *, epochs: int, seed: int,
-    device: torch.device = CPU,
+    device: torch.device = CPU, digits: bool = True,
 ) -> Reader:  # fmt: skip
     """A reader of one CNN trained to read as `teacher` (calibrated) does (knowledge distillation, Hinton et al.
     2015): every epoch on fresh varied copies of images (uint8 (N, 28, 28)) and on the images as /encode
-    pre-processes them, lightly moved (in both, a share of the 1s flagged afresh: letterforms), so that it learns what
+    pre-processes them, lightly moved (in both, for digits, a share of the 1s flagged afresh: letterforms), so that it
+    learns what
     the teacher's varied members and its plain one know; half its loss the cross-entropy to the teacher's
     probabilities, half to the labels."""
     member = train_member(
-        labels, cfg, epochs=epochs, seed=seed, inputs=partial(_varied_and_plain, images, labels),
+        labels, cfg, epochs=epochs, seed=seed, inputs=partial(_varied_and_plain, images, labels if digits else None),
         teacher=copy.deepcopy(teacher).to(device).eval(), device=device,
     )  # fmt: skip
     student = Reader(ReaderConfig(**{**cfg.to_dict(), "members": 1}))
@@ -72,15 +73,20 @@ def _plain(images: Tensor) -> Tensor:
     return torch.stack([to_mnist(img.float() / 255) for img in images])
 
 
-def _varied_input(images: Tensor, labels: Tensor, g: torch.Generator, seed: int) -> Tensor:
-    return varied(letterforms(images, labels, g), g, seed)
+def _flagged(images: Tensor, labels: Tensor | None, g: torch.Generator) -> Tensor:
+    """Digits with a share of their 1s flagged afresh (labels given), other images as they are (labels None)."""
+    return images if labels is None else letterforms(images, labels, g)
 
 
-def _plain_input(images: Tensor, labels: Tensor, g: torch.Generator, _: int) -> Tensor:
-    return random_affine(_plain(letterforms(images, labels, g)), 1.0, g)
+def _varied_input(images: Tensor, labels: Tensor | None, g: torch.Generator, seed: int) -> Tensor:
+    return varied(_flagged(images, labels, g), g, seed)
 
 
-def _varied_and_plain(images: Tensor, labels: Tensor, g: torch.Generator, seed: int) -> Tensor:
+def _plain_input(images: Tensor, labels: Tensor | None, g: torch.Generator, _: int) -> Tensor:
+    return random_affine(_plain(_flagged(images, labels, g)), 1.0, g)
+
+
+def _varied_and_plain(images: Tensor, labels: Tensor | None, g: torch.Generator, seed: int) -> Tensor:
     return torch.cat([_varied_input(images, labels, g, seed), _plain_input(images, labels, g, seed)])
 
 
