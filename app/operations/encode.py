@@ -87,14 +87,15 @@ def header_pixels(data: bytes, max_pixels: int) -> int:
         raise image_refusal(e) from e
 
 
-def image_refusal(e: ImageError) -> ServiceError:
+def image_refusal(e: ImageError, digits: bool = True) -> ServiceError:
     """The answer to an upload model/ refuses, by the ImageError's reason (415 when Pillow did not recognise the
-    format at all)."""
+    format at all); digits: whether the model's classes are digits (what a blank image lacks)."""
     message = str(e)
     if e.reason == "too_large":
         return ServiceError(413, message, kind="image-too-large", title="Image too large")
     if e.reason == "blank":
-        return ServiceError(422, message, kind="blank-image", title="Nothing in the image")
+        title = "No digit in the image" if digits else "Nothing in the image"
+        return ServiceError(422, message, kind="blank-image", title=title)
     if e.reason == "non_finite":
         return ServiceError(422, message, kind="non-finite-image", title="Image has non-finite pixels")
     if isinstance(e.__cause__, UnidentifiedImageError):
@@ -223,7 +224,7 @@ def preprocess(worker: Worker, data: bytes) -> Any:
     try:
         return prepared(decode_image(data, worker.max_image_pixels), card.preprocessing, card.tile_shape)[None]
     except ImageError as e:
-        raise image_refusal(e) from e
+        raise image_refusal(e, card.is_digits) from e
 
 
 OPERATION = Encode()

@@ -85,3 +85,9 @@ def test_images_are_counted_by_class_number(fashion_client):
     before = metric(fashion_client, series) if series in fashion_client.get("/metrics").text else 0.0
     assert fashion_client.post("/generate", json={"label": "ankle boot", "n": 3, "seed": 1}).status_code == 200
     assert metric(fashion_client, series) == before + 3
+
+
+def test_a_blank_upload_is_refused_in_the_models_words(client, fashion_client):
+    blank = encoded(drawing().point(lambda v: 255))
+    assert problem(upload(client, blank), 422)["title"] == "No digit in the image"
+    assert problem(upload(fashion_client, blank), 422)["title"] == "Nothing in the image"
