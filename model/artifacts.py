@@ -11,8 +11,8 @@
                    reader, reader.pt2 (its generative_weight in the archive's extra file "generative_weight")
     prior.pt       (when the prior is "aggregate_posterior") {"kind", "means": float32[10, M, D],
                    "log_vars": float32[10, M, D]}, plain tensors (torch.load(weights_only=True))
-    manifest.json  format_version, id, latent_dim, image_shape, labels, prior, data, config, metrics,
-                   artifacts (sha256 of each file above), torch_version, created, reproduce;
+    manifest.json  format_version, id, latent_dim, image_shape, labels, preprocessing (absent: "mnist"), prior, data,
+                   config, metrics, artifacts (sha256 of each file above), torch_version, created, reproduce;
                    prior.temperature: the temperature the service samples at by default (1 when absent);
                    reader (when reader.pt is there): its file, config and how it was trained
 

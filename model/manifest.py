@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -34,6 +34,12 @@ MAX_TEMPERATURE = 5.0  # the largest sampling temperature a model or a request m
 
 
 Reading = Literal["reader", "generative"]  # which rule reads an image's label: the reader network, or Bayes' rule
+# What an upload is made into before the encoder sees it (model/preprocessing.py): "mnist" crops to the ink and centres
+# its mass in a 28x28 field (handwritten digits); "frame" fits the whole picture into the frame (items that fill it,
+# as Fashion-MNIST's do). A manifest without the field was written for digits: "mnist".
+Preprocessing = Literal["mnist", "frame"]
+PREPROCESSINGS: tuple[Preprocessing, ...] = ("mnist", "frame")
+MNIST_SHAPE = [1, 28, 28]  # the only image shape "mnist" preprocessing makes
 
 
 class ModelDirError(RuntimeError):
@@ -96,7 +102,37 @@ def verify_model_dir(model_dir: str | Path) -> dict[str, Any]:
             f"{Path(model_dir) / MANIFEST_FILE}: prior.temperature must be a number in [0, {MAX_TEMPERATURE:g}], "
             f"got {temperature!r}"
         )
+    check_classes(manifest, Path(model_dir) / MANIFEST_FILE)
     return manifest
+
+
+def check_classes(manifest: dict[str, Any], path: Path) -> None:
+    """ModelDirError unless `labels` names each class once (non-empty strings, unique whatever their case),
+    `image_shape` is [1, H, W] and `preprocessing` (absent: "mnist") is one this code knows and can make that shape."""
+    labels = manifest["labels"]
+    if not (isinstance(labels, list) and labels and all(isinstance(n, str) and n.strip() for n in labels)):
+        raise ModelDirError(f"{path}: labels must be a non-empty list of class names (strings), got {labels!r}")
+    folded = [n.casefold() for n in labels]
+    twice = sorted({n for n in labels if folded.count(n.casefold()) > 1})
+    if twice:
+        raise ModelDirError(f"{path}: labels must name each class once (case aside); {twice} repeat")
+    shape = manifest["image_shape"]
+    if not (
+        isinstance(shape, list)
+        and len(shape) == 3
+        and shape[0] == 1
+        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+    ):
+        raise ModelDirError(f"{path}: image_shape must be [1, height, width], got {shape!r}")
+    preprocessing = manifest.get("preprocessing", "mnist")
+    if preprocessing not in PREPROCESSINGS:
+        raise ModelDirError(
+            f"{path}: preprocessing {preprocessing!r} is not one this code knows: {', '.join(PREPROCESSINGS)}"
+        )
+    if preprocessing == "mnist" and shape != MNIST_SHAPE:
+        raise ModelDirError(
+            f'{path}: preprocessing "mnist" makes {MNIST_SHAPE} images, but image_shape is {shape}; use "frame"'
+        )
 
 
 @dataclass(frozen=True)
@@ -115,12 +151,48 @@ class ModelCard:
         return int(self.manifest["latent_dim"])
 
     @property
-    def labels(self) -> list[Any]:
-        return list(self.manifest["labels"])
+    def labels(self) -> list[str]:
+        """The class names, by class number (checked by verify_model_dir)."""
+        return [str(name) for name in self.manifest["labels"]]
 
     @property
     def num_classes(self) -> int:
         return len(self.manifest["labels"])
+
+    @property
+    def is_digits(self) -> bool:
+        """Whether each class is named by its number, as a digit model's "0".."9" are: its answers also say `digit`
+        (every model directory written before classes had other names is one)."""
+        return self.labels == [str(i) for i in range(self.num_classes)]
+
+    @property
+    def classes(self) -> list[dict[str, Any]]:
+        """Each class's number (`label`) and name, in order: what GET /model lists."""
+        return [{"label": i, "name": name} for i, name in enumerate(self.labels)]
+
+    def class_of(self, value: int | str) -> int | None:
+        """The class number a request names: a number is the class itself; a string is a class's name (any case)
+        or, failing that, a number written out (a form field's value). None when the model has no such class."""
+        if isinstance(value, str):
+            folded = value.casefold()
+            for i, name in enumerate(self.labels):
+                if name.casefold() == folded:
+                    return i
+            if not (value.isascii() and value.isdigit() and len(value) <= 9):
+                return None
+            value = int(value)
+        return value if 0 <= value < self.num_classes else None
+
+    def describe_classes(self) -> str:
+        """The valid classes, in words, for an error message: `0-9` for digits, else each number and its name."""
+        if self.is_digits:
+            return f"0-{self.num_classes - 1}"
+        return ", ".join(f"{i} {name!r}" for i, name in enumerate(self.labels))
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """What an upload is made into before it is encoded (checked by verify_model_dir)."""
+        return cast(Preprocessing, self.manifest.get("preprocessing", "mnist"))
 
     @property
     def tile_shape(self) -> tuple[int, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import socket
 import subprocess
@@ -63,9 +64,13 @@ def make_model_dir(
     temperature: float = 1.0,
     prior: Prior | None = None,
     programs: bool = False,
+    labels: list[str] | None = None,
+    preprocessing: str | None = None,
 ) -> Path:
     """A model directory of random weights; its prior N(0, I) for every digit unless `prior` is given. programs: with
-    the torch.export programs (seconds to write each time), else TorchScript only, as directories written before."""
+    the torch.export programs (seconds to write each time), else TorchScript only, as directories written before.
+    labels: the class names the manifest gives (default "0".."9"); preprocessing: its `preprocessing` (default none,
+    as directories written before the field)."""
     torch.manual_seed(seed)
     model = CVAE(cfg).eval()
     export_model_dir(
@@ -79,13 +84,47 @@ def make_model_dir(
         temperature=temperature,
         programs=programs,
     )
+    if labels is not None or preprocessing is not None:
+        set_manifest(out, labels=labels, preprocessing=preprocessing)
     return out
+
+
+def set_manifest(model_dir: Path, **fields: Any) -> Path:
+    """Rewrite fields of model_dir's manifest.json (a None leaves a field as it is); the manifest is not among the
+    checksummed artifacts, so the directory stays valid if the values are."""
+    path = model_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.update({k: v for k, v in fields.items() if v is not None})
+    path.write_text(json.dumps(manifest, indent=1) + "\n")
+    return model_dir
+
+
+# Fashion-MNIST's classes, by class number: a model directory whose classes are not digits.
+FASHION = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model directory (random weights, latent_dim 4, both formats) shared by the whole session; do not modify it."""
     return make_model_dir(tmp_path_factory.mktemp("models") / "tiny", programs=True)
+
+
+@pytest.fixture(scope="session")
+def fashion_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model directory (random weights) whose classes are FASHION's and whose uploads are framed; do not modify
+    it."""
+    out = tmp_path_factory.mktemp("models") / "fashion"
+    return make_model_dir(out, labels=FASHION, preprocessing="frame")
+
+
+@pytest.fixture(scope="session")
+def fashion_client(fashion_model_dir: Path) -> Iterator[TestClient]:
+    """The service serving the fashion model, shared by the tests of a model whose classes are not digits."""
+    settings = Settings(
+        model_dir=fashion_model_dir, max_upload_bytes=MAX_UPLOAD_BYTES, max_image_pixels=MAX_IMAGE_PIXELS
+    )
+    with TestClient(create_app(settings)) as c:
+        yield c
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from app.api.routes.operations import respond
 from app.core.errors import ServiceError
 from app.http.handlers import problem_response
 from app.operations import encode, generate
-from app.operations.encode import Upload
+from app.operations.encode import EncodeForm
 from app.operations.generate import GenerateRequest
 from app.serving.state import ServiceState
 
@@ -28,10 +28,9 @@ ENCODE = encode.OPERATION.path
 # What the fast path does with a valid request: the routes' own answers (route_answers), or a benchmark's constant
 # ones.
 GenerateAnswer = Callable[[Scope, GenerateRequest, str | None], Awaitable[Response]]
-EncodeAnswer = Callable[[Scope, Upload], Awaitable[Response]]
+EncodeAnswer = Callable[[Scope, EncodeForm], Awaitable[Response]]
 BOUNDARY = re.compile(rb"multipart/form-data; *boundary=([0-9A-Za-z'()+_,./:=?-]{1,70})")  # RFC 2046's bchars
-DISPOSITION = re.compile(rb'form-data; *name="(file|digit)"(; *filename="[^"\\\r\n]*")?')
-DIGITS = {str(d).encode(): d for d in range(10)}
+DISPOSITION = re.compile(rb'form-data; *name="(file|label|digit)"(; *filename="[^"\\\r\n]*")?')
 
 
 class FastPath:
@@ -94,8 +93,7 @@ def route_answers(state: ServiceState) -> tuple[GenerateAnswer, EncodeAnswer]:
     async def route_generate(scope: Scope, request: GenerateRequest, accept: str | None) -> Response:
         return await respond(runtime_of(state), generate.OPERATION, request, accept)
 
-    async def route_encode(scope: Scope, upload: Upload) -> Response:
-        form = encode.EncodeForm.model_construct(file=upload.data, digit=upload.digit)  # valid: parse_upload read it
+    async def route_encode(scope: Scope, form: EncodeForm) -> Response:
         return await respond(runtime_of(state), encode.OPERATION, form, None)
 
     return route_generate, route_encode
@@ -121,14 +119,16 @@ async def read_body(receive: Receive) -> bytes | None:
             return b"".join(chunks)
 
 
-def parse_upload(body: bytes, boundary: bytes) -> Upload | None:
-    """An /encode multipart body (RFC 7578) in its plainest form -> the upload; None for anything else."""
+def parse_upload(body: bytes, boundary: bytes) -> EncodeForm | None:
+    """An /encode multipart body (RFC 7578) in its plainest form, valid by the form's schema -> the form; None for
+    anything else. Its label (a class number or name) is checked against the model by the operation, as the route's
+    is."""
     delimiter = b"\r\n--" + boundary
     parts = (b"\r\n" + body).split(delimiter)
     if parts[0] or parts[-1] not in (b"--", b"--\r\n"):  # no preamble; the close delimiter, then nothing
         return None
     data: bytes | None = None
-    digit: int | None = None
+    fields: dict[str, str] = {}
     for part in parts[1:-1]:
         head, found, content = part.partition(b"\r\n\r\n")
         if not found or not head.startswith(b"\r\n"):
@@ -146,11 +146,19 @@ def parse_upload(body: bytes, boundary: bytes) -> Upload | None:
         is_file = disposition.group(2) is not None  # a part with a filename is a file, even an empty one
         if disposition.group(1) == b"file" and is_file and data is None:
             data = content
-        elif disposition.group(1) == b"digit" and not is_file and digit is None and content in DIGITS:
-            digit = DIGITS[content]
+        elif disposition.group(1) != b"file" and not is_file and (field := disposition.group(1).decode()) not in fields:
+            try:
+                fields[field] = content.decode()
+            except UnicodeDecodeError:
+                return None
         else:
             return None
-    return None if data is None else Upload(data=data, digit=digit)
+    if data is None:
+        return None
+    try:
+        return EncodeForm.model_validate({"file": data, **fields})
+    except ValidationError:  # the route says why
+        return None
 
 
 def replay(body: bytes, receive: Receive) -> Receive:

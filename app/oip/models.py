@@ -145,10 +145,10 @@ def _generate(card: ModelCard, request: Request, given: dict[str, Tensor]) -> Pl
     temperature = _number(request.parameters, "temperature", 0, MAX_TEMPERATURE, integer=False)
     outputs = _selected(request, [s.name for s in outputs_of(card, "generate")])
     latent = given.get("latent")
-    # (digits, n, latents, seed, temperature, the request's image of each tile): one payload each
+    # (labels, n, latents, seed, temperature, the request's image of each tile): one payload each
     groups: list[tuple[tuple[int, ...], int, tuple[tuple[float, ...], ...] | None, int | None, float, list[int]]]
     if latent is None:
-        # One label repeated: /generate {digit, n: k} (k samples of that label's prior); else {digit: labels, n: 1}
+        # One label repeated: /generate {label, n: k} (k samples of that label's prior); else {label: labels, n: 1}
         # (one sample of the prior every label shares, drawn under each label). The same seed, the same images.
         same = len(set(labels)) == 1
         seed = secrets.randbits(RANDOM_SEED_BITS) if seed is None else seed
@@ -163,17 +163,17 @@ def _generate(card: ModelCard, request: Request, given: dict[str, Tensor]) -> Pl
         if not all(math.isfinite(v) and abs(v) <= MAX_LATENT_ABS for v in values):
             raise ProtocolError(f"input 'latent' must hold finite numbers within +-{MAX_LATENT_ABS:g}")
         rows = [tuple(float(v) for v in values[i * d : (i + 1) * d]) for i in range(k)]
-        # A payload draws every latent under each of its digits: one payload per label, its images in one batch.
+        # A payload draws every latent under each of its labels: one payload per label, its images in one batch.
         where: dict[int, list[int]] = {}
         for i, label in enumerate(labels):
             where.setdefault(label, []).append(i)
         groups = [((label, ), len(idx), tuple(rows[i] for i in idx), None, card.temperature, idx)
                   for label, idx in where.items()]  # fmt: skip
     payloads, order = [], []
-    for digits, n, rows_, seed_, t, idx in groups:
-        g = grid.layout(card, tiles=len(digits) * n, columns=None, default_columns=n, padding=0, scale=1)
+    for labels_, n, rows_, seed_, t, idx in groups:
+        g = grid.layout(card, tiles=len(labels_) * n, columns=None, default_columns=n, padding=0, scale=1)
         payloads.append(GenerateSpec(
-            digits=digits, n=n, latent=rows_, seed=seed_, temperature=t, columns=g.columns, padding=g.padding,
+            labels=labels_, n=n, latent=rows_, seed=seed_, temperature=t, columns=g.columns, padding=g.padding,
             scale=g.scale, width=g.width, height=g.height, with_latents=True, raw=True,
         ))  # fmt: skip
         order.append(idx)
@@ -218,12 +218,12 @@ def _encode(serving: Serving, request: Request, given: dict[str, Tensor]) -> Pla
     pictures = [_picture(v, images.binary, i) for i, v in enumerate(images.data)]
     payloads: list[Upload] = []
     for data, label in zip(pictures, labels, strict=True):
-        payloads.append(op.prepare(serving, EncodeForm(file=data, digit=label), True))
+        payloads.append(op.prepare(serving, EncodeForm(file=data, label=None if label is None else str(label)), True))
     c, d = card.num_classes, card.latent_dim
 
     def finish(results: list[EncodeResult]) -> list[tuple[Tensor, bool]]:
         made = {
-            "label": lambda: Tensor("label", "INT64", (k,), [r.digit for r in results]),
+            "label": lambda: Tensor("label", "INT64", (k,), [r.label for r in results]),
             "probabilities": lambda: Tensor(
                 "probabilities", "FP32", (k, c), [p for r in results for p in (r.probabilities or [])]
             ),

@@ -17,6 +17,7 @@ from model.manifest import ModelCard
 if TYPE_CHECKING:
     from app.settings import Settings
 
+MAX_SHOWN = 5  # unknown labels an error message quotes
 B = TypeVar("B", bound=BaseModel)  # the request body, as the schema validated it
 P = TypeVar("P", bound=tuple[Any, ...])  # the payload: the checked request, as it crosses to the inference process
 R = TypeVar("R", bound=tuple[Any, ...])  # the result, as it crosses back
@@ -120,17 +121,39 @@ class Operation(Generic[B, P, R]):
         """Run every code path once before serving; RuntimeError if something is wrong (not reproducible)."""
 
 
-def check_labels(card: ModelCard, labels: Sequence[int], loc: list[str | int]) -> None:
-    """422 for labels the model does not have."""
-    unknown = sorted({d for d in labels if not 0 <= d < card.num_classes})
+MAX_NAME_CHARS = 64  # longest class name a request may give
+
+
+def class_numbers(card: ModelCard, given: Sequence[int | str], loc: list[str | int]) -> list[int]:
+    """The class number of each label a request gives (a class number, or a class name in any case): 422 naming the
+    valid ones for any the model does not have."""
+    found = [card.class_of(value) for value in given]
+    unknown = [value for value, number in zip(given, found, strict=True) if number is None]
     if unknown:
+        shown = list(dict.fromkeys(unknown))[:MAX_SHOWN]
         raise ServiceError(
             422,
-            f"this model knows digits 0-{card.num_classes - 1}, not {unknown}",
+            f"this model has no class {', '.join(repr(u) for u in shown)}; its classes are "
+            f"{card.describe_classes()} (give the number or the name, in any case)",
             kind="validation-error",
             title="Invalid request",
-            errors=[field_error(loc, f"digits must be below {card.num_classes}", "label")],
+            errors=[field_error(loc, f"unknown class; the classes are {card.describe_classes()}", "label")],
         )
+    return [number for number in found if number is not None]
+
+
+def label_of(label: Any, digit: Any) -> Any:
+    """What a body gives under `label` or its alias `digit`: ValueError (a 422) for both, or neither."""
+    if label is not None and digit is not None:
+        raise ValueError("give `label` or its alias `digit`, not both")
+    if label is None and digit is None:
+        raise ValueError("`label` is required: a class number or a class name (GET /model's `classes`)")
+    return digit if label is None else label
+
+
+def label_field(label: Any) -> str:
+    """The body's field its label came in: `label`, else its alias `digit` (what a 422 names)."""
+    return "digit" if label is None else "label"
 
 
 def check_latent(card: ModelCard, row: Sequence[float], loc: list[str | int]) -> None:

@@ -1,5 +1,5 @@
-"""POST /generate: digits drawn by the model, sampled by seed or decoded from the latents given, as a PNG grid (or JSON
-with the PNG inside)."""
+"""POST /generate: images of the model's classes, sampled by seed or decoded from the latents given, as a PNG grid
+(or JSON with the PNG inside)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,22 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_val
 from app.core.errors import ServiceError
 from app.core.stages import Stage
 from app.operations import grid
-from app.operations.base import Answer, Operation, Serving, Worker, check_labels, check_latent
+from app.operations.base import (
+    MAX_NAME_CHARS,
+    Answer,
+    Operation,
+    Serving,
+    Worker,
+    check_latent,
+    class_numbers,
+    label_field,
+    label_of,
+)
 from app.operations.grid import MAX_COLUMNS, MAX_PADDING, MAX_SCALE, MAX_TILES, Drawing
 from model.manifest import MAX_TEMPERATURE, ModelCard
 
-MAX_DIGITS = 32  # most digits (grid rows) in one request; repeats allowed
-MAX_N = 256  # most samples per digit
+MAX_LABELS = 32  # most labels (grid rows) in one request; repeats allowed
+MAX_N = 256  # most samples per label
 MAX_LATENT_ABS = 1000.0  # |z_i| above this is nowhere near anything the model was trained on
 MAX_SEED = 2**63 - 1
 RANDOM_SEED_BITS = 53  # seeds drawn for requests without one stay exact in JSON / JavaScript numbers
@@ -34,12 +44,13 @@ def max_generate_body_bytes(latent_dim: int) -> int:
     return GENERATE_BODY_BASE_BYTES + MAX_N * latent_dim * BYTES_PER_LATENT_NUMBER
 
 
-Digit = Annotated[int, Field(ge=0)]  # below the model's number of labels: checked against its card
+# A class number, or a class name (any case): checked against the model's card.
+Label = Annotated[int, Field(ge=0)] | Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
 LatentValue = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_LATENT_ABS, le=MAX_LATENT_ABS)]
 
 
-def _digit_kind(v: Any) -> str:
-    return "list" if isinstance(v, list) else "int"
+def _label_kind(v: Any) -> str:
+    return "list" if isinstance(v, list) else "one"
 
 
 def _latent_kind(v: Any) -> str:
@@ -48,10 +59,10 @@ def _latent_kind(v: Any) -> str:
 
 # Lists stop at their first bad element (fail_fast), and say so once: a body of a hundred thousand NaNs costs one
 # error, not a hundred thousand (each of which pydantic, FastAPI and the error handler would otherwise build).
-Digits = Annotated[
-    Annotated[Digit, Tag("int")]
-    | Annotated[list[Digit], Tag("list"), Field(min_length=1, max_length=MAX_DIGITS, fail_fast=True)],
-    Discriminator(_digit_kind),
+Labels = Annotated[
+    Annotated[Label, Tag("one")]
+    | Annotated[list[Label], Tag("list"), Field(min_length=1, max_length=MAX_LABELS, fail_fast=True)],
+    Discriminator(_label_kind),
 ]
 LatentVector = Annotated[list[LatentValue], Field(min_length=1, fail_fast=True)]
 Latent = Annotated[
@@ -61,14 +72,14 @@ Latent = Annotated[
 ]
 
 GENERATE_EXAMPLES: dict[str, dict[str, Any]] = {
-    "eight_threes": {"summary": "8 samples of one digit", "value": {"digit": 3, "n": 8, "seed": 42}},
+    "eight_threes": {"summary": "8 samples of one class", "value": {"label": 3, "n": 8, "seed": 42}},
     "handwriting_grid": {
-        "summary": "one row per digit, one handwriting per column",
-        "value": {"digit": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], "n": 6, "seed": 7, "temperature": 0.8, "scale": 2},
+        "summary": "one row per class, one style per column",
+        "value": {"label": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], "n": 6, "seed": 7, "temperature": 0.8, "scale": 2},
     },
     "hundred_tiles": {
         "summary": "a 280x280 PNG of 100 tiles, row-major",
-        "value": {"digit": 5, "n": 100, "columns": 10, "padding": 0, "scale": 1, "seed": 1},
+        "value": {"label": 5, "n": 100, "columns": 10, "padding": 0, "scale": 1, "seed": 1},
     },
 }
 
@@ -82,11 +93,14 @@ class GenerateRequest(BaseModel):
         json_schema_extra={"examples": [e["value"] for e in GENERATE_EXAMPLES.values()]},
     )
 
-    digit: Digits = Field(
-        description=f"a digit (one of the model's labels), or a list of 1-{MAX_DIGITS} digits (repeats allowed): one "
-        "grid row per digit, the same latent points down each column, so a column shows one handwriting across digits"
+    label: Labels | None = Field(
+        None,
+        description=f"required (or its alias `digit`): a class (its number, or its name in any case: GET /model lists "
+        f"`classes`), or a list of 1-{MAX_LABELS} classes (repeats allowed): one grid row per class, the same latent "
+        "points down each column, so a column shows one style across classes",
     )
-    n: int = Field(8, ge=1, le=MAX_N, description=f"samples per digit; len(digits) * n <= {MAX_TILES}")
+    digit: Labels | None = Field(None, description="an alias of `label`, as requests said it before (give one)")
+    n: int = Field(8, ge=1, le=MAX_N, description=f"samples per label; len(labels) * n <= {MAX_TILES}")
     latent: Latent | None = Field(
         None,
         description="a raw latent z, used as-is: one vector of the model's latent_dim numbers (`latent_dim` in GET "
@@ -101,7 +115,7 @@ class GenerateRequest(BaseModel):
         ge=0,
         le=MAX_TEMPERATURE,
         allow_inf_nan=False,
-        description="scales each sample's distance from its digit's mean style: 0 gives that mean, lower is tidier "
+        description="scales each sample's distance from its class's mean style: 0 gives that mean, lower is tidier "
         "and less varied; default: the model's own (`prior.temperature` in GET /model; 0.8 for the shipped model)",
     )
     columns: int | None = Field(None, ge=1, le=MAX_COLUMNS, description="tiles per grid row; default n")
@@ -110,6 +124,7 @@ class GenerateRequest(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> GenerateRequest:
+        label_of(self.label, self.digit)
         if isinstance(self.latent, list) and self.latent and isinstance(self.latent[0], list):
             if "n" not in self.model_fields_set:
                 self.n = len(self.latent)
@@ -117,21 +132,23 @@ class GenerateRequest(BaseModel):
                 raise ValueError(f"latent has {len(self.latent)} vectors but n is {self.n}; give n vectors")
         if self.latent is not None and ({"seed", "temperature"} & self.model_fields_set):
             raise ValueError("seed and temperature apply to sampled latents only; omit them when giving latent")
-        if len(self.digits) * self.n > MAX_TILES:
+        if len(self.labels) * self.n > MAX_TILES:
             raise ValueError(
-                f"{len(self.digits)} digits x n={self.n} is {len(self.digits) * self.n} tiles; the limit is {MAX_TILES}"
+                f"{len(self.labels)} labels x n={self.n} is {len(self.labels) * self.n} tiles; the limit is {MAX_TILES}"
             )
         return self
 
     @property
-    def digits(self) -> list[int]:
-        return self.digit if isinstance(self.digit, list) else [self.digit]
+    def labels(self) -> list[int | str]:
+        """The labels given, under `label` or `digit`."""
+        given = label_of(self.label, self.digit)
+        return given if isinstance(given, list) else [given]
 
 
 class GenerateSpec(NamedTuple):
-    """One request, checked against the model card. Tiles are digit-major, then sample."""
+    """One request, checked against the model card. Tiles are label-major, then sample."""
 
-    digits: tuple[int, ...]
+    labels: tuple[int, ...]  # class numbers, one grid row each
     n: int
     latent: tuple[tuple[float, ...], ...] | None  # 1 or n rows of D numbers, used as-is; None: sample from the prior
     seed: int | None  # None exactly when latent is given
@@ -146,7 +163,7 @@ class GenerateSpec(NamedTuple):
 
     @property
     def tiles(self) -> int:
-        return len(self.digits) * self.n
+        return len(self.labels) * self.n
 
     @property
     def grid(self) -> grid.Grid:
@@ -156,7 +173,7 @@ class GenerateSpec(NamedTuple):
 def make_spec(card: ModelCard, body: GenerateRequest, *, with_latents: bool, raw: bool = False) -> GenerateSpec:
     """Check what depends on the model (labels, latent size, output size) and fix the seed and the temperature
     (None: the model's). 422 for what the model cannot draw."""
-    check_labels(card, body.digits, ["body", "digit"])
+    labels = class_numbers(card, body.labels, ["body", label_field(body.label)])
     rows, seed = None, body.seed
     if body.latent is not None:
         nested = isinstance(body.latent[0], list)
@@ -167,11 +184,11 @@ def make_spec(card: ModelCard, body: GenerateRequest, *, with_latents: bool, raw
     elif seed is None:
         seed = secrets.randbits(RANDOM_SEED_BITS)
     g = grid.layout(
-        card, tiles=len(body.digits) * body.n, columns=body.columns, default_columns=body.n, padding=body.padding,
+        card, tiles=len(labels) * body.n, columns=body.columns, default_columns=body.n, padding=body.padding,
         scale=body.scale,
     )  # fmt: skip
     return GenerateSpec(
-        digits=tuple(body.digits),
+        labels=tuple(labels),
         n=body.n,
         latent=None if rows is None else tuple(tuple(row) for row in rows),
         seed=seed,
@@ -195,12 +212,13 @@ class Generate(Operation[GenerateRequest, GenerateSpec, Drawing]):
     draws = True
     response_model = grid.DrawingJSON
     seconds_per_unit = grid.SECONDS_PER_TILE
-    summary = "Draw digits"
+    summary = "Draw images of the model's classes"
     description = (
-        "Samples `n` latents (for one digit, from that digit's prior; for several, from the prior every digit "
-        "shares, each latent decoded under every digit) or decodes the latent given, and lays the images out in a "
-        "grid, digit-major then sample, row-major in `columns` columns: with the default columns = n, one row per "
-        "digit and one latent point, one hand, down each column. The same seed, request and model always give a "
+        "Samples `n` latents (for one label, from that label's prior; for several, from the prior every label "
+        "shares, each latent decoded under every label) or decodes the latent given, and lays the images out in a "
+        "grid, label-major then sample, row-major in `columns` columns: with the default columns = n, one row per "
+        "label and one latent point, one style, down each column. A label is a class number or name (GET /model's "
+        "`classes`); `digit` is an alias of `label`. The same seed, request and model always give a "
         "byte-identical PNG; the seed used comes back in `X-Seed`."
     )
     examples = GENERATE_EXAMPLES
@@ -218,10 +236,10 @@ class Generate(Operation[GenerateRequest, GenerateSpec, Drawing]):
         return grid.work(payload.tiles, payload.grid)
 
     def images(self, payload: GenerateSpec) -> Sequence[int]:
-        return [d for d in payload.digits for _ in range(payload.n)]
+        return [label for label in payload.labels for _ in range(payload.n)]
 
     def answer(self, card: ModelCard, payload: GenerateSpec, result: Drawing, as_json: bool) -> Answer:
-        return grid.answer(card, result, payload.grid, digits=list(payload.digits), seed=payload.seed, as_json=as_json)
+        return grid.answer(card, result, payload.grid, rows=list(payload.labels), seed=payload.seed, as_json=as_json)
 
     def run(
         self, worker: Worker, payloads: list[GenerateSpec], stages: list[Stage] | None
@@ -235,7 +253,8 @@ class Generate(Operation[GenerateRequest, GenerateSpec, Drawing]):
 
     def warm_up(self, worker: Worker) -> None:
         """Every label, two samples each, drawn WARM_UP_RUNS times: the last two must be the same PNG."""
-        body = GenerateRequest(digit=list(range(min(10, worker.card.num_classes))), n=2, seed=0, temperature=1.0)
+        labels: list[int | str] = [*range(min(MAX_LABELS, worker.card.num_classes))]
+        body = GenerateRequest(label=labels, n=2, seed=0, temperature=1.0)
         spec = make_spec(worker.card, body, with_latents=True)
         pngs = [self.run(worker, [spec], None)[0] for _ in range(WARM_UP_RUNS)]
         if pngs[-1] != pngs[-2]:
@@ -243,13 +262,13 @@ class Generate(Operation[GenerateRequest, GenerateSpec, Drawing]):
 
 
 def latents_many(worker: Worker, specs: list[GenerateSpec]) -> list[tuple[Any, Any]]:
-    """Each spec's (z (N, D), labels (N,)), digit-major; the sampled ones drawn together (sample_latents_many), the
+    """Each spec's (z (N, D), labels (N,)), label-major; the sampled ones drawn together (sample_latents_many), the
     given ones used as-is: what a spec gives alone, bit for bit."""
     import torch
 
     from model.prior import sample_latents_many
 
-    sampled = [(s.digits, s.n, s.seed, s.temperature) for s in specs if s.seed is not None]
+    sampled = [(s.labels, s.n, s.seed, s.temperature) for s in specs if s.seed is not None]
     drawn = iter(sample_latents_many(worker.model.prior, sampled) if sampled else [])
     jobs: list[tuple[Any, Any]] = []
     for s in specs:
@@ -259,8 +278,8 @@ def latents_many(worker: Worker, specs: list[GenerateSpec]) -> list[tuple[Any, A
         z = torch.tensor(s.latent, dtype=torch.float32)  # (1 or n, D)
         if z.shape[0] == 1 and s.n > 1:
             z = z.expand(s.n, -1)
-        labels = torch.tensor(s.digits, dtype=torch.long).repeat_interleave(s.n)  # (N,)
-        jobs.append((z.repeat(len(s.digits), 1), labels))
+        labels = torch.tensor(s.labels, dtype=torch.long).repeat_interleave(s.n)  # (N,)
+        jobs.append((z.repeat(len(s.labels), 1), labels))
     return jobs
 
 

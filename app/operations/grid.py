@@ -79,14 +79,16 @@ class DrawingJSON(BaseModel):
     width: int
     height: int
     columns: int
-    digits: list[int] = Field(description="the digits, one grid row each (with columns = n)")
-    labels: list[int] = Field(description="the label of each tile, digit-major then sample, as laid out row-major")
+    digits: list[int] = Field(description="the class numbers, one grid row each (with columns = n)")
+    labels: list[int] = Field(
+        description="the class number of each tile, row label-major then sample, as laid out row-major"
+    )
     latents: list[list[float]] = Field(description="the latent z of each tile, in the order of labels")
     png_base64: str
 
 
 def answer(
-    card: ModelCard, drawing: Drawing, grid: Grid, *, digits: list[int], seed: int | None, as_json: bool
+    card: ModelCard, drawing: Drawing, grid: Grid, *, rows: list[int], seed: int | None, as_json: bool
 ) -> Answer:
     headers = {"X-Model-Id": card.id}
     if seed is not None:
@@ -100,7 +102,7 @@ def answer(
         "width": grid.width,
         "height": grid.height,
         "columns": grid.columns,
-        "digits": digits,
+        "digits": rows,  # the name the answer had when classes were digits: answers stay as they were
         "labels": drawing.labels,
         "latents": drawing.latents,
         "png_base64": base64.b64encode(drawing.png).decode("ascii"),

@@ -1,10 +1,9 @@
 // The page at GET /: plain JavaScript, no build step, no other origin. It only calls this service's API
 // (relative URLs, so it also works behind a path prefix).
 
-const DIGITS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
 const STYLE_AXES = 4; // sliders in "Move through style"
-const STYLE_RANGE = 2.5; // +-2.5 standard deviations of the N(0, I) prior: further, digits lose their shape
-const TILE = 28; // pixels of one digit in a /generate grid, before `scale`
+const STYLE_RANGE = 2.5; // +-2.5 standard deviations of the N(0, I) prior: further, images lose their shape
+const MAX_ROWS = 32; // /generate's most labels (grid rows) in one request
 const GRID_PADDING = 2; // /generate's default padding, which the page does not change
 const INK = 20; // stroke width on the 280 px pad: about MNIST's stroke-to-digit proportion
 const PEN_STEP = 14; // canvas pixels per arrow key press
@@ -14,6 +13,11 @@ const WALK_STEPS = 8; // tiles in "Walk between hands", both ends included
 const KEY_STORAGE = "cvae-api-key"; // sessionStorage: the key lives as long as the tab
 
 const $ = (id) => document.getElementById(id);
+
+/** The served model, as GET /model describes it: its class names by class number, whether those are the digits
+ * (named by their numbers), and the pixels of one image (a /generate tile, before `scale`). */
+const model = { names: [], digits: false, tileHeight: 0, tileWidth: 0 };
+const classNumbers = () => model.names.map((_, label) => label);
 
 /** A failed call to the API, with a message for the person (the problem detail's words when there is one). */
 class ApiError extends Error {}
@@ -115,18 +119,18 @@ function pngBlob(base64) {
 
 const grid = { latents: [], labels: [], columns: 0, scale: 1 };
 
-function chosenDigits() {
+function chosenLabels() {
   return [...document.querySelectorAll("#digits input:checked")].map((box) => Number(box.value));
 }
 
 const generate = latestOnly(async () => {
   clearError("generate-error");
-  const digits = chosenDigits();
+  const labels = chosenLabels();
   const seed = $("seed").valueAsNumber;
-  if (digits.length === 0) return showError("generate-error", new ApiError("Choose at least one digit."));
+  if (labels.length === 0) return showError("generate-error", new ApiError(`Choose at least one ${kind()}.`));
   if (Number.isNaN(seed)) return showError("generate-error", new ApiError("Enter a seed: a whole number from 0."));
   const body = {
-    digit: digits,
+    label: labels,
     n: Number($("n").value),
     seed,
     temperature: Number($("temperature").value),
@@ -142,7 +146,7 @@ const generate = latestOnly(async () => {
     save.hidden = false;
     $("grid-caption").textContent =
       `Seed ${answer.seed}, temperature ${body.temperature.toFixed(2)}: ` +
-      `${digits.length} digit${digits.length > 1 ? "s" : ""}, ${body.n} sample${body.n > 1 ? "s" : ""} each.`;
+      `${labels.length} ${labels.length > 1 ? kinds() : kind()}, ${body.n} sample${body.n > 1 ? "s" : ""} each.`;
     $("column").max = String(answer.columns);
     $("walk-column").max = String(answer.columns);
     if (!hand.base) await takeTile(0);
@@ -151,14 +155,35 @@ const generate = latestOnly(async () => {
   }
 });
 
+/** "digit" for a digit model, else "class"; and their plurals. */
+const kind = () => (model.digits ? "digit" : "class");
+const kinds = () => (model.digits ? "digits" : "classes");
+
+/** One checkbox per class of the served model, all checked; the words that name the model's kind of image. */
+function showClasses() {
+  const boxes = model.names.map((name, labelNumber) => {
+    const label = document.createElement("label");
+    const box = Object.assign(document.createElement("input"), { type: "checkbox", value: labelNumber, checked: true });
+    label.append(box, ` ${name}`);
+    return label;
+  });
+  $("digits").replaceChildren(...boxes);
+  if (model.digits) return;
+  const list = model.names.join(", ");
+  document.title = `cvae: try the model (${list})`;
+  $("intro").textContent = `A conditional variational autoencoder for ${model.names.length} classes of small images: ` +
+    `${list}. Generate them, draw or upload one and let the model read it, then move through its style.`;
+  $("classes-legend").textContent = "Classes (one row each)";
+  $("n-label").textContent = "Samples per class";
+  $("draw-title").textContent = "Draw or upload a picture";
+  $("upload-label").textContent = "Or upload a picture of one of its classes";
+  $("grid").alt = "Generated images: one row per class";
+  $("probabilities").setAttribute("aria-label", "Probability of each class");
+  $("style-title").textContent = "Style";
+}
+
 function setUpGenerate() {
   const boxes = $("digits");
-  for (const digit of DIGITS) {
-    const label = document.createElement("label");
-    const box = Object.assign(document.createElement("input"), { type: "checkbox", value: digit, checked: true });
-    label.append(box, ` ${digit}`);
-    boxes.append(label);
-  }
   boxes.addEventListener("change", generate);
   for (const [id, digits] of [["n", 0], ["temperature", 2]]) {
     $(id).addEventListener("input", () => {
@@ -180,8 +205,8 @@ function setUpGenerate() {
   $("grid").addEventListener("click", (event) => {
     const img = event.currentTarget;
     const pixels = img.naturalWidth / img.clientWidth / grid.scale; // grid pixels per CSS pixel
-    const column = Math.floor((event.offsetX * pixels - GRID_PADDING) / (TILE + GRID_PADDING));
-    const row = Math.floor((event.offsetY * pixels - GRID_PADDING) / (TILE + GRID_PADDING));
+    const column = Math.floor((event.offsetX * pixels - GRID_PADDING) / (model.tileWidth + GRID_PADDING));
+    const row = Math.floor((event.offsetY * pixels - GRID_PADDING) / (model.tileHeight + GRID_PADDING));
     const index = row * grid.columns + Math.min(Math.max(column, 0), grid.columns - 1);
     if (index >= 0 && index < grid.latents.length) takeTile(index);
   });
@@ -285,32 +310,36 @@ async function read(blob, filename, what) {
   try {
     const answer = await (await call("encode", { method: "POST", body: form })).json();
     showReading(answer);
-    if (what === "your drawing") drawn = { latent: answer.mean, digit: answer.digit };
-    setHand(answer.mean, answer.log_var, `${what[0].toUpperCase()}${what.slice(1)}, read as ${answer.digit}`, what);
+    if (what === "your drawing") drawn = { latent: answer.mean, label: answer.label };
+    setHand(answer.mean, answer.log_var, `${what[0].toUpperCase()}${what.slice(1)}, read as ${answer.name}`, what);
   } catch (error) {
     $("inferred").textContent = "";
     showError("encode-error", error);
   }
 }
 
-/** "a 6", "an 8". */
-const aDigit = (d) => `${d === 8 ? "an" : "a"} ${d}`;
+/** A class by its number, in words: "a 6", "an 8", "a coat", "an ankle boot". */
+const aClass = (label) => {
+  const name = model.names[label] ?? String(label);
+  return `${/^[aeiou8]|^1[18]$/i.test(name) ? "an" : "a"} ${name}`;
+};
 
 /** The reading in words: a bare verdict only when the model is sure (the probabilities are calibrated: of the
  * readings given at 90%, about nine in ten are right); below that, the runner-up is named beside it. */
-export function readingInWords(digit, probabilities) {
+export function readingInWords(label, probabilities) {
   const percent = (p) => `${(100 * p).toFixed(p > 0.995 || p < 0.005 ? 0 : 1)}%`;
-  const top = probabilities[digit];
-  if (top >= SURE) return { certainty: "sure", text: `The model reads ${aDigit(digit)} (${percent(top)}).` };
-  const runnerUp = DIGITS.filter((d) => d !== digit).reduce((a, b) => (probabilities[b] > probabilities[a] ? b : a));
-  const both = `${aDigit(digit)}, or perhaps ${aDigit(runnerUp)} (${percent(top)} against ${percent(probabilities[runnerUp])})`;
+  const top = probabilities[label];
+  if (top >= SURE) return { certainty: "sure", text: `The model reads ${aClass(label)} (${percent(top)}).` };
+  const others = probabilities.map((_, other) => other).filter((other) => other !== label);
+  const runnerUp = others.reduce((a, b) => (probabilities[b] > probabilities[a] ? b : a));
+  const both = `${aClass(label)}, or perhaps ${aClass(runnerUp)} (${percent(top)} against ${percent(probabilities[runnerUp])})`;
   if (top >= 0.5) return { certainty: "likely", text: `The model reads ${both}.` };
   return { certainty: "unsure", text: `The model is not sure: it reads ${both}.` };
 }
 
-function showReading({ digit, probabilities }) {
+function showReading({ label, probabilities }) {
   const percent = (p) => `${(100 * p).toFixed(p > 0.995 || p < 0.005 ? 0 : 1)}%`;
-  const { certainty, text } = readingInWords(digit, probabilities);
+  const { certainty, text } = readingInWords(label, probabilities);
   $("inferred").textContent = text;
   $("inferred").dataset.certainty = certainty;
   const list = $("probabilities");
@@ -318,16 +347,17 @@ function showReading({ digit, probabilities }) {
     ...probabilities.map((p, d) => {
       const item = document.createElement("li");
       const meter = Object.assign(document.createElement("meter"), { min: 0, max: 1, value: p });
-      meter.setAttribute("aria-label", `probability of ${d}`);
-      item.append(Object.assign(document.createElement("span"), { textContent: d }), meter, percent(p));
-      item.classList.toggle("top", d === digit);
+      const name = model.names[d] ?? String(d);
+      meter.setAttribute("aria-label", `probability of ${name}`);
+      item.append(Object.assign(document.createElement("span"), { textContent: name }), meter, percent(p));
+      item.classList.toggle("top", d === label);
       return item;
     }),
   );
   list.hidden = false;
 }
 
-// ---- Handwriting: one latent written as all ten digits, moved along latent axes ------------------------------
+// ---- Handwriting (style): one latent drawn as every class, moved along latent axes ------------------------------
 
 const hand = { base: null, axes: [], what: "" };
 
@@ -340,8 +370,9 @@ function setHand(base, logVar, description, what) {
     .slice(0, STYLE_AXES)
     .map(([, axis]) => axis);
   Object.assign(hand, { base, what });
-  $("hand-source").textContent = `${description}, written as all ten digits.`;
-  $("restyled").alt = `${description}, written as the digits 0 to 9`;
+  $("hand-source").textContent = `${description}, ${everyClass()}.`;
+  const shown = model.digits ? `written as the digits 0 to ${model.names.length - 1}` : `drawn as ${model.names.join(", ")}`;
+  $("restyled").alt = `${description}, ${shown}`;
   hand.axes.forEach((axis, i) => {
     $(`axis-${i}`).value = "0";
     $(`axis-${i}-label`).textContent = `Latent axis z${axis + 1}`;
@@ -350,13 +381,19 @@ function setHand(base, logVar, description, what) {
   restyle();
 }
 
+/** How the page says "one latent, every class": in words for the served model. */
+const everyClass = () => {
+  const count = model.names.length;
+  return model.digits ? `written as all ${count === 10 ? "ten" : count} digits` : "drawn as every class";
+};
+
 const restyle = latestOnly(async () => {
   if (!hand.base) return;
   clearError("style-error");
   const latent = [...hand.base];
   hand.axes.forEach((axis, i) => (latent[axis] += Number($(`axis-${i}`).value)));
   try {
-    const response = await postJSON("generate", { digit: DIGITS, n: 1, latent, columns: 5, scale: 3 }, "image/png");
+    const response = await postJSON("generate", { label: classNumbers().slice(0, MAX_ROWS), n: 1, latent, columns: 5, scale: 3 }, "image/png");
     const img = $("restyled");
     showPng(img, await response.blob());
     img.dataset.source = hand.what; // which hand is shown, once its image has arrived (tests wait on it)
@@ -369,13 +406,13 @@ async function takeTile(index) {
   const row = Math.floor(index / grid.columns) + 1;
   const column = (index % grid.columns) + 1;
   const latent = grid.latents[index];
-  const digit = grid.labels[index];
+  const label = grid.labels[index];
   try {
-    // The tile's posterior variances pick the axes: draw it alone and read it back as the digit it is.
-    const tile = await (await postJSON("generate", { digit, n: 1, latent, padding: 0 }, "image/png")).blob();
+    // The tile's posterior variances pick the axes: draw it alone and read it back as the class it is.
+    const tile = await (await postJSON("generate", { label, n: 1, latent, padding: 0 }, "image/png")).blob();
     const form = new FormData();
     form.append("file", tile, "tile.png");
-    form.append("digit", String(digit));
+    form.append("label", String(label));
     const answer = await (await call("encode", { method: "POST", body: form })).json();
     setHand(latent, answer.log_var, `The hand of the grid's row ${row}, column ${column}`, "grid");
   } catch (error) {
@@ -428,23 +465,24 @@ function setUpStyle() {
 
 // ---- Walk: from the drawn hand to a grid column's, by /interpolate ------------------------------------------
 
-let drawn = null; // the latent /encode gave for the drawing, and the digit it was read as
+let drawn = null; // the latent /encode gave for the drawing, and the class it was read as
 
 const walk = latestOnly(async () => {
   clearError("walk-error");
   const column = $("walk-column").valueAsNumber;
-  if (!drawn) return showError("walk-error", new ApiError("Draw a digit and read it first: the walk starts there."));
+  const what = model.digits ? "a digit" : "a picture";
+  if (!drawn) return showError("walk-error", new ApiError(`Draw ${what} and read it first: the walk starts there.`));
   if (!(column >= 1 && column <= grid.columns)) {
     return showError("walk-error", new ApiError(`Choose a column from 1 to ${grid.columns}.`));
   }
-  // Every row of a grid column shares one latent (the column is one hand across digits): the first row's will do.
-  const body = { digit: drawn.digit, from: drawn.latent, to: grid.latents[column - 1], steps: WALK_STEPS, scale: 3 };
+  // Every row of a grid column shares one latent (the column is one hand across classes): the first row's will do.
+  const body = { label: drawn.label, from: drawn.latent, to: grid.latents[column - 1], steps: WALK_STEPS, scale: 3 };
   try {
     const response = await postJSON("interpolate", body, "image/png");
     const img = $("walk-strip");
     showPng(img, await response.blob());
-    img.alt = `Your drawing's hand walking, in ${WALK_STEPS} steps, to the hand of grid column ${column}, as ${aDigit(drawn.digit)}`;
-    $("walk-caption").textContent = `From your drawing to grid column ${column}, as ${aDigit(drawn.digit)}.`;
+    img.alt = `Your drawing's hand walking, in ${WALK_STEPS} steps, to the hand of grid column ${column}, as ${aClass(drawn.label)}`;
+    $("walk-caption").textContent = `From your drawing to grid column ${column}, as ${aClass(drawn.label)}.`;
     img.dataset.column = String(column); // which walk is shown, once its image has arrived (tests wait on it)
   } catch (error) {
     showError("walk-error", error);
@@ -486,11 +524,16 @@ async function load() {
   clearError("generate-error");
   try {
     const manifest = await (await call("model")).json();
+    const [, tileHeight, tileWidth] = manifest.image_shape;
+    const names = manifest.classes.map((c) => c.name);
+    Object.assign(model, { names, digits: names.every((name, label) => name === String(label)), tileHeight, tileWidth });
+    showClasses();
     const temperature = manifest.prior?.temperature ?? 1;
     $("temperature").value = String(temperature);
     $("temperature-value").textContent = Number(temperature).toFixed(2);
   } catch (error) {
-    showError("generate-error", error);
+    showError("generate-error", error); // without the model's classes there is nothing to ask for (a key, perhaps)
+    return;
   }
   await generate();
 }

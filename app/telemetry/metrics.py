@@ -43,7 +43,11 @@ class Metrics:
             "http_requests_in_flight", "HTTP requests being handled now", namespace=namespace, registry=r
         )
         self.images = Counter(
-            "images_generated", "Digit images (tiles) generated, by digit", ["digit"], namespace=namespace, registry=r
+            "images_generated",
+            "Images (tiles) generated, by class number (a label named digit, as dashboards know it)",
+            ["digit"],
+            namespace=namespace,
+            registry=r,
         )
         self.inference_duration = Histogram(
             "inference_duration_seconds", "Time a batch takes in the engine, by operation",

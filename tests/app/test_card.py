@@ -20,7 +20,7 @@ from model.artifacts import load_model_dir
 from model.imaging import decode_image
 from model.manifest import ModelDirError, read_card
 from model.uploads import ImageError
-from tests.conftest import drawing, encoded
+from tests.conftest import drawing, encoded, set_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,3 +112,41 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "numpy", "mo
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['model', 'model.manifest', 'model.uploads']"  # tests/test_rooms.py: TORCH_FREE
+
+
+# --- classes, image shape and preprocessing: the manifest drives them -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"preprocessing": "fashion"}, "preprocessing 'fashion' is not one this code knows: mnist, frame"),
+        ({"image_shape": [1, 32, 32]}, 'preprocessing "mnist" makes [1, 28, 28] images'),
+        ({"image_shape": [3, 28, 28]}, "image_shape must be [1, height, width]"),
+        ({"labels": ["coat", "Coat"]}, "labels must name each class once"),
+        ({"labels": []}, "labels must be a non-empty list of class names"),
+        ({"labels": [0, 1]}, "labels must be a non-empty list of class names"),
+    ],
+)
+def test_the_card_refuses_classes_shapes_and_preprocessing_it_cannot_serve(
+    tiny_model_dir: Path, tmp_path: Path, fields: dict, words: str
+):
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    set_manifest(model_dir, **fields)
+    with pytest.raises(ModelDirError, match=r"manifest\.json") as e:
+        read_card(model_dir)
+    assert words in str(e.value)
+
+
+def test_a_manifest_without_preprocessing_is_read_as_digits(tiny_model_dir: Path):
+    card = read_card(tiny_model_dir)
+    assert "preprocessing" not in card.manifest and card.preprocessing == "mnist"
+    assert card.is_digits and card.labels == [str(i) for i in range(10)]
+
+
+def test_the_card_finds_a_class_by_number_or_name_in_any_case(fashion_model_dir: Path):
+    card = read_card(fashion_model_dir)
+    assert (card.preprocessing, card.is_digits, card.num_classes) == ("frame", False, 10)
+    assert [card.class_of(v) for v in (4, "coat", "COAT", "Ankle Boot", "4", "04")] == [4, 4, 4, 9, 4, 4]
+    assert [card.class_of(v) for v in (10, -1, "boot", "", "4.0", "٣")] == [None] * 6
+    assert card.classes[0] == {"label": 0, "name": "t-shirt/top"}

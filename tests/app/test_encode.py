@@ -272,7 +272,7 @@ def test_uploads_are_scored_together_only_where_that_changes_no_bit(tiny_model_d
     assert service.score_uploads == 1  # until checked
     assert service.check_scoring_passes() == allowed
     service.score_uploads = allowed
-    uploads = [Upload(data=encoded(drawing((40 + 3 * i, 60))), digit=None) for i in range(6)]
+    uploads = [Upload(data=encoded(drawing((40 + 3 * i, 60))), label=None) for i in range(6)]
     assert service.run("encode", uploads) == [service.run("encode", [u])[0] for u in uploads]
 
 

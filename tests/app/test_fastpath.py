@@ -8,7 +8,7 @@ import pytest
 
 import app.api.routes.operations as generate_route
 from app.api.fastpath import parse_upload
-from app.operations.encode import Upload
+from app.operations.encode import EncodeForm
 from tests.conftest import drawing, encoded
 
 FAST = {"Content-Type": "application/json"}
@@ -50,6 +50,7 @@ def form(*parts: tuple[str, bytes], end: bytes = b"--\r\n") -> bytes:
 
 FILE = 'Content-Disposition: form-data; name="file"; filename="d.png"\r\nContent-Type: image/png'
 DIGIT = 'Content-Disposition: form-data; name="digit"'
+LABEL = 'Content-Disposition: form-data; name="label"'
 
 
 def test_plain_json_takes_the_fast_path_and_anything_else_the_route(client, route_calls):
@@ -74,7 +75,9 @@ def test_plain_json_takes_the_fast_path_and_anything_else_the_route(client, rout
         (b'{"digit": 4, "latent": [0, 0, 0]}', None),  # latent of the wrong size: 422 from the service
         (b'{"digit": 12}', None),
         (b'{"digit": 4, "n": 2, "extra": 1}', None),
-        (b'{"digit": "4"}', None),  # strict: no string to int
+        (b'{"digit": "four"}', None),  # no such class: 422 from the service
+        (b'{"label": "4", "seed": 1}', None),  # a class name
+        (b'{"label": 4, "digit": 4}', None),  # both: 422
         (b'{"digit": 4,', None),  # not JSON
         (b"null", None),
         (b"[]", None),
@@ -125,7 +128,9 @@ def test_plain_multipart_takes_the_fast_path_and_anything_else_the_route(client,
     assert client.post("/encode", content=body, headers=ROUTE_FORM).status_code == 200
     assert encode_route_calls == [1]
     invalid = client.post("/encode", content=form((FILE, PNG), (DIGIT, b"12")), headers=FAST_FORM)
-    assert invalid.status_code == 422 and invalid.json()["errors"][0]["loc"] == ["body", "digit"]  # FastAPI's words
+    assert invalid.status_code == 422 and invalid.json()["errors"][0]["loc"] == ["body", "digit"]  # the service's
+    both = client.post("/encode", content=form((FILE, PNG), (LABEL, b"1"), (DIGIT, b"1")), headers=FAST_FORM)
+    assert both.status_code == 422 and "not both" in both.json()["detail"]
 
 
 @pytest.mark.parametrize(
@@ -133,6 +138,8 @@ def test_plain_multipart_takes_the_fast_path_and_anything_else_the_route(client,
     [
         form((FILE, PNG)),
         form((FILE, PNG), (DIGIT, b"7")),
+        form((FILE, PNG), (LABEL, b"7")),
+        form((FILE, PNG), (LABEL, b"7"), (DIGIT, b"7")),
         form((DIGIT, b"0"), (FILE, PNG)),
         form((FILE, PNG), end=b"--"),  # no line end after the close delimiter
         form((FILE.split("\r\n")[0], PNG)),  # no Content-Type in the part
@@ -166,6 +173,8 @@ def test_the_encode_fast_path_answers_exactly_as_the_route(client, body):
 
 
 def test_the_encode_fast_path_reads_only_the_plainest_form():
-    assert parse_upload(form((FILE, PNG), (DIGIT, b"4")), B.encode()) == Upload(data=PNG, digit=4)
+    assert parse_upload(form((FILE, PNG), (DIGIT, b"4")), B.encode()) == EncodeForm(file=PNG, digit="4")
+    assert parse_upload(form((FILE, PNG), (LABEL, b"Coat")), B.encode()) == EncodeForm(file=PNG, label="Coat")
+    assert parse_upload(form((FILE, PNG), (DIGIT, b"")), B.encode()) is None  # invalid: the route says why
     assert parse_upload(form((FILE, b"a\r\n--" + B.encode() + b"x")), B.encode()) is None  # the boundary inside
     assert parse_upload(form((FILE, PNG)), b"other") is None

@@ -233,10 +233,12 @@ def test_generate_refuses_an_accept_it_cannot_satisfy_with_406(client):
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        ({}, "digit"),
         ({"digit": 10}, "digit"),
         ({"digit": -1}, "digit"),
-        ({"digit": "3"}, "digit"),
+        ({"digit": "three"}, "digit"),
+        ({"label": "three"}, "label"),
+        ({"label": 10}, "label"),
+        ({"label": [1, "12"]}, "label"),
         ({"digit": True}, "digit"),
         ({"digit": 3.5}, "digit"),
         ({"digit": []}, "digit"),

@@ -77,10 +77,10 @@ def test_process_and_thread_give_byte_identical_answers(tiny_model_dir: Path):
 
 
 def test_every_message_crosses_the_wire_unchanged():
-    spec = GenerateSpec(digits=(1, 2), n=2, latent=None, seed=5, temperature=0.8, columns=2, padding=2, scale=1,
+    spec = GenerateSpec(labels=(1, 2), n=2, latent=None, seed=5, temperature=0.8, columns=2, padding=2, scale=1,
                         width=62, height=62, with_latents=False)  # fmt: skip
     latent_spec = spec._replace(latent=((0.5, -1.0, 2.0, 0.1), (1e-30, 3.0, -0.0, 4.0)), seed=None, with_latents=True)
-    result = EncodeResult(digit=3, inferred=True, probabilities=[0.5, 0.5], mean=[0.1], log_var=[-1.0])
+    result = EncodeResult(label=3, inferred=True, probabilities=[0.5, 0.5], mean=[0.1], log_var=[-1.0])
     drawings = [Drawing(b"png", None, None), Drawing(b"png", [3, 3], [[0.5, 1e-30], [2.0, 0.1]])]
     messages = [
         Ready(version=wire_version(), model_id="m", pass_rows=8, score_uploads=4),

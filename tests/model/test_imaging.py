@@ -14,6 +14,7 @@ from PIL import Image
 
 from model.imaging import decode_image, to_mnist
 from model.pictures import encode_png, tile_grid, to_uint8
+from model.preprocessing import preprocess, to_frame
 from model.uploads import DECODE_SIDE, ImageError, decoded_pixels
 from training.data import load_pair
 
@@ -407,3 +408,44 @@ def test_a_pngs_size_is_read_from_its_header_as_pillow_reads_it() -> None:
     with pytest.raises(ImageError) as e:
         decoded_pixels(bytes(corrupt), MAX_PIXELS)
     assert e.value.reason == "undecodable"
+
+
+# --- "frame" preprocessing (model/preprocessing.py): items that fill their frame ------------------------------
+
+
+def item(h: int = 28, w: int = 28) -> torch.Tensor:
+    """A light item (a bag: a block with a handle) filling most of its dark frame."""
+    x = torch.zeros(h, w)
+    x[h // 4 :, 1:-1] = 0.8
+    x[2 : h // 4, w // 3 : 2 * w // 3] = 1.0
+    return x
+
+
+def test_a_framed_item_passes_through_unchanged():
+    x = item()
+    assert torch.equal(to_frame(x, (28, 28)), x[None])
+
+
+def test_framing_keeps_the_whole_picture_its_aspect_and_its_centre():
+    out = to_frame(item(56, 28), (28, 28))[0]  # twice as tall: fitted to 28x14, centred
+    cols = torch.nonzero(out.sum(dim=0)).flatten()
+    assert out.shape == (28, 28) and int(cols.min()) >= 6 and int(cols.max()) <= 21
+    assert out[0].sum() > 0 and out[-1].sum() > 0  # the full height kept, no crop to the ink
+
+
+def test_framing_decides_polarity_as_to_mnist_does():
+    light_on_dark = to_frame(item(), (28, 28))
+    dark_on_light = to_frame(1.0 - item(), (28, 28))
+    assert torch.allclose(light_on_dark, dark_on_light, atol=1e-6)
+
+
+def test_framing_a_blank_picture_is_refused():
+    with pytest.raises(ImageError) as e:
+        to_frame(torch.full((20, 20), 0.5), (28, 28))
+    assert e.value.reason == "blank"
+
+
+def test_preprocess_selects_by_the_manifest_value(digits: torch.Tensor):
+    x = digits[0].float() / 255
+    assert torch.equal(preprocess(x, "mnist", (28, 28)), to_mnist(x))
+    assert torch.equal(preprocess(x, "frame", (28, 28)), to_frame(x, (28, 28)))

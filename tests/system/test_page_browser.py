@@ -17,6 +17,7 @@ import json
 import os
 import random
 import re
+import shutil
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.conftest import FASHION, set_manifest
 from tests.system.test_serve import ROOT, free_port, serving
 from training.evaluation.testsets import hand_strokes
 
@@ -62,6 +64,18 @@ def locked_base() -> Iterator[str]:
     env = {"CVAE_MODEL_DIR": str(ROOT / "artifacts" / "default"), "CVAE_ACCESS_LOG": "false",
            "CVAE_API_KEYS": API_KEY}  # fmt: skip
     with serving(["-m", "app", "--port", str(port)], env, port):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def fashion_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real service with a model whose classes are not digits: the shipped model's manifest given FASHION's class
+    names and framed uploads (a trained model, so that its drawings have something in them to read)."""
+    model_dir = shutil.copytree(ROOT / "artifacts" / "default", tmp_path_factory.mktemp("models") / "fashion")
+    set_manifest(model_dir, labels=FASHION, preprocessing="frame")
+    port = free_port()
+    with serving(["-m", "app", "--port", str(port)], {"CVAE_MODEL_DIR": str(model_dir), "CVAE_ACCESS_LOG": "false"},
+                 port):  # fmt: skip
         yield f"http://127.0.0.1:{port}"
 
 
@@ -281,7 +295,7 @@ def test_style_sliders_redraw_the_hand_live_with_one_request_in_flight(browser, 
     bodies = [json.loads(r["postData"]) for r in network_requests(browser) if r["url"] == base + "/generate"]
     assert 1 <= len(bodies) < 20, "presses made while a request was in flight collapse into one"
     last = bodies[-1]  # the latest slider value wins: the last request is the hand moved by +2.0 on one axis
-    assert last["digit"] == list(range(10)) and last["n"] == 1
+    assert last["label"] == list(range(10)) and last["n"] == 1
     axis = int(re.search(r"z(\d+)", by_id(browser, "axis-0-label").text).group(1)) - 1
     reset = by_id(browser, "reset-style")
     reset.click()
@@ -289,6 +303,36 @@ def test_style_sliders_redraw_the_hand_live_with_one_request_in_flight(browser, 
     home = [json.loads(r["postData"]) for r in network_requests(browser) if r["url"] == base + "/generate"][-1]
     moved = [i for i, (a, b) in enumerate(zip(last["latent"], home["latent"], strict=True)) if abs(a - b) > 1e-9]
     assert moved == [axis] and last["latent"][axis] - home["latent"][axis] == pytest.approx(2.0)
+    assert console_errors(browser) == []
+
+
+def test_the_page_takes_its_title_controls_and_rows_from_a_model_whose_classes_are_not_digits(browser, fashion_base):
+    """Served a model of FASHION's classes, the page names them in its title, its checkboxes and its readings, draws
+    one grid row per class, reads and re-draws an upload, and walks under the class it was read as."""
+    open_page(browser, fashion_base + "/")
+    assert "t-shirt/top" in browser.title and "ankle boot" in browser.title
+    boxes = [e.text.strip() for e in browser.find_elements(By.CSS_SELECTOR, "#digits label")]
+    assert boxes == FASHION
+    assert by_id(browser, "classes-legend").text == "Classes (one row each)"
+    width, height = browser.execute_script(
+        "const g = document.querySelector('[data-testid=grid]'); return [g.naturalWidth, g.naturalHeight]"
+    )
+    assert (width, height) == ((6 * 30 + 2) * 2, (10 * 30 + 2) * 2), "one row per class, six columns, scale 2"
+    browser.find_elements(By.CSS_SELECTOR, "#digits input")[0].click()  # no t-shirts: nine rows
+    wait(browser, lambda d: "9 classes" in by_id(d, "grid-caption").text, "unchecking a class did not redraw")
+    assert "drawn as every class" in by_id(browser, "hand-source").text
+
+    draw(browser, [[(-60, -60), (60, -60), (60, 60), (-60, 60), (-60, -60)]])  # a box: a bag, perhaps
+    by_id(browser, "encode").click()
+    wait(browser, lambda d: hand(d) == "your drawing" and loaded(d, "restyled"), "the drawing was not read")
+    reading = by_id(browser, "inferred").text
+    assert any(re.search(rf"reads an? {re.escape(name)}\b", reading) for name in FASHION), reading
+    names = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#probabilities li span")]
+    assert names == FASHION
+    by_id(browser, "walk").click()
+    wait(browser, lambda d: loaded(d, "walk-strip"), "the walk was not drawn")
+    walk = [json.loads(r["postData"]) for r in network_requests(browser) if r["url"] == fashion_base + "/interpolate"]
+    assert walk and isinstance(walk[-1]["label"], int) and "digit" not in walk[-1]
     assert console_errors(browser) == []
 
 
@@ -330,7 +374,7 @@ def test_the_walk_strip_goes_from_the_drawn_hand_to_a_grid_column(browser, base)
     walks = [json.loads(r["postData"]) for r in requests if r["url"] == base + "/interpolate"]
     assert len(walks) == 1 and encoded, "one walk, after the drawing was read"
     walk = walks[0]
-    assert walk["digit"] == digit and walk["steps"] == 8
+    assert walk["label"] == digit and walk["steps"] == 8
     ask = urllib.request.Request(  # the grid the page showed, with its latents: the walk ends at column 3's
         base + "/generate", data=json.dumps(grid_body[-1] if grid_body else {}).encode(),
         headers={"Content-Type": "application/json", "Accept": "application/json"},

@@ -55,8 +55,8 @@ def not_ready(state: ServiceState) -> str | None:
 # Everything else stays private, by default (a field added to the manifest later is not shown until listed here): how
 # it was made (the training command with its paths, the training options, the git commit), the data files' names
 # and checksums, the artifacts' checksums, the torch version.
-PUBLIC_MANIFEST = ("format_version", "id", "latent_dim", "image_shape", "labels", "pixel_model", "training_prior",
-                   "metrics", "created")  # fmt: skip
+PUBLIC_MANIFEST = ("format_version", "id", "latent_dim", "image_shape", "labels", "preprocessing", "pixel_model",
+                   "training_prior", "metrics", "created")  # fmt: skip
 PUBLIC_PARTS = {"prior": ("kind", "temperature", "components_per_class"), "data": ("name", "count", "val_size"),
                 "config": ("model",)}  # fmt: skip
 
@@ -72,16 +72,18 @@ def public_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
 @router.get(
     paths.MODEL,
     summary="The model: what it is and how well it does",
-    description="The public part of the served model directory's manifest.json: id, latent_dim, image shape, labels, "
-    "the prior's kind and sampling temperature, the training data's name and size, the network's configuration and "
-    "the evaluation metrics, and `reading`: the rule /encode reads digits by (`reader`, the model's reader network, or "
-    "`generative`, Bayes' rule over the generative model, for a model directory without a reader). How it was made "
-    "(command, training options, git commit, file checksums) is not shown.",
+    description="The public part of the served model directory's manifest.json: id, latent_dim, image shape, "
+    "labels (the class names, by class number), the preprocessing an upload gets (when the manifest names it), the "
+    "prior's kind and sampling temperature, the training data's name and size, the network's configuration and the "
+    "evaluation metrics; `classes`: each class's number (`label`) and `name`, what the operations (/generate, "
+    "/encode, ...) take as `label`; and `reading`: the rule /encode reads classes by (`reader`, the model's reader "
+    "network, or `generative`, Bayes' rule over the generative model, for a model directory without a reader). How it "
+    "was made (command, training options, git commit, file checksums) is not shown.",
     responses={200: {"content": {"application/json": {"example": {"id": "cvae-ae80abbd7489", "latent_dim": 16}}}}},
 )
 async def model(request: Request) -> dict[str, Any]:
     card = runtime_of(request.app.state.service).card
-    return {**public_manifest(card.manifest), "reading": card.reading}
+    return {**public_manifest(card.manifest), "classes": card.classes, "reading": card.reading}
 
 
 @router.get(
