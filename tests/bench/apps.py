@@ -34,7 +34,7 @@ from PIL import Image
 from starlette.types import Scope
 
 from app.api.fastpath import FastPath
-from app.operations.encode import Upload
+from app.operations.encode import EncodeForm
 from app.operations.generate import GenerateRequest
 from model.artifacts import load_model_dir
 from model.imaging import decode_image, to_mnist
@@ -104,7 +104,7 @@ async def floor_generate(scope: Scope, request: GenerateRequest, accept: str | N
     return Response(floor_png(), media_type="image/png")
 
 
-async def floor_encode(scope: Scope, upload: Upload) -> Response:
+async def floor_encode(scope: Scope, form: EncodeForm) -> Response:
     return Response(ENCODE_ANSWER, media_type="application/json")
 
 
@@ -123,7 +123,8 @@ def create_straightforward_app(model_dir: Path) -> FastAPI:
         seed = body.seed if body.seed is not None else secrets.randbits(53)
         with torch.inference_mode():
             temperature = model.temperature if body.temperature is None else body.temperature
-            z, y = sample_latents(model.prior, body.digits, body.n, seed, temperature)
+            labels = [model.card.class_of(v) for v in body.labels]
+            z, y = sample_latents(model.prior, labels, body.n, seed, temperature)
             images = model.decoder(z, y)  # (N, 1, H, W) in [0, 1]
         tiles = (images[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
         png = pillow_grid_png(tiles, body.columns or body.n, body.padding, body.scale)
