@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.manifest import Preprocessing
+
 log = logging.getLogger(__name__)
 
 IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions (N, rows, cols)
@@ -67,7 +69,7 @@ class Kind:
     digits (the digit-only steps: the flagged 1s of the reader's training, the sets of digits that are not MNIST)."""
 
     classes: tuple[str, ...]
-    preprocessing: str
+    preprocessing: Preprocessing
     digits: bool
 
 

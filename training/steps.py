@@ -44,7 +44,7 @@ from training.evaluation.evaluate import evaluate_model, record_figures
 from training.evaluation.judge import announce_judge, default_cache_dir
 from training.export import add_programs, export_model_dir, replace_dir
 from training.reader.model_dir import add_reader
-from training.reader.train import MEMBERS, accuracy, distil, fit_temperature, train_reader
+from training.reader.train import MEMBERS, PLAIN_MEMBERS, accuracy, distil, fit_temperature, plain, train_reader
 from training.reader.variants import varied
 from training.record import run_record
 
@@ -192,7 +192,7 @@ def export_cvae(run: Run) -> None:
     metrics.update(
         evaluate_model(
             model.encoder, model.decoder, prior, run.data, k=cfg.eval_k, seed=cfg.seed, full=cfg.evaluate,
-            temperature=cfg.sample_temperature,
+            temperature=cfg.sample_temperature, preprocessing=cfg.kind.preprocessing,
         )
     )  # fmt: skip
     record = json.loads((run.dir / "run.json").read_text())
@@ -207,13 +207,20 @@ def export_cvae(run: Run) -> None:
 
 
 def _reader_data(run: Run) -> tuple[slice, slice, torch.Tensor]:
-    """The training digits the reader trains on, those it is calibrated on, and the latter varied."""
+    """The training images the reader trains on, those it is calibrated on, and the latter varied (digits) or as
+    /encode pre-processes them (other images)."""
     images = run.data.train.images
     kept = min(CALIBRATION_SIZE, len(images) // 5)
     fit, keep = slice(0, len(images) - kept), slice(len(images) - kept, None)
     seed = run.cfg.seed
+    if not run.cfg.kind.digits:
+        return fit, keep, plain(images[keep], run.cfg.kind.preprocessing)
     calibration = varied(images[keep], torch.Generator().manual_seed(seed + 1), seed + 1)
     return fit, keep, calibration
+
+
+def _members(run: Run) -> tuple[str, ...]:
+    return MEMBERS if run.cfg.kind.digits else PLAIN_MEMBERS
 
 
 def _reader_threads(run: Run) -> None:
@@ -229,10 +236,10 @@ def train_teacher(run: Run) -> None:
     images, labels = run.data.train.images, run.data.train.labels
     fit, keep, calibration = _reader_data(run)
     num_classes = len(json.loads((run.model_dir / MANIFEST_FILE).read_text())["labels"])
-    reader_cfg = ReaderConfig(num_classes=num_classes, members=len(MEMBERS))
+    reader_cfg = ReaderConfig(num_classes=num_classes, members=len(_members(run)))
     teacher = train_reader(
-        images[fit], labels[fit], reader_cfg, MEMBERS, epochs=epochs["varied"], plain_epochs=epochs["plain"],
-        seed=cfg.seed, device=run.device, digits=cfg.kind.digits,
+        images[fit], labels[fit], reader_cfg, _members(run), epochs=epochs["varied"], plain_epochs=epochs["plain"],
+        seed=cfg.seed, device=run.device, digits=cfg.kind.digits, preprocessing=cfg.kind.preprocessing,
     )  # fmt: skip
     teacher.temperature = fit_temperature(teacher, calibration, labels[keep])
     teacher_accuracy = accuracy(teacher, calibration, labels[keep])
@@ -252,10 +259,10 @@ def train_student(run: Run) -> None:
     teacher = Reader(reader_cfg)
     teacher.load_state_dict(saved["state_dict"])
     teacher.temperature = saved["temperature"]
-    student_seed = cfg.seed + len(MEMBERS)
+    student_seed = cfg.seed + len(_members(run))
     reader = distil(
         teacher, images[fit], labels[fit], reader_cfg, epochs=epochs["distilled"], seed=student_seed,
-        device=run.device, digits=cfg.kind.digits,
+        device=run.device, digits=cfg.kind.digits, preprocessing=cfg.kind.preprocessing,
     )  # fmt: skip
     reader.temperature = fit_temperature(reader, calibration, labels[keep])
     final_cfg = ReaderConfig(**{**reader_cfg.to_dict(), "members": 1, "temperature": reader.temperature})
@@ -265,7 +272,7 @@ def train_student(run: Run) -> None:
     student = {
         "recipe": "distilled",
         "seed": student_seed,
-        "teacher": [{"recipe": recipe, "seed": cfg.seed + i} for i, recipe in enumerate(MEMBERS)],
+        "teacher": [{"recipe": recipe, "seed": cfg.seed + i} for i, recipe in enumerate(_members(run))],
         "teacher_temperature": saved["temperature"],
         "teacher_calibration_accuracy": saved["accuracy"],
     }

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.preprocessing import preprocess
 from tests.training.test_train import FIXTURE, small_config
 from training import steps
 from training.__main__ import cli
@@ -52,3 +53,14 @@ def test_one_command_writes_the_datasets_classes_and_preprocessing_into_the_mani
     on_disk = json.loads((cfg.out / "manifest.json").read_text())
     assert on_disk["labels"] == list(FASHION.classes) and on_disk["preprocessing"] == "frame"
     assert on_disk["reader"]["config"]["num_classes"] == 10
+    # Not digits: the teacher's CNNs are plain ones (no varied strokes, no flagged 1s), on framed images.
+    assert [m["recipe"] for m in on_disk["reader"]["members"][0]["teacher"]] == ["plain"] * 3
+
+
+def test_the_readers_plain_images_are_what_encode_makes_of_an_upload_of_them() -> None:
+    images = torch.zeros(3, 28, 28, dtype=torch.uint8)
+    images[:, 4:24, 2:26] = 200  # an item filling most of its frame
+    framed, digits = reader_train.plain(images, "frame"), reader_train.plain(images, "mnist")
+    assert framed.shape == digits.shape == (3, 1, 28, 28)
+    assert torch.equal(framed[0], preprocess(images[0].float() / 255, "frame", (28, 28)))
+    assert not torch.equal(framed, digits)  # to_mnist would shrink it into MNIST's 20 px box

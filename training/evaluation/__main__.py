@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir=args.cache_dir,
         temperature=model.temperature if args.temperature is None else args.temperature,
         reader=model.reader,
-        outside_count=args.outside_count,
+        outside_count=args.outside_count if model.card.is_digits else 0,  # the sets of uploads are of digits
+        preprocessing=model.card.preprocessing,
     )
     metrics["model_id"] = model.id
     print(json.dumps(metrics, indent=1))

@@ -20,7 +20,7 @@ from torch import Tensor
 from model.artifacts import load_model_dir
 from model.imaging import decode_image, to_mnist
 from model.inference import DecoderLike, EncoderLike, ReaderLike, elbo_terms, importance_weighted_nll
-from model.manifest import MANIFEST_FILE
+from model.manifest import MANIFEST_FILE, Preprocessing
 from model.pictures import encode_png
 from model.prior import GaussianPrior, Prior, sample_latents
 from model.uploads import ImageError
@@ -132,6 +132,7 @@ def evaluate_model(
     temperature: float = 1.0,
     reader: ReaderLike | None = None,
     outside_count: int = 0,
+    preprocessing: Preprocessing = "mnist",
 ) -> dict[str, Any]:
     """All figures on data.val (the held-out digits); samples drawn at `temperature` (the service's default is the
     model's, LoadedModel.temperature); /encode read with `reader` (a model directory's, when it has one), and
@@ -155,6 +156,7 @@ def evaluate_model(
             temperature=temperature,
             train_images=data.train.images,
             reader=reader,
+            preprocessing=preprocessing,
         )
     )
     if outside_count > 0:
@@ -174,6 +176,7 @@ def judged_figures(
     temperature: float,
     train_images: Tensor | None = None,
     reader: ReaderLike | None = None,
+    preprocessing: Preprocessing = "mnist",
 ) -> dict[str, Any]:
     """Everything the judge measures on the held-out digits `held`; the copying figures too when the training
     digits are given."""
@@ -228,7 +231,9 @@ def judged_figures(
     out["frechet_set_size"] = half
     out["frechet_generated_1000_vs_all_heldout"] = frechet_distance(gen_feats, real_feats)
 
-    out.update(encode_figures(encoder, decoder, prior, held, judge, seed=seed, reader=reader))
+    out.update(
+        encode_figures(encoder, decoder, prior, held, judge, seed=seed, reader=reader, preprocessing=preprocessing)
+    )
     return out
 
 
@@ -242,19 +247,22 @@ def encode_figures(
     *,
     seed: int,
     reader: ReaderLike | None = None,
+    preprocessing: Preprocessing = "mnist",
 ) -> dict[str, Any]:
-    """/encode on the held-out digits: the digit read from uploads as they are and re-drawn as users upload them
-    (with the calibration error of its probabilities), and reconstruction from the encoded mean."""
+    """/encode on the held-out images: the class read from uploads as they are (with the calibration error of its
+    probabilities) and, for digits, re-drawn as users upload them, and reconstruction from the encoded mean."""
     out: dict[str, Any] = {}
-    uploads = preprocess_uploads([encode_png(img) for img in held.images])  # as users upload MNIST digits
+    shape = (held.images.shape[1], held.images.shape[2])
+    uploads = preprocess_uploads([encode_png(img) for img in held.images], preprocessing, shape)  # as users upload
     probs, _ = read_digits(encoder, decoder, prior, uploads, reader)
     out["encode_accuracy_real"] = (probs.argmax(1) == held.labels).float().mean().item()
     out["encode_calibration_error_real"] = calibration_error(probs, held.labels)
-    rng = random.Random(seed)
-    redrawn = preprocess_uploads([redrawn_jpeg(img, rng) for img in held.images])
-    out["encode_accuracy_redrawn"] = (
-        (inferred_labels(encoder, decoder, prior, redrawn, reader) == held.labels).float().mean().item()
-    )
+    if preprocessing == "mnist":  # digits, re-drawn off-centre on a page as people upload them
+        rng = random.Random(seed)
+        redrawn = preprocess_uploads([redrawn_jpeg(img, rng) for img in held.images])
+        out["encode_accuracy_redrawn"] = (
+            (inferred_labels(encoder, decoder, prior, redrawn, reader) == held.labels).float().mean().item()
+        )
     mean, _ = encoder(uploads, held.labels)
     recon_pred, _ = predict(judge, decoder(mean, held.labels))
     out["reconstruction_accuracy"] = (recon_pred == held.labels).float().mean().item()
@@ -267,7 +275,10 @@ def record_figures(model_dir: Path, data: DataSplits, *, seed: int, outside_coun
     model was exported with (its reading was then the generative score's). -> the figures."""
     model = load_model_dir(model_dir)
     judge, _ = cached_judge(data, default_cache_dir(), seed=seed)
-    figures = encode_figures(model.encoder, model.decoder, model.prior, data.val, judge, seed=seed, reader=model.reader)
+    figures = encode_figures(
+        model.encoder, model.decoder, model.prior, data.val, judge, seed=seed, reader=model.reader,
+        preprocessing=model.card.preprocessing,
+    )  # fmt: skip
     if outside_count > 0:
         figures["outside"] = outside_figures(
             model.encoder, model.decoder, model.prior, judge, reader=model.reader, count=outside_count, seed=seed

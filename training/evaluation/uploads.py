@@ -9,8 +9,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from model.imaging import decode_image, to_mnist
+from model.imaging import decode_image
 from model.inference import DecoderLike, EncoderLike, ReaderLike, label_log_probs
+from model.manifest import Preprocessing
+from model.preprocessing import preprocess
 from model.prior import Prior
 
 MAX_PIXELS = 10_000_000
@@ -35,9 +37,11 @@ def redrawn_jpeg(image: Tensor, rng: random.Random) -> bytes:
     return buf.getvalue()
 
 
-def preprocess_uploads(uploads: list[bytes]) -> Tensor:
-    """The /encode path: decode -> MNIST-style pre-processing. -> (N, 1, 28, 28)"""
-    return torch.stack([to_mnist(decode_image(b, MAX_PIXELS)) for b in uploads])
+def preprocess_uploads(
+    uploads: list[bytes], preprocessing: Preprocessing = "mnist", shape: tuple[int, int] = (28, 28)
+) -> Tensor:
+    """The /encode path: decode -> the model's pre-processing (model/preprocessing.py). -> (N, 1, H, W)"""
+    return torch.stack([preprocess(decode_image(b, MAX_PIXELS), preprocessing, shape) for b in uploads])
 
 
 @torch.no_grad()

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.imaging import to_mnist
+from model.manifest import Preprocessing
 from model.network import Reader, ReaderConfig
+from model.preprocessing import preprocess
 from training.augment import random_affine
 from training.reader.letterforms import letterforms
 from training.reader.variants import varied
@@ -25,13 +26,16 @@ from training.reader.variants import varied
 log = logging.getLogger(__name__)
 
 MEMBERS = ("varied", "varied", "plain")  # what the teacher's CNNs train on, in order (docs/quality.md: why)
+# Images that are not digits have no varied recipe (it varies strokes as people's digits vary): the teacher's CNNs
+# are plain ones from three seeds.
+PLAIN_MEMBERS = ("plain", "plain", "plain")
 DISTIL_BATCH = 1024  # digits the teacher reads at once while distilling
 CPU = torch.device("cpu")
 
 
 def train_reader(
     images: Tensor, labels: Tensor, cfg: ReaderConfig, recipes: Sequence[str], *, epochs: int, plain_epochs: int,
-    seed: int, device: torch.device = CPU, digits: bool = True,
+    seed: int, device: torch.device = CPU, digits: bool = True, preprocessing: Preprocessing = "mnist",
 ) -> Reader:  # fmt: skip
     """A reader of len(recipes) == cfg.members CNNs, member i trained from seed + i on images (uint8 (N, 28, 28))
     by recipes[i]: "varied", fresh varied copies every epoch (`epochs` of them), or "plain", the images as /encode
@@ -44,7 +48,8 @@ def train_reader(
         if recipe == "varied":
             inputs, passes = partial(_varied_input, images, labels if digits else None), epochs
         else:
-            inputs, passes = partial(_plain_input, images, labels if digits else None), plain_epochs
+            inputs = partial(_plain_input, images, labels if digits else None, preprocessing=preprocessing)
+            passes = plain_epochs
         member = train_member(labels, cfg, epochs=passes, seed=seed + i, inputs=inputs, device=device)
         reader.members[i].load_state_dict(member.state_dict())
     return reader.eval()
@@ -52,7 +57,7 @@ def train_reader(
 
 def distil(
     teacher: Reader, images: Tensor, labels: Tensor, cfg: ReaderConfig, *, epochs: int, seed: int,
-    device: torch.device = CPU, digits: bool = True,
+    device: torch.device = CPU, digits: bool = True, preprocessing: Preprocessing = "mnist",
 ) -> Reader:  # fmt: skip
     """A reader of one CNN trained to read as `teacher` (calibrated) does (knowledge distillation, Hinton et al.
     2015): every epoch on fresh varied copies of images (uint8 (N, 28, 28)) and on the images as /encode
@@ -61,7 +66,10 @@ def distil(
     the teacher's varied members and its plain one know; half its loss the cross-entropy to the teacher's
     probabilities, half to the labels."""
     member = train_member(
-        labels, cfg, epochs=epochs, seed=seed, inputs=partial(_varied_and_plain, images, labels if digits else None),
+        labels, cfg, epochs=epochs, seed=seed,
+        inputs=partial(_varied_and_plain, images, labels) if digits else partial(
+            _plain_input, images, None, preprocessing=preprocessing
+        ),
         teacher=copy.deepcopy(teacher).to(device).eval(), device=device,
     )  # fmt: skip
     student = Reader(ReaderConfig(**{**cfg.to_dict(), "members": 1}))
@@ -69,8 +77,10 @@ def distil(
     return student.eval()
 
 
-def _plain(images: Tensor) -> Tensor:
-    return torch.stack([to_mnist(img.float() / 255) for img in images])
+def plain(images: Tensor, preprocessing: Preprocessing = "mnist") -> Tensor:
+    """uint8 (N, H, W) training images as /encode pre-processes an upload of them: float32 (N, 1, H, W)."""
+    shape = (images.shape[1], images.shape[2])
+    return torch.stack([preprocess(img.float() / 255, preprocessing, shape) for img in images])
 
 
 def _flagged(images: Tensor, labels: Tensor | None, g: torch.Generator) -> Tensor:
@@ -82,8 +92,10 @@ def _varied_input(images: Tensor, labels: Tensor | None, g: torch.Generator, see
     return varied(_flagged(images, labels, g), g, seed)
 
 
-def _plain_input(images: Tensor, labels: Tensor | None, g: torch.Generator, _: int) -> Tensor:
-    return random_affine(_plain(_flagged(images, labels, g)), 1.0, g)
+def _plain_input(
+    images: Tensor, labels: Tensor | None, g: torch.Generator, _: int, preprocessing: Preprocessing = "mnist"
+) -> Tensor:
+    return random_affine(plain(_flagged(images, labels, g), preprocessing), 1.0, g)
 
 
 def _varied_and_plain(images: Tensor, labels: Tensor | None, g: torch.Generator, seed: int) -> Tensor:
