@@ -138,8 +138,12 @@ def test_the_card_refuses_classes_shapes_and_preprocessing_it_cannot_serve(
     assert words in str(e.value)
 
 
-def test_a_manifest_without_preprocessing_is_read_as_digits(tiny_model_dir: Path):
-    card = read_card(tiny_model_dir)
+def test_a_manifest_without_preprocessing_is_read_as_digits(tiny_model_dir: Path, tmp_path: Path):
+    old = Path(shutil.copytree(tiny_model_dir, tmp_path / "old"))  # as directories were written before the field
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["preprocessing"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    card = read_card(old)
     assert "preprocessing" not in card.manifest and card.preprocessing == "mnist"
     assert card.is_digits and card.labels == [str(i) for i in range(10)]
 
