@@ -13,6 +13,7 @@ COMMANDS = [
     "training",  # python -m training
     "training.evaluation",
     "training.evaluation.judge",
+    "training.evaluation.conditions_figures",
     "app",
     "app.inference.child",  # started by the service, not by hand, but a command all the same
     "tests.bench.serve",
@@ -20,6 +21,7 @@ COMMANDS = [
     "tests.bench.train_speed",
     "tests.bench.train_ddp",
     "tests.bench.replicas",
+    "tests.bench.gpu",  # refuses to run without CUDA, but answers --help anywhere
 ]
 
 
