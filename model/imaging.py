@@ -15,6 +15,13 @@ import torch.nn.functional as F
 from PIL import ExifTags, Image
 from torch import Tensor
 
+from model.ink import (
+    border_background,
+    departures,
+    grey_levels,
+    light_on_dark,
+    stretched,
+)
 from model.uploads import DECODE_SIDE, ImageError, open_image, undecodable
 
 MNIST_SIZE = 28  # the field the digit is centred in
@@ -28,7 +35,6 @@ UNEVEN_LIGHT = 0.06
 LIGHT_SIDE = 256
 LIGHT_MEDIAN = 7  # the median filter's window, at half LIGHT_SIDE: wider than twice a pencil line there
 PHOTO_INK = 0.3  # reduced-scale ink above this fraction of the way from the grain to the darkest is a stroke
-MIN_CONTRAST = 0.1  # the contrast rule: ink departs from its background by at least this many grey levels
 # Uneven grounds (bands of the other polarity, ruled lines, a fog): where the border's 10th-90th percentiles span
 # more than UNEVEN_GROUND of the image's range, the ground is estimated pixel by pixel (a median over GROUND_MEDIAN
 # px at about GROUND_SIDE px on the long side: half MNIST's field, where a stroke is under 2 px wide) and the ink is
@@ -37,12 +43,6 @@ UNEVEN_GROUND = 0.25
 GROUND_SIDE = 14
 GROUND_MEDIAN = 5
 CROPPED_STRAY = 0.05  # ...unless the ink departs one way (but for this share) and reaches all four sides: a crop
-# Salt and pepper: an image at most IMPULSE_SIDE px on its long side with more than IMPULSE_SHARE of its pixels lone
-# extremes (departing by over IMPULSE_LEVEL from all 8 neighbours, the same way) is read through a 3x3 median.
-IMPULSE_SIDE = 64
-IMPULSE_SHARE = 0.01
-IMPULSE_LEVEL = 0.3
-IMPULSE_VARIATION = 0.1  # mean |row step| over the image's range: at most 0.115 on MNIST's digits, speckle's more
 REDUCIBLE_MODES = frozenset({"L", "LA", "La", "RGB", "RGBA", "RGBa", "I", "F", "CMYK", "YCbCr", "PA", "LAB", "HSV"})
 EXIF_TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -123,20 +123,9 @@ def to_mnist(grey: Tensor) -> Tensor:
     ground (bands of the other polarity, ruled lines, a fog) and salt and pepper noise are taken away first.
     Raises ImageError("blank") when no ink can be told from the background.
     """
-    if grey.ndim != 2 or grey.numel() == 0:
-        raise ImageError("undecodable", f"expected one 2-D grey image, got shape {tuple(grey.shape)}")
-    # In numpy, float32 throughout, but for the resampling (torch's antialiased bilinear): a selection (the median),
-    # elementwise IEEE arithmetic and comparisons give the bits torch gives, without torch's per-operation overhead
-    # on an image this small (docs/performance.md).
-    a = grey.float().numpy()
+    a = grey_levels(grey)
     darkest, lightest = a.min(), a.max()
-    if max(a.shape) <= IMPULSE_SIDE and _speckled(a, lightest - darkest):
-        a = _median3(a)
-        darkest, lightest = a.min(), a.max()
-    # The background from the border; MNIST is light ink on a dark ground.
-    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-    middle = (border.size - 1) // 2  # torch's median of an even count is the lower of the two middle values
-    background = np.partition(border, middle)[middle]
+    border, background = border_background(a)  # MNIST is light ink on a dark ground
     light = _uneven_light(a) if max(a.shape) >= FLAT_FIELD_MIN_SIDE else None
     if light is not None:  # a photo: the paper's light divided out first, so that shadows are not taken for ink
         a = _photo_crop(a, *light)
@@ -144,13 +133,9 @@ def to_mnist(grey: Tensor) -> Tensor:
     elif (ground := _uneven_ground(a, border, background, lightest - darkest)) is not None:
         a = _ink_off(a - ground)
         background, peak = np.float32(0.0), a.max()
-    elif _dark_ink(a, background, darkest, lightest):
-        a, background, peak = 1.0 - a, 1.0 - background, 1.0 - darkest
     else:
-        peak = lightest
-    if peak - background < MIN_CONTRAST:
-        raise ImageError("blank", "no digit found: the image has no ink that stands out from its background")
-    a = np.clip((a - background) / (peak - background), 0.0, 1.0)
+        a, background, peak = light_on_dark(a, background)
+    a = stretched(a, background, peak, "no digit found: the image has no ink that stands out from its background")
     a = np.where(a < NOISE_FLOOR, np.float32(0.0), a)
     # Crop to the ink.
     ink = a > INK_THRESHOLD
@@ -196,7 +181,7 @@ def _uneven_ground(a: np.ndarray, border: np.ndarray, background: np.floating, s
     if ranked[k - 1 - k // 10] - ranked[k // 10] <= limit:
         return None
     even = a - background
-    above, below = _departures(even)
+    above, below = departures(even)
     ink = -even if below > above else even
     one_sided = min(above, below) <= CROPPED_STRAY * max(above, below)
     if one_sided and min(ink[:2].max(), ink[-2:].max(), ink[:, :2].max(), ink[:, -2:].max()) > NOISE_FLOOR:
@@ -214,36 +199,17 @@ def _uneven_ground(a: np.ndarray, border: np.ndarray, background: np.floating, s
     return best
 
 
-def _departures(d: np.ndarray) -> tuple[float, float]:
-    """(ink above, ink below): the sums of departures d beyond the contrast rule, up and down."""
-    rule = np.float32(MIN_CONTRAST)
-    above = np.clip(d - rule, 0.0, None).sum(dtype=np.float64)
-    below = np.clip(-rule - d, 0.0, None).sum(dtype=np.float64)
-    return float(above), float(below)
-
-
 def _stray(d: np.ndarray) -> float:
     """How badly a ground leaves departures d: all of them beyond the contrast rule, those on the side with less ink
     three times over (a digit's ink departs one way; a ground that misses a band or a fog leaves ink both ways)."""
-    above, below = _departures(d)
+    above, below = departures(d)
     return above + below + 2 * min(above, below)
 
 
 def _ink_off(d: np.ndarray) -> np.ndarray:
     """Ink, light on 0, of departures d from the ground: the side with more ink beyond the contrast rule."""
-    above, below = _departures(d)
+    above, below = departures(d)
     return np.clip(-d if below > above else d, 0.0, 1.0).astype(np.float32)
-
-
-def _dark_ink(a: np.ndarray, background: np.floating, darkest: np.floating, lightest: np.floating) -> bool:
-    """Whether the ink is darker than its uniform background: the side the image departs to by the contrast rule,
-    or, where it departs both ways (noise, a scan's grain), the side with more ink beyond the rule. Not the
-    background's level: chalk on a grey board is light ink on a ground lighter than half grey."""
-    up, down = lightest - background, background - darkest
-    if min(up, down) < MIN_CONTRAST:
-        return bool(down > up)
-    above, below = _departures(a - background)
-    return below > above
 
 
 def _local_ground(a: np.ndarray) -> np.ndarray:
@@ -257,29 +223,6 @@ def _local_ground(a: np.ndarray) -> np.ndarray:
     if f == 1:
         return ground
     return np.asarray(Image.fromarray(ground).resize(a.shape[::-1], Image.Resampling.BILINEAR), dtype=np.float32)
-
-
-def _speckled(a: np.ndarray, span: np.floating) -> bool:
-    """Whether more than IMPULSE_SHARE of a's pixels are lone extremes (salt and pepper). Checked only where the
-    image varies along its rows by more than IMPULSE_VARIATION of its range per pixel, as speckle makes it (a digit's
-    strokes alone seldom do): most uploads pay for that mean alone."""
-    if min(a.shape) < 3:
-        return False
-    steps = np.abs(a[:, 1:] - a[:, :-1])
-    if float(steps.sum()) <= IMPULSE_VARIATION * float(span) * steps.size:
-        return False
-    p = np.pad(a, 1, mode="edge")
-    h, w = a.shape
-    around = np.stack([p[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3) if (dy, dx) != (1, 1)])
-    level = np.float32(IMPULSE_LEVEL)
-    lone = (a - around.max(axis=0) > level) | (around.min(axis=0) - a > level)
-    return bool(lone.mean() > IMPULSE_SHARE)
-
-
-def _median3(a: np.ndarray) -> np.ndarray:
-    """a through a 3x3 median (edges repeated)."""
-    windows = np.lib.stride_tricks.sliding_window_view(np.pad(a, 1, mode="edge"), (3, 3))
-    return np.median(windows.reshape(*a.shape, 9), axis=-1).astype(np.float32)
 
 
 def _shrunk(a: np.ndarray, factor: int) -> np.ndarray:

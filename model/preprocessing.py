@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.imaging import IMPULSE_SIDE, MIN_CONTRAST, _dark_ink, _median3, _speckled, to_mnist
+from model.imaging import to_mnist
+from model.ink import border_background, grey_levels, light_on_dark, stretched
 from model.manifest import Preprocessing
-from model.uploads import ImageError
 
 
 def preprocess(grey: Tensor, preprocessing: Preprocessing, shape: tuple[int, int]) -> Tensor:
@@ -31,23 +31,10 @@ def to_frame(grey: Tensor, shape: tuple[int, int]) -> Tensor:
     so that the background is 0 and its brightest point 1. Raises ImageError("blank") when nothing stands out from
     the background.
     """
-    if grey.ndim != 2 or grey.numel() == 0:
-        raise ImageError("undecodable", f"expected one 2-D grey image, got shape {tuple(grey.shape)}")
-    a = grey.float().numpy()
-    darkest, lightest = a.min(), a.max()
-    if max(a.shape) <= IMPULSE_SIDE and _speckled(a, lightest - darkest):
-        a = _median3(a)
-        darkest, lightest = a.min(), a.max()
-    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-    middle = (border.size - 1) // 2
-    background = np.partition(border, middle)[middle]
-    if _dark_ink(a, background, darkest, lightest):
-        a, background, peak = 1.0 - a, 1.0 - background, 1.0 - darkest
-    else:
-        peak = lightest
-    if peak - background < MIN_CONTRAST:
-        raise ImageError("blank", "nothing found: the image has nothing that stands out from its background")
-    a = np.clip((a - background) / (peak - background), 0.0, 1.0).astype(np.float32)
+    a = grey_levels(grey)
+    a, background, peak = light_on_dark(a, border_background(a)[1])
+    blank = "nothing found: the image has nothing that stands out from its background"
+    a = stretched(a, background, peak, blank).astype(np.float32)
     frame_h, frame_w = shape
     h, w = a.shape
     s = min(frame_h / h, frame_w / w)
