@@ -14,7 +14,7 @@ from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.core.errors import ServiceError, field_error, summary, truncate
+from app.core.errors import ServiceError, field_error, invalid, summary, truncate
 from app.http.handlers import problem_response
 
 JSON_MEDIA_TYPE = "application/json"
@@ -91,17 +91,12 @@ def parse_json(body: bytes) -> Any:
     except DuplicateKeys as e:
         errors = [field_error(["body", key], f"key {key!r} is given more than once; give it once", "duplicate_key")
                   for key in e.keys]  # fmt: skip
-        raise ServiceError(
-            422, f"the JSON body repeats a key: {summary(errors)}", kind="validation-error", title="Invalid request",
-            errors=errors,
-        ) from None  # fmt: skip
+        raise invalid(f"the JSON body repeats a key: {summary(errors)}", errors) from None
     except TooManyKeys as e:
         named = ", ".join(truncate(repr(key), 40) for key in e.keys[:3])
         msg = f"an object with {len(e.keys)} keys ({named}, ...); the API's objects have at most {MAX_OBJECT_KEYS}"
         errors = [field_error(["body"], msg, "too_many_keys")]
-        raise ServiceError(
-            422, summary(errors), kind="validation-error", title="Invalid request", errors=errors
-        ) from None
+        raise invalid(summary(errors), errors) from None
     except json.JSONDecodeError as e:
         detail = f"the body is not valid JSON: {e.msg} at character {e.pos}"
     except RecursionError:
@@ -125,7 +120,7 @@ def check_form_fields(names: list[str], allowed: frozenset[str]) -> None:
         if name not in allowed
     ]
     if errors:
-        raise ServiceError(422, summary(errors), kind="validation-error", title="Invalid request", errors=errors)
+        raise invalid(summary(errors), errors)
 
 
 class StrictRequest(Request):

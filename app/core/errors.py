@@ -65,6 +65,11 @@ def unavailable(detail: str, *, kind: str, title: str | None = None, retry_after
     return ServiceError(503, detail, kind=kind, title=title, headers={"Retry-After": retry_after_value(retry_after)})
 
 
+def invalid(detail: str, errors: list[dict[str, Any]]) -> ServiceError:
+    """The one 422 for a request the service can read but not do, naming each field at fault (field_error)."""
+    return ServiceError(422, detail, kind="validation-error", title="Invalid request", errors=errors)
+
+
 def retry_after_value(seconds: float) -> str:
     """A Retry-After header's value for a wait of `seconds`: whole seconds, rounded up, at least 1."""
     return str(max(1, math.ceil(seconds)))

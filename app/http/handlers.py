@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from app.core.errors import ServiceError, field_error, summary
+from app.core.errors import ServiceError, field_error, invalid, summary
 from app.http.problems import PROBLEM_MEDIA_TYPE
 
 log = logging.getLogger(__name__)
@@ -41,9 +41,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     loc, msg and type of each: `input` can echo a large or private body and `ctx` may hold exception objects."""
     assert isinstance(exc, RequestValidationError)
     errors = [field_error(list(e.get("loc", ())), e["msg"], e["type"]) for e in exc.errors()]
-    return problem_response(
-        ServiceError(422, summary(errors), kind="validation-error", title="Invalid request", errors=errors)
-    )
+    return problem_response(invalid(summary(errors), errors))
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:

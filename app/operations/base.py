@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, Protocol, 
 
 from pydantic import BaseModel
 
-from app.core.errors import ServiceError, field_error
+from app.core.errors import ServiceError, field_error, invalid
 from app.core.stages import Stage
 from model.manifest import ModelCard
 
@@ -131,13 +131,10 @@ def class_numbers(card: ModelCard, given: Sequence[int | str], loc: list[str | i
     unknown = [value for value, number in zip(given, found, strict=True) if number is None]
     if unknown:
         shown = list(dict.fromkeys(unknown))[:MAX_SHOWN]
-        raise ServiceError(
-            422,
+        raise invalid(
             f"this model has no class {', '.join(repr(u) for u in shown)}; its classes are "
             f"{card.describe_classes()} (give the number or the name, in any case)",
-            kind="validation-error",
-            title="Invalid request",
-            errors=[field_error(loc, f"unknown class; the classes are {card.describe_classes()}", "label")],
+            [field_error(loc, f"unknown class; the classes are {card.describe_classes()}", "label")],
         )
     return [number for number in found if number is not None]
 
@@ -160,11 +157,8 @@ def check_latent(card: ModelCard, row: Sequence[float], loc: list[str | int]) ->
     """422 for a latent vector whose length is not the model's latent size."""
     d = card.latent_dim
     if len(row) != d:
-        raise ServiceError(
-            422,
+        raise invalid(
             f"{loc[-1] if isinstance(loc[-1], str) else loc[-2]} must have {d} numbers (the model's latent size "
             f"D = {d}); got {len(row)}",
-            kind="validation-error",
-            title="Invalid request",
-            errors=[field_error(loc, f"expected {d} numbers, got {len(row)}", "latent_dim")],
+            [field_error(loc, f"expected {d} numbers, got {len(row)}", "latent_dim")],
         )

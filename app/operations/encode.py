@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 from PIL import UnidentifiedImageError
 from pydantic import BaseModel, Field
 
-from app.core.errors import ServiceError, field_error
+from app.core.errors import ServiceError, field_error, invalid
 from app.core.stages import Stage
 from app.operations.base import MAX_NAME_CHARS, Answer, Operation, Serving, Worker, class_numbers
 from model.manifest import ModelCard
@@ -129,10 +129,10 @@ class Encode(Operation[EncodeForm, Upload, EncodeResult]):
         """422 for a class the model does not have (or both `label` and `digit`); 413, 415 or 400 from the upload's
         header, before it is queued."""
         if body.label is not None and body.digit is not None:
-            raise ServiceError(
-                422, "give `label` or its alias `digit`, not both", kind="validation-error", title="Invalid request",
-                errors=[field_error(["body", "digit"], "give `label` or its alias `digit`, not both", "label_twice")],
-            )  # fmt: skip
+            raise invalid(
+                "give `label` or its alias `digit`, not both",
+                [field_error(["body", "digit"], "give `label` or its alias `digit`, not both", "label_twice")],
+            )
         given, field = (body.label, "label") if body.digit is None else (body.digit, "digit")
         label = None if given is None else class_numbers(serving.card, [given], ["body", field])[0]
         return Upload(body.file, label, header_pixels(body.file, serving.max_image_pixels))

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, Field
 
-from app.core.errors import ServiceError, field_error
+from app.core.errors import field_error, invalid
 from app.core.stages import Stage
 from app.operations.base import Answer, Worker
 from model.manifest import ModelCard
@@ -55,13 +55,10 @@ def layout(card: ModelCard, *, tiles: int, columns: int | None, default_columns:
     width = (columns * (tile_w + padding) + padding) * scale
     height = (rows * (tile_h + padding) + padding) * scale
     if width * height > MAX_OUTPUT_PIXELS:
-        raise ServiceError(
-            422,
+        raise invalid(
             f"the grid would be {width}x{height} = {width * height} pixels; the limit is {MAX_OUTPUT_PIXELS} "
             "(fewer tiles, less padding or a smaller scale)",
-            kind="validation-error",
-            title="Invalid request",
-            errors=[field_error(["body"], "output image too large", "output_too_large")],
+            [field_error(["body"], "output image too large", "output_too_large")],
         )
     return Grid(columns, padding, scale, width, height)
 
