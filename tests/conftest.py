@@ -23,8 +23,10 @@ from PIL import Image
 
 from app.factory import create_app
 from app.settings import Settings
+from model.manifest import Preprocessing
 from model.network import CVAE, CVAEConfig
 from model.prior import GaussianPrior, Prior
+from training.data import FASHION as FASHION_KIND
 from training.export import export_model_dir
 
 # The user's own environment must not reach the tests: an exported setting (CVAE_MAX_BATCH=1, say) would change what
@@ -65,12 +67,11 @@ def make_model_dir(
     prior: Prior | None = None,
     programs: bool = False,
     labels: list[str] | None = None,
-    preprocessing: str | None = None,
+    preprocessing: Preprocessing = "mnist",
 ) -> Path:
     """A model directory of random weights; its prior N(0, I) for every digit unless `prior` is given. programs: with
     the torch.export programs (seconds to write each time), else TorchScript only, as directories written before.
-    labels: the class names the manifest gives (default "0".."9"); preprocessing: its `preprocessing` (default none,
-    as directories written before the field)."""
+    labels: the class names the manifest gives (default "0".."9"); preprocessing: the one its uploads get."""
     torch.manual_seed(seed)
     model = CVAE(cfg).eval()
     export_model_dir(
@@ -83,9 +84,9 @@ def make_model_dir(
         reproduce="tests/conftest.py: make_model_dir",
         temperature=temperature,
         programs=programs,
+        labels=labels,
+        preprocessing=preprocessing,
     )
-    if labels is not None or preprocessing is not None:
-        set_manifest(out, labels=labels, preprocessing=preprocessing)
     return out
 
 
@@ -99,8 +100,8 @@ def set_manifest(model_dir: Path, **fields: Any) -> Path:
     return model_dir
 
 
-# Fashion-MNIST's classes, by class number: a model directory whose classes are not digits.
-FASHION = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
+# Fashion-MNIST's classes, by class number (training's): a model directory whose classes are not digits.
+FASHION = list(FASHION_KIND.classes)
 
 
 @pytest.fixture(scope="session")
