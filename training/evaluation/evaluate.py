@@ -230,6 +230,12 @@ def judged_figures(
     out["frechet_ratio"] = out["frechet_generated_vs_real"] / out["frechet_real_vs_real"]
     out["frechet_set_size"] = half
     out["frechet_generated_1000_vs_all_heldout"] = frechet_distance(gen_feats, real_feats)
+    # The yardstick beside the real halves: as many training images against the same held-out half.
+    if train_images is not None:
+        train_perm = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))[:half]
+        _, train_feats = predict(judge, train_images[train_perm].unsqueeze(1).float() / 255)
+        out["frechet_train_vs_heldout"] = frechet_distance(train_feats, ref)
+        out["frechet_ratio_to_train"] = out["frechet_generated_vs_real"] / out["frechet_train_vs_heldout"]
 
     out.update(
         encode_figures(encoder, decoder, prior, held, judge, seed=seed, reader=reader, preprocessing=preprocessing)

@@ -13,15 +13,20 @@ from torch import Tensor
 
 from model.imaging import to_mnist
 from model.uploads import ImageError
+from training.reader.conditions import in_condition
 
 CANVAS = 80  # the side the geometry is varied at (the 28 px digit padded to 40, scaled 2x)
 PLAIN_SHARE = 0.3  # varied digits whose strokes and grey levels are left as MNIST's
+# Of the others, those shown in a poor condition (training/reader/conditions.py: grounds, ruled paper, crossings,
+# bands, fog, speckle) instead of scanned or photographed (_degrade).
+CONDITION_SHARE = 0.3
 
 
 def varied(images: Tensor, g: torch.Generator, seed: int, plain_share: float = PLAIN_SHARE) -> Tensor:
     """uint8 (N, 28, 28) MNIST digits -> float32 (N, 1, 28, 28): each digit slanted, turned, stretched, warped,
-    then, but for `plain_share` of them, thickened or thinned, maybe coarsened, blurred, faded or grained; all
-    pre-processed as /encode does. Deterministic for a generator state and seed."""
+    then, but for `plain_share` of them, thickened or thinned, and either (CONDITION_SHARE of those) put in a poor
+    condition or maybe coarsened, blurred, faded or grained; all pre-processed as /encode does. Deterministic for a
+    generator state and seed."""
     n = images.shape[0]
     x = F.pad(images.unsqueeze(1).float() / 255, (6, 6, 6, 6))
     x = F.interpolate(x, size=(CANVAS, CANVAS), mode="bilinear", align_corners=False)
@@ -31,7 +36,12 @@ def varied(images: Tensor, g: torch.Generator, seed: int, plain_share: float = P
     out = torch.empty(n, 1, 28, 28)
     rng = np.random.default_rng(seed)
     for i in range(n):
-        grey = x[i, 0].numpy() if plain[i] else _degrade(x[i, 0].numpy(), rng)
+        if plain[i]:
+            grey = x[i, 0].numpy()
+        elif rng.random() < CONDITION_SHARE:
+            grey = in_condition(x[i, 0].numpy(), rng)
+        else:
+            grey = _degrade(x[i, 0].numpy(), rng)
         try:
             out[i] = to_mnist(torch.from_numpy(grey))
         except ImageError:  # faded to nothing: the plain digit instead
