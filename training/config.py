@@ -146,6 +146,13 @@ class TrainConfig:
         ),
     )
 
+    reader: bool = field(
+        default=True,
+        metadata=doc(
+            "train the reader /encode reads with (--no-reader: the model reads by its generative rule, as the "
+            "classic baseline does)"
+        ),
+    )
     reader_epochs: int | None = field(
         default=None,
         metadata=doc(f"passes over fresh varied digits of each varied CNN of the reader's teacher "

@@ -2,8 +2,9 @@
 
     cvae      train the CVAE (epoch checkpoints in --run-dir; --resume continues from the last whole epoch)
     export    fit its sampling prior, draw the final grid, evaluate, write the model directory (TorchScript)
-    teacher   train the reader's teacher, three CNNs, and fit its temperature
-    reader    distil the teacher into the reader's one CNN, calibrate it, add it to the model directory
+    teacher   train the reader's teacher, three CNNs, and fit its temperature (--no-reader: skipped)
+    reader    distil the teacher into the reader's one CNN, calibrate it, add it to the model directory (--no-reader:
+              skipped; /encode then reads by the generative rule)
     figures   measure /encode with the reader and record the figures in the manifest
     programs  add the torch.export programs of every network (the second export format)
     publish   copy the finished model directory to --out (replaced atomically)
@@ -125,6 +126,9 @@ def run_steps(run: Run) -> dict[str, Any] | None:
     for name, step in STEPS.items():
         if name in done:
             log.info("step %s: done before, skipped", name)
+            continue
+        if name in READER_STEPS and not run.cfg.reader:
+            log.info("step %s: skipped (--no-reader)", name)
             continue
         log.info("step %s", name)
         step(run)
@@ -319,6 +323,7 @@ def publish(run: Run) -> None:
     log.info("published %s to %s", load_model_dir(out).id, out)
 
 
+READER_STEPS = ("teacher", "reader")
 # The steps after cvae (which every process of a torchrun launch runs), in order.
 STEPS: dict[str, Callable[[Run], None]] = {
     "export": export_cvae,

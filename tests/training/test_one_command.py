@@ -1,6 +1,9 @@
 """`python -m training` is the one command that makes the whole model: its steps give, bit for bit, what the three
 commands it replaces gave (`python -m training`, `python -m training.reading`, `python -m training.export`, as of
 commit 290d0df; the first with --no-evaluate), recorded at tiny scale on the fixture in golden/three-commands.json.
+The reader's part of it (its weights, its record, the figures read with it) was re-recorded from the one command when
+the reader's recipe changed on purpose (its varied digits gained poor conditions): the CVAE's networks, prior and
+likelihoods are still the three commands'.
 
 Bit for bit means: every network's weights and every program's graph identical, the prior's file byte-identical, and
 every figure recorded in the manifest equal. The network files themselves are not byte-stable: a TorchScript file
@@ -129,3 +132,12 @@ def test_the_readers_epochs_follow_epochs_unless_set_on_their_own(tmp_path) -> N
         tmp_path, epochs=130, reader_epochs=None, reader_plain_epochs=None, reader_distil_epochs=None
     ).reader_epochs_of() == {"varied": 30, "plain": 16, "distilled": 45}
     assert small_config(tmp_path, epochs=1, reader_epochs=5).reader_epochs_of()["varied"] == 5
+
+
+def test_no_reader_skips_the_readers_steps_and_the_model_reads_by_the_generative_rule(tmp_path) -> None:
+    steps.main(small_config(tmp_path, epochs=1, reader=False), argv=[])
+    model = load_model_dir(tmp_path / "model")
+    assert model.reader is None and model.card.reading == "generative" and "reader" not in model.manifest
+    assert json.loads((tmp_path / "run" / "steps.json").read_text())["done"] == [
+        "cvae", "export", "figures", "programs", "publish"
+    ]  # fmt: skip
