@@ -2,11 +2,11 @@
 
     python -m tests.bench.train_ddp --data-dir ../shared/data/mnist-8500 [--processes 2] [--epochs 5] [--rounds 1]
 
-Each contender is the real CLI (`torchrun --standalone --nproc_per_node N -m training ... --no-evaluate`), one
-torch thread per process, the default model and global batch; the order alternates every round, so a noisy
-machine slows both alike. Prints, per contender, the training images per second (median over epochs after the
-first), each epoch's validation -ELBO, and the time until the validation -ELBO first reached the worse of the two
-final values (the same model quality, reached by both).
+Each contender is the real CLI (`torchrun --standalone --nproc_per_node N -m training ... --no-evaluate
+--no-reader`: the CVAE's training and its export, not the reader's), one torch thread per process, the default model
+and global batch; the order alternates every round, so a noisy machine slows both alike. Prints, per contender, the
+training images per second (median over epochs after the first), each epoch's validation -ELBO, and the time until
+the validation -ELBO first reached the worse of the two final values (the same model quality, reached by both).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ def run(processes: int, data_dir: Path, epochs: int, work: Path) -> list[dict[st
     out = work / f"n{processes}"
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     args += ["-m", "training", "--data-dir", str(data_dir), "--out", str(out / "model"), "--run-dir", str(out / "run")]
-    args += ["--epochs", str(epochs), "--threads", "1", "--no-evaluate", "--no-progress", "--device", "cpu"]
+    args += ["--epochs", str(epochs), "--threads", "1", "--no-evaluate", "--no-reader", "--no-progress"]
+    args += ["--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(args, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
