@@ -51,7 +51,7 @@ class Runtime:
         for op in OPERATIONS:
             run = partial(engine.run, op.name)
             self.lanes[op.name] = self.scheduler.lane(
-                run if tracing is None else tracing.batches(op.name, run),
+                run if tracing is None else tracing.batches(op.name, run, model=name),
                 max_cost=op.max_cost(settings),
                 seconds_per_unit=op.seconds_per_unit,
                 on_batch=partial(metrics.on_batch, name, op.name),
