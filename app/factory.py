@@ -169,8 +169,11 @@ async def lifespan(
         state.ready = False
         if reloaders is not None:
             await reloaders.close()
-        for name, runtime in runtimes.items():
-            await (state.models[name].runtime or runtime).stop()
+        serving = [state.models[name].runtime or runtime for name, runtime in runtimes.items()]
+        stopped = await asyncio.gather(*(runtime.stop() for runtime in serving), return_exceptions=True)
+        for failure in stopped:  # every model drained and closed, side by side, before any failure is raised
+            if isinstance(failure, BaseException):
+                raise failure
 
 
 def read_card_of(directory: Path) -> ModelCard:

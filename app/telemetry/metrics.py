@@ -98,9 +98,9 @@ class Metrics:
         self._by_request: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}  # (method, route, status)
         self.drawing = frozenset(drawing)
         for model in models:
-            self.add_model(model)
+            self._add_model(model)
 
-    def add_model(self, model: str) -> None:
+    def _add_model(self, model: str) -> None:
         """A served model's series, each at zero until it counts (a name from the configuration)."""
         for op in self._operations:
             self._by_operation[(model, op)] = (

@@ -152,6 +152,15 @@ def test_each_model_has_its_own_runtime_and_inference_process(two, dirs):
     }  # fmt: skip
 
 
+def test_in_thread_mode_each_model_has_its_own_engine_too(dirs):
+    settings = Settings(models=f"digits={dirs['digits']},fashion={dirs['fashion-a']}", inference_process=False)
+    with TestClient(create_app(settings)) as c:
+        bag = c.post("/generate?model=fashion", json={"label": "bag"})
+        assert bag.headers["x-model-id"] == model_id(dirs["fashion-a"])
+        assert c.post("/generate", json={"label": 1}).headers["x-model-id"] == model_id(dirs["digits"])
+        assert "cvae_inference_process_" not in c.get("/metrics").text
+
+
 def test_get_models_lists_each_model_its_id_classes_and_the_default(two, dirs):
     listed = two.get("/models").json()["models"]
     assert [(m["name"], m["id"], m["default"]) for m in listed] == [
