@@ -120,11 +120,11 @@ def router(server_version: str) -> APIRouter:
         only_ready = repository_body(await request.body()).get("ready", False)
         state: ServiceState = request.app.state.service
         entries = []
-        for served_ in state.models.values():
-            runtime = served_.runtime
+        for name, each in state.models.items():
+            runtime = each.runtime
             reason = "loading" if runtime is None else model_not_ready(state, runtime)
             entries += [
-                {"name": f"{served_.name}-{kind}", "version": "" if runtime is None else runtime.card.id,
+                {"name": f"{name}-{kind}", "version": "" if runtime is None else runtime.card.id,
                  "state": "READY" if reason is None else "UNAVAILABLE", "reason": reason or ""}
                 for kind in KINDS
             ]  # fmt: skip
