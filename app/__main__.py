@@ -1,8 +1,9 @@
 """`python -m app [--host H] [--port P]`: serve the model directory named by CVAE_MODEL_DIR (default: the
-shipped artifacts/default) with uvicorn. Other settings come from CVAE_* environment variables.
+shipped artifacts/default), or the models CVAE_MODELS names, with uvicorn. Other settings come from CVAE_* environment
+variables.
 
 A missing or corrupt model directory stops it before it binds the port: one log line naming the file, exit 1.
-On SIGHUP, the model directory is read again and its model served once checked (app/serving/reload.py).
+On SIGHUP, every model's directory is read again and its model served once checked (app/serving/reload.py).
 On SIGTERM/SIGINT, /readyz turns 503 at once; after CVAE_SHUTDOWN_DELAY_S the port closes, and in-flight
 requests get CVAE_GRACEFUL_SHUTDOWN_S to finish (those still running then are answered 503); then the process
 exits 0.
@@ -99,12 +100,12 @@ class Server(uvicorn.Server):
             signal.signal(signal.SIGHUP, previous_hup)
 
     def _reload_on_signal(self, sig: int, frame: FrameType | None) -> None:
-        """SIGHUP: reload the model (app/serving/reload.py), in the event loop, without waiting for it here."""
-        reloader = self.service.reloader
-        if reloader is None or self.service.draining:
+        """SIGHUP: reload every model (app/serving/reload.py), in the event loop, without waiting for it here."""
+        reloaders = self.service.reloaders
+        if reloaders is None or self.service.draining:
             log.warning("SIGHUP ignored: the service is %s", "shutting down" if self.service.draining else "starting")
             return
-        reloader.loop.call_soon_threadsafe(reloader.request, "SIGHUP")
+        reloaders.loop.call_soon_threadsafe(reloaders.request, "SIGHUP")
 
     async def on_tick(self, counter: int) -> bool:
         if self._exit_at is not None and time.monotonic() >= self._exit_at and not self.should_exit:
@@ -123,11 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = settings.model_copy(update=overrides)
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
-    try:
-        read_card(settings.model_dir)  # fail before binding the port, without a traceback
-    except ModelDirError as e:
-        log.error("cannot serve the model: %s", e)
-        return 1
+    for name, directory in settings.served_models():
+        try:
+            read_card(directory)  # fail before binding the port, without a traceback
+        except ModelDirError as e:
+            log.error("cannot serve the model %s: %s", name, e)
+            return 1
     app = create_app(settings)
     server = Server(uvicorn_config(app, settings), app.state.service, settings.shutdown_delay_s)
     server.run()  # exits 3 if start-up fails

@@ -3,6 +3,7 @@ OpenAPI document."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app import paths
+from app.api.deps import model_in_query
 from app.api.fastpath import FastPath, route_answers
 from app.api.routes import operations, ops, page
 from app.engine.interface import Engine, InferenceOptions
@@ -29,7 +31,7 @@ from app.oip import models as oip_models
 from app.oip import routes as oip_routes
 from app.oip.errors import ProtocolErrors
 from app.operations.registry import OPERATIONS
-from app.serving.reload import Reloader
+from app.serving.reload import Reloader, Reloaders
 from app.serving.runtime import Runtime
 from app.serving.state import ServiceState
 from app.settings import Settings, origins, read_keys
@@ -47,7 +49,7 @@ OPERATION_PATHS = frozenset(op.path for op in OPERATIONS)
 DESCRIPTION = """\
 A conditional VAE trained on MNIST, served over HTTP.
 
-{operations}* **GET /livez**, **/readyz**, **/model**, **/metrics** for operations.
+{operations}* **GET /livez**, **/readyz**, **/model**, **/models**, **/metrics** for operations.
 * **GET /** is a page to try the model in a browser.
 
 Every error is `application/problem+json` (RFC 9457).
@@ -103,20 +105,22 @@ def engine_of(settings: Settings, model_dir: Path | None = None) -> Engine:
     return engine
 
 
-def body_limit_of(settings: Settings, state: ServiceState) -> Callable[[str], int]:
-    """The largest request body for a path: the serving model's limit for an operation's path, else
-    CVAE_MAX_UPLOAD_BYTES; a protocol model's infer path, its operation's. (A reload keeps the model's shapes, so its
-    limits too.)"""
+def body_limit_of(settings: Settings, state: ServiceState) -> Callable[[str, bytes], int]:
+    """The largest request body for a path and query: the limit of the model asked for (?model=, else the default) for
+    an operation's path, else CVAE_MAX_UPLOAD_BYTES; a protocol model's infer path, its operation's for its model. (A
+    reload keeps a model's shapes, so its limits too.)"""
     default = settings.max_upload_bytes
+    names = frozenset(state.models)
 
-    def limit_of(path: str) -> int:
-        runtime = state.runtime
-        if runtime is None:
-            return default
+    def limit_of(path: str, query: bytes) -> int:
         if path.startswith(paths.V2 + "/"):
-            kind = oip_models.infer_kind(path, settings.model_name)
-            return default if kind is None else oip_models.body_limit(runtime.card, kind, default)
-        return runtime.body_limits.get(path, default)
+            found = oip_models.infer_model(path, names)
+            if found is None or (runtime := state.models[found[0]].runtime) is None:
+                return default
+            return oip_models.body_limit(runtime.card, found[1], default)
+        served = state.models.get(model_in_query(query) or state.default)
+        runtime = None if served is None else served.runtime
+        return default if runtime is None else runtime.body_limits.get(path, default)
 
     return limit_of
 
@@ -125,31 +129,57 @@ def body_limit_of(settings: Settings, state: ServiceState) -> Callable[[str], in
 async def lifespan(
     app: FastAPI, *, settings: Settings, state: ServiceState, metrics: Metrics, tracing: Tracing | None
 ) -> AsyncIterator[None]:
-    card = read_card(settings.model_dir.resolve())  # ModelDirError names the file; start-up fails
-    metrics.set_model(card)
+    """Every model's card read first (ModelDirError names the file; start-up fails), then their engines started and
+    prepared side by side; any that cannot be closes them all. At shutdown every model's queued requests are answered
+    before its engine closes."""
+    cards = {name: read_card(served.directory.resolve()) for name, served in state.models.items()}
     metrics.ready.set_function(lambda: float(ops.not_ready(state) is None))  # what /readyz answers, at each scrape
-    engine = engine_of(settings, card.path)  # the last step that can fail before the engine is closed below
-    metrics.inference_process.watch(engine if isinstance(engine, ProcessEngine) else None)
-    runtime = Runtime(card, engine, settings, metrics, tracing)
-    reloader = None
+    runtimes: dict[str, Runtime] = {}
+    reloaders = None
     try:
-        await runtime.start()
-        state.runtime = runtime
-        state.reloader = reloader = Reloader(
-            state=state, read=lambda: read_card(settings.model_dir.resolve()),
-            build=partial(new_runtime, settings, metrics, tracing), metrics=metrics,
-            timeout_s=settings.reload_timeout_s,
-        )  # fmt: skip
+        for name, card in cards.items():
+            metrics.set_model(name, card)
+            engine = engine_of(settings, card.path)  # the last step that can fail before its engine is closed below
+            metrics.inference_process.watch(name, engine if isinstance(engine, ProcessEngine) else None)
+            runtimes[name] = Runtime(name=name, card=card, engine=engine, settings=settings, metrics=metrics,
+                                     tracing=tracing)  # fmt: skip
+        started = await asyncio.gather(*(runtime.start() for runtime in runtimes.values()), return_exceptions=True)
+        for failure in started:  # every start has ended, so that none is still preparing when its engine is closed
+            if isinstance(failure, BaseException):
+                raise failure
+        for name, runtime in runtimes.items():
+            state.models[name].runtime = runtime
+        state.reloaders = reloaders = Reloaders({
+            name: Reloader(
+                served=served, read=partial(read_card_of, served.directory),
+                build=partial(new_runtime, settings, metrics, tracing, name), metrics=metrics,
+                timeout_s=settings.reload_timeout_s,
+            )
+            for name, served in state.models.items()
+        })  # fmt: skip
         state.ready = True
-        where = f"inference process {engine.pid}" if isinstance(engine, ProcessEngine) else "inference thread"
-        log.info("serving model %s (latent_dim %d) from %s (%s)", card.id, card.latent_dim, card.path, where)
-        warn_reading(card)
+        for name, runtime in runtimes.items():
+            engine = runtime.engine
+            where = f"inference process {engine.pid}" if isinstance(engine, ProcessEngine) else "inference thread"
+            log.info("serving %s: model %s (latent_dim %d) from %s (%s)", name, runtime.card.id,
+                     runtime.card.latent_dim, runtime.card.path, where)  # fmt: skip
+            warn_reading(runtime.card)
         yield
     finally:
         state.ready = False
-        if reloader is not None:
-            await reloader.close()
-        await (state.runtime or runtime).stop()
+        if reloaders is not None:
+            await reloaders.close()
+        serving = [state.models[name].runtime or runtime for name, runtime in runtimes.items()]
+        stopped = await asyncio.gather(*(runtime.stop() for runtime in serving), return_exceptions=True)
+        for failure in stopped:  # every model drained and closed, side by side, before any failure is raised
+            if isinstance(failure, BaseException):
+                raise failure
+
+
+def read_card_of(directory: Path) -> ModelCard:
+    """A served model's card, its directory read again with its symlinks followed once (resolve()), so that the card
+    and the engine read the same directory."""
+    return read_card(directory.resolve())
 
 
 def warn_reading(card: ModelCard) -> None:
@@ -162,10 +192,11 @@ def warn_reading(card: ModelCard) -> None:
         )  # fmt: skip
 
 
-def new_runtime(settings: Settings, metrics: Metrics, tracing: Tracing | None, card: ModelCard) -> Runtime:
-    """A runtime for the model directory of `card`, its engine started: a reload's new model. CVAE_MODEL_DIR is
-    read with its symlinks followed once (resolve()), so that the card and the engine read the same directory."""
-    return Runtime(card, engine_of(settings, card.path), settings, metrics, tracing)
+def new_runtime(settings: Settings, metrics: Metrics, tracing: Tracing | None, name: str, card: ModelCard) -> Runtime:
+    """A runtime for the served model `name` from the model directory of `card`, its engine started: a reload's new
+    model."""
+    return Runtime(name=name, card=card, engine=engine_of(settings, card.path), settings=settings, metrics=metrics,
+                   tracing=tracing)  # fmt: skip
 
 
 class ServiceApp(FastAPI):
@@ -207,8 +238,11 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     FastAPI rebuilds every route's sub-dependencies on every request. Traced by tracing, or (None) as the OTEL_*
     environment asks (app/telemetry/tracing.py): by default not at all."""
     settings = Settings() if settings is None else settings
-    state = ServiceState()
-    metrics = Metrics(operations=[op.name for op in OPERATIONS], drawing=[op.name for op in OPERATIONS if op.draws])
+    state = ServiceState(settings.served_models())
+    metrics = Metrics(
+        operations=[op.name for op in OPERATIONS], drawing=[op.name for op in OPERATIONS if op.draws],
+        models=list(state.models),
+    )  # fmt: skip
     tracing = tracing or from_environment()
     app = ServiceApp(
         title="cvae-digits",

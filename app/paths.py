@@ -9,6 +9,7 @@ from dataclasses import dataclass
 LIVEZ = "/livez"
 READYZ = "/readyz"
 MODEL = "/model"
+MODELS = "/models"
 METRICS = "/metrics"
 PAGE = "/"
 DOCS = "/docs"
@@ -29,8 +30,8 @@ V2_LOAD = "/v2/repository/models/{model}/load"
 V2_UNLOAD = "/v2/repository/models/{model}/unload"
 V2_EXACT = frozenset({V2, V2_LIVE, V2_READY, V2_INDEX})
 
-KEYED = frozenset({MODEL})  # the endpoints behind CVAE_API_KEYS, besides every operation's
-EXACT = frozenset({LIVEZ, READYZ, MODEL, METRICS, PAGE, DOCS, OPENAPI, RELOAD})
+KEYED = frozenset({MODEL, MODELS})  # the endpoints behind CVAE_API_KEYS, besides every operation's
+EXACT = frozenset({LIVEZ, READYZ, MODEL, MODELS, METRICS, PAGE, DOCS, OPENAPI, RELOAD})
 UNMATCHED = "unmatched"  # the route label of a path the service does not answer: never the raw path
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -13,6 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from model.manifest import ModelFormat
 
 MIN_KEY_LENGTH = 16
+# A served model's name in CVAE_MODELS: a URL's query value (?model=NAME) and a path segment (/v2/models/NAME-generate).
+MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 KEY_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
 
 
@@ -36,6 +38,54 @@ def read_keys(value: str, setting: str) -> tuple[str, ...]:
     return keys
 
 
+class ModelEntry(NamedTuple):
+    """A model the service serves: its name (in ?model=, /models, the metrics and the protocol) and its directory."""
+
+    name: str
+    directory: Path
+
+
+def read_models(value: str, default_name: str) -> tuple[ModelEntry, ...]:
+    """CVAE_MODELS -> the models it names, the default first. The value lists NAME=DIRECTORY entries separated by
+    commas (the first is the default), or is a folder whose sub-folders holding a manifest.json are the models, each
+    named after its sub-folder (the default: the one named `default_name` when there is one, else the first by name).
+    ValueError, naming the variable and what to fix, for anything else."""
+    value = value.strip()
+    entries: list[ModelEntry] = []
+    if "=" in value:
+        for item in (item.strip() for item in value.split(",") if item.strip()):
+            name, found, directory = item.partition("=")
+            if not found or not name.strip() or not directory.strip():
+                raise ValueError(
+                    f"CVAE_MODELS: {item!r:.80} is not NAME=DIRECTORY; give NAME=DIRECTORY entries separated by commas "
+                    "(e.g. digits=artifacts/default,fashion=/models/fashion), or the path of a folder of models"
+                )
+            entries.append(ModelEntry(name.strip(), Path(directory.strip())))
+    else:
+        folder = Path(value)
+        if not folder.is_dir():
+            raise ValueError(
+                f"CVAE_MODELS: {value!r:.200} is not a folder; give the path of a folder whose sub-folders are model "
+                "directories, or NAME=DIRECTORY entries separated by commas"
+            )
+        found_dirs = sorted(p for p in folder.iterdir() if (p / "manifest.json").is_file())
+        if not found_dirs:
+            raise ValueError(f"CVAE_MODELS: no sub-folder of {value!r:.200} holds a manifest.json (a model directory)")
+        entries = [ModelEntry(p.name, p) for p in found_dirs]
+        entries.sort(key=lambda e: e.name != default_name)  # stable: the default first, then the rest by name
+    seen: set[str] = set()
+    for entry in entries:
+        if not MODEL_NAME.fullmatch(entry.name):
+            raise ValueError(
+                f"CVAE_MODELS: the model name {entry.name!r:.80} must be 1 to 63 of a-z 0-9 - _, starting with a "
+                "letter or a digit (it is sent as ?model=NAME and in the protocol's NAME-generate)"
+            )
+        if entry.name in seen:
+            raise ValueError(f"CVAE_MODELS: the model name {entry.name!r} is given twice; give each model its own")
+        seen.add(entry.name)
+    return tuple(entries)
+
+
 def default_model_dir() -> Path:
     """The model shipped with the code: <repository>/artifacts/default."""
     return Path(__file__).resolve().parents[1] / "artifacts" / "default"
@@ -50,8 +100,14 @@ class Settings(BaseSettings):
     model_dir: Path = Field(default_factory=default_model_dir, description="model directory to serve")
     model_name: str = Field(
         "digits", pattern=r"^[a-z0-9][a-z0-9_.]{0,62}$",
-        description="the served model's name in the Open Inference Protocol (/v2): it answers as NAME-generate and "
-        "NAME-encode",
+        description="the served model's name (?model=NAME, /models, the metrics' model label) and in the Open "
+        "Inference Protocol (/v2): it answers as NAME-generate and NAME-encode",
+    )  # fmt: skip
+    models: str = Field(
+        "", description="several models in one service: NAME=DIRECTORY entries separated by commas (the first is the "
+        "default), or the path of a folder whose sub-folders holding a manifest.json are the models, each named after "
+        "its sub-folder (the default: the one named CVAE_MODEL_NAME, else the first by name); set, it replaces "
+        "CVAE_MODEL_DIR and CVAE_MODEL_NAME; empty: the one model CVAE_MODEL_DIR",
     )  # fmt: skip
     model_format: ModelFormat = Field(
         "torchscript", description="load the networks from the TorchScript files (.pt) or the torch.export programs "
@@ -155,6 +211,20 @@ class Settings(BaseSettings):
     def _readable_keys(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
         read_keys(value.get_secret_value(), f"CVAE_{(info.field_name or '').upper()}")  # ValueError says what is wrong
         return value
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: str, info: ValidationInfo) -> str:
+        if value.strip():
+            read_models(value, info.data.get("model_name", ""))  # ValueError says what is wrong
+        return value
+
+    def served_models(self) -> tuple[ModelEntry, ...]:
+        """The models to serve, the default first: CVAE_MODELS's, else CVAE_MODEL_DIR's one, named CVAE_MODEL_NAME.
+        A folder of models is listed again at each call: call it once, at start-up."""
+        if self.models.strip():
+            return read_models(self.models, self.model_name)
+        return (ModelEntry(self.model_name, self.model_dir),)
 
     @field_validator("cors_origins")
     @classmethod

@@ -1,7 +1,8 @@
 """The cheapest operations' requests without FastAPI's per-request machinery, for the requests that need none of it:
 /generate's JSON body sent as exactly application/json and valid (by the operation's own schema), or /encode's upload
-in the plainest multipart form. Everything else goes on to FastAPI with its body replayed, so the routes stay the one
-definition of each endpoint and its errors. What counts as plainest, and why it pays: docs/architecture.md."""
+in the plainest multipart form, with no query string or only ?model=NAME. Everything else goes on to FastAPI with its
+body replayed, so the routes stay the one definition of each endpoint and its errors. What counts as plainest, and
+why it pays: docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.deps import runtime_of
+from app.api.deps import PLAIN_MODEL_QUERY, model_in_query, runtime_of
 from app.api.parsing import PARSED_JSON, parse_json
 from app.api.routes.operations import respond
 from app.core.errors import ServiceError
@@ -45,6 +46,10 @@ class FastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"] if scope["type"] == "http" and scope["method"] == "POST" else None
         if path != GENERATE and path != ENCODE:
+            await self.app(scope, receive, send)
+            return
+        query = scope["query_string"]
+        if query and not PLAIN_MODEL_QUERY.fullmatch(query):  # the route reads any other query string
             await self.app(scope, receive, send)
             return
         content_type: bytes | None = None
@@ -88,13 +93,16 @@ class FastPath:
 
 
 def route_answers(state: ServiceState) -> tuple[GenerateAnswer, EncodeAnswer]:
-    """The routes' own answers (routes.operations.respond) by the runtime serving in `state` when each is asked."""
+    """The routes' own answers (routes.operations.respond) by the runtime serving the model asked for (?model=, else
+    the default) in `state` when each is asked."""
 
     async def route_generate(scope: Scope, request: GenerateRequest, accept: str | None) -> Response:
-        return await respond(runtime_of(state), generate.OPERATION, request, accept)
+        model = model_in_query(scope["query_string"])
+        return await respond(runtime_of(state, model), generate.OPERATION, request, accept)
 
     async def route_encode(scope: Scope, form: EncodeForm) -> Response:
-        return await respond(runtime_of(state), encode.OPERATION, form, None)
+        model = model_in_query(scope["query_string"])
+        return await respond(runtime_of(state, model), encode.OPERATION, form, None)
 
     return route_generate, route_encode
 

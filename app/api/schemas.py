@@ -1,5 +1,5 @@
-"""The bodies every route shares: problems, probes. Each operation's request and answer live in its module
-(app/operations/)."""
+"""The bodies every route shares: problems, probes, the served models. Each operation's request and answer live in
+its module (app/operations/)."""
 
 from __future__ import annotations
 
@@ -35,4 +35,21 @@ class Liveness(BaseModel):
 
 class Readiness(BaseModel):
     status: str = Field(examples=["ready"])
-    model_id: str
+    model_id: str = Field(description="the default model's id")
+    models: dict[str, str] = Field(description="each served model's id, by its name", examples=[{"digits": "cvae-..."}])
+
+
+class ServedClass(BaseModel):
+    label: int = Field(description="the class number")
+    name: str = Field(description="the class name")
+
+
+class ServedModel(BaseModel):
+    name: str = Field(description="the served model's name: what ?model= takes", examples=["digits"])
+    id: str = Field(description="its model id (X-Model-Id)", examples=["cvae-ae80abbd7489"])
+    classes: list[ServedClass]
+    default: bool = Field(description="whether it answers requests without ?model=")
+
+
+class ServedModels(BaseModel):
+    models: list[ServedModel] = Field(description="every served model, the default first")

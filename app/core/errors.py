@@ -65,6 +65,11 @@ def unavailable(detail: str, *, kind: str, title: str | None = None, retry_after
     return ServiceError(503, detail, kind=kind, title=title, headers={"Retry-After": retry_after_value(retry_after)})
 
 
+def unknown_model(detail: str) -> ServiceError:
+    """The one 404 for a model the service does not serve (?model=NAME, or a protocol model's name)."""
+    return ServiceError(404, detail, kind="unknown-model", title="Unknown model")
+
+
 def invalid(detail: str, errors: list[dict[str, Any]]) -> ServiceError:
     """The one 422 for a request the service can read but not do, naming each field at fault (field_error)."""
     return ServiceError(422, detail, kind="validation-error", title="Invalid request", errors=errors)

@@ -86,11 +86,11 @@ class BodyTooLarge(HTTPException):
 
 
 class BodyLimitMiddleware:
-    """Refuses request bodies over limit_of(path) bytes with 413, counting the bytes as they arrive: a Content-Length
-    over the limit is refused at once, but a missing or lying one (chunked) cannot slip by. limit_of is given by
-    create_app (a path's limit depends on the model the lifespan loads)."""
+    """Refuses request bodies over limit_of(path, query string) bytes with 413, counting the bytes as they arrive: a
+    Content-Length over the limit is refused at once, but a missing or lying one (chunked) cannot slip by. limit_of is
+    given by create_app (a path's limit depends on the model asked for, which the lifespan loads)."""
 
-    def __init__(self, app: ASGIApp, *, limit_of: Callable[[str], int]) -> None:
+    def __init__(self, app: ASGIApp, *, limit_of: Callable[[str, bytes], int]) -> None:
         self.app = app
         self.limit_of = limit_of
 
@@ -98,7 +98,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit_of(scope["path"])
+        limit = self.limit_of(scope["path"], scope.get("query_string", b""))
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:

@@ -1,4 +1,4 @@
-"""The protocol's models: a served model NAME answers as NAME-generate and NAME-encode. Their metadata, an inference
+"""The protocol's models: each served model NAME answers as NAME-generate and NAME-encode. Their metadata, an inference
 request checked and turned into the operations' payloads (a generate infer: one /generate payload that returns raw
 tiles, or one per label when latents are given; an encode infer of k images: k /encode payloads), and the results
 turned into output tensors. Torch-free, no HTTP: every mistake is a ProtocolError (400)."""
@@ -9,7 +9,7 @@ import base64
 import binascii
 import math
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from app import paths
@@ -50,10 +50,16 @@ def outputs_of(card: ModelCard, kind: str) -> list[Spec]:
             Spec("mean", "FP32", [-1, d]), Spec("log_var", "FP32", [-1, d])]  # fmt: skip
 
 
-def kind_of(model: str, name: str) -> str | None:
-    """Which operation the protocol model `model` runs for the served model `name`, or None: not one of its."""
-    base, _, kind = model.rpartition("-")
-    return kind if base == name and kind in KINDS else None
+def protocol_model(model: str, names: Container[str]) -> tuple[str, str] | None:
+    """The served model (one of `names`) and the operation the protocol model `model` runs, or None: not one of
+    theirs. NAME-KIND splits at its last hyphen: a served name may hold hyphens, a kind holds none."""
+    name, _, kind = model.rpartition("-")
+    return (name, kind) if name in names and kind in KINDS else None
+
+
+def protocol_names(names: Iterable[str]) -> list[str]:
+    """Every protocol model of the served models `names`."""
+    return [f"{name}-{kind}" for name in names for kind in KINDS]
 
 
 def metadata(card: ModelCard, model: str, kind: str) -> dict[str, Any]:
@@ -263,9 +269,10 @@ def body_limit(card: ModelCard, kind: str, default: int) -> int:
     return default
 
 
-def infer_kind(path: str, name: str) -> str | None:
-    """The operation an infer path's protocol model runs (paths.V2_INFER, with or without a version), else None."""
+def infer_model(path: str, names: Container[str]) -> tuple[str, str] | None:
+    """The served model and the operation of an infer path's protocol model (paths.V2_INFER, with or without a
+    version), else None."""
     parts = path.split("/")
     if len(parts) < 5 or parts[-1] != "infer" or paths.v2_template(path) != paths.V2_INFER:
         return None
-    return kind_of(parts[3], name)
+    return protocol_model(parts[3], names)

@@ -1,6 +1,6 @@
 """The Open Inference Protocol's routes (/v2): server and model metadata, readiness, inference and the model repository.
 Thin: a request's tensors are read by tensors.py, checked and turned into the operations' payloads by models.py, and
-run through the serving runtime's scheduler lanes, as /generate's and /encode's are."""
+run through the scheduler lanes of the served model's runtime, as /generate's and /encode's are."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from fastapi.responses import JSONResponse, Response
 
 from app import paths
 from app.api.deps import runtime_of
-from app.api.routes.ops import not_ready
-from app.core.errors import ServiceError, unavailable
-from app.oip.models import kind_of, max_elements, metadata, plan, refusal
+from app.api.routes.ops import model_not_ready, not_ready, reload_answer
+from app.core.errors import ServiceError, unavailable, unknown_model
+from app.oip.models import KINDS, max_elements, metadata, plan, protocol_model, protocol_names, refusal
 from app.oip.tensors import HEADER_LENGTH, ProtocolError, read_request, write_response
 from app.serving.runtime import Runtime
 from app.serving.state import ServiceState
@@ -31,22 +31,23 @@ def bad(message: str) -> ServiceError:
     return ServiceError(400, message, kind="bad-inference-request", title="Bad inference request")
 
 
-def no_model(message: str) -> ServiceError:
-    return ServiceError(404, message, kind="unknown-model", title="Unknown model")
+def served_model(state: ServiceState, model: str) -> tuple[str, str]:
+    """The served model's name and the operation of the protocol model `model`; 404 for one the service does not
+    serve."""
+    found = protocol_model(model, state.models)
+    if found is None:
+        raise unknown_model(f"no model named {model!r:.80}; the models are {', '.join(protocol_names(state.models))}")
+    return found
 
 
 def served(request: Request, model: str, version: str | None) -> tuple[Runtime, str]:
     """The runtime serving the protocol model `model` (at `version`, when given) and the operation it runs; 404 for a
     model or version the service does not serve, 503 before the model is loaded."""
     state: ServiceState = request.app.state.service
-    settings: Settings = request.app.state.settings
-    runtime = runtime_of(state)
-    kind = kind_of(model, settings.model_name)
-    if kind is None:
-        names = ", ".join(f"{settings.model_name}-{k}" for k in ("generate", "encode"))
-        raise no_model(f"no model named {model!r:.80}; the models are {names}")
+    name, kind = served_model(state, model)
+    runtime = runtime_of(state, name)
     if version is not None and version != runtime.card.id:
-        raise no_model(f"model {model} has no version {version!r:.80}; it serves version {runtime.card.id}")
+        raise unknown_model(f"model {model} has no version {version!r:.80}; it serves version {runtime.card.id}")
     return runtime, kind
 
 
@@ -74,9 +75,9 @@ def router(server_version: str) -> APIRouter:
 
     async def model_ready(request: Request, model: str, version: str | None = None) -> dict[str, Any]:
         runtime, _ = served(request, model, version)
-        reason = not_ready(request.app.state.service)
-        if reason is not None or not runtime.available:
-            raise unavailable(f"model {model} is not ready: {reason or 'restarting'}", kind="not-ready")
+        reason = model_not_ready(request.app.state.service, runtime)
+        if reason is not None:
+            raise unavailable(f"model {model} is not ready: {reason}", kind="not-ready")
         return {"name": model, "ready": True}
 
     async def infer(request: Request, model: str, version: str | None = None) -> Response:
@@ -118,38 +119,43 @@ def router(server_version: str) -> APIRouter:
     async def index(request: Request) -> JSONResponse:
         only_ready = repository_body(await request.body()).get("ready", False)
         state: ServiceState = request.app.state.service
-        settings: Settings = request.app.state.settings
-        runtime = state.runtime
-        reason = "loading" if runtime is None else not_ready(state)
-        entries = [
-            {"name": f"{settings.model_name}-{kind}", "version": "" if runtime is None else runtime.card.id,
-             "state": "READY" if reason is None else "UNAVAILABLE", "reason": reason or ""}
-            for kind in ("generate", "encode")
-        ]  # fmt: skip
+        entries = []
+        for name, each in state.models.items():
+            runtime = each.runtime
+            reason = "loading" if runtime is None else model_not_ready(state, runtime)
+            entries += [
+                {"name": f"{name}-{kind}", "version": "" if runtime is None else runtime.card.id,
+                 "state": "READY" if reason is None else "UNAVAILABLE", "reason": reason or ""}
+                for kind in KINDS
+            ]  # fmt: skip
         return JSONResponse([e for e in entries if e["state"] == "READY" or not only_ready])
 
     @routes.post(paths.V2_LOAD, summary="Reload a model's directory (admin key)")
     async def load(request: Request, model: str) -> dict[str, Any]:
         admin_only(request)
         repository_body(await request.body())
-        served(request, model, None)
-        reloader = request.app.state.service.reloader
-        if reloader is None:
+        state: ServiceState = request.app.state.service
+        name, _ = served_model(state, model)
+        runtime_of(state, name)
+        if state.reloaders is None:
             raise unavailable("the model is not loaded yet", kind="not-ready")
-        outcome = await reloader.reload(f"POST {request.url.path}")
-        if outcome.outcome == "refused":
-            raise ServiceError(409, f"reload refused, model {outcome.model_id} keeps serving: {outcome.reason}",
-                               kind="reload-refused", title="Reload refused")  # fmt: skip
+        reload_answer(await state.reloaders.reload(f"POST {request.url.path}", [name]))  # 409 when refused
         return {}
 
     @routes.post(paths.V2_UNLOAD, summary="Retire a model (admin key)")
     async def unload(request: Request, model: str) -> dict[str, Any]:
         admin_only(request)
         repository_body(await request.body())
-        served(request, model, None)
+        state: ServiceState = request.app.state.service
+        name, _ = served_model(state, model)
+        runtime_of(state, name)
+        why = (
+            "the default model (the REST endpoints serve it without ?model=)" if name == state.default
+            else "served from the configuration (CVAE_MODELS), which only a restart changes"
+        )  # fmt: skip
         raise ServiceError(
-            409, f"model {model} is the default model (the REST endpoints serve it): it cannot be unloaded, only "
-            "loaded again", kind="unload-refused", title="Unload refused",
+            409, f"model {model} is {why}: it cannot be unloaded, only loaded again", kind="unload-refused",
+            title="Unload refused",
         )  # fmt: skip
 
     return routes

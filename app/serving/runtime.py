@@ -1,4 +1,4 @@
-"""What the routes call: the model card, and the engine behind one scheduler with a lane per operation
+"""What the routes call for one served model: its card, and its engine behind one scheduler with a lane per operation
 (app/operations/registry.py). Async and torch-free; no HTTP."""
 
 from __future__ import annotations
@@ -21,8 +21,16 @@ if TYPE_CHECKING:
 
 class Runtime:
     def __init__(
-        self, card: ModelCard, engine: Engine, settings: Settings, metrics: Metrics, tracing: Tracing | None = None
+        self,
+        *,
+        name: str,
+        card: ModelCard,
+        engine: Engine,
+        settings: Settings,
+        metrics: Metrics,
+        tracing: Tracing | None = None,
     ) -> None:
+        self.name = name  # the served model's, from configuration: its metrics' model label
         self.card = card
         self.engine = engine
         self.metrics = metrics
@@ -43,11 +51,11 @@ class Runtime:
         for op in OPERATIONS:
             run = partial(engine.run, op.name)
             self.lanes[op.name] = self.scheduler.lane(
-                run if tracing is None else tracing.batches(op.name, run),
+                run if tracing is None else tracing.batches(op.name, run, model=name),
                 max_cost=op.max_cost(settings),
                 seconds_per_unit=op.seconds_per_unit,
-                on_batch=partial(metrics.on_batch, op.name),
-                on_queue=partial(metrics.on_queue, op.name),
+                on_batch=partial(metrics.on_batch, name, op.name),
+                on_queue=partial(metrics.on_queue, name, op.name),
             )
 
     @property
@@ -71,6 +79,6 @@ class Runtime:
         outcome = await self.scheduler.submit(lane, job, op.cost(payload), op.work(payload), size=op.size(payload))
         if isinstance(outcome, ServiceError):
             raise outcome
-        self.metrics.count_images(op.images(payload))
-        self.metrics.count_answer(self.card.id, op.name)
+        self.metrics.count_images(self.name, op.images(payload))
+        self.metrics.count_answer(self.name, self.card.id, op.name)
         return outcome

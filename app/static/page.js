@@ -19,6 +19,11 @@ const $ = (id) => document.getElementById(id);
 const model = { names: [], digits: false, tileHeight: 0, tileWidth: 0 };
 const classNumbers = () => model.names.map((_, label) => label);
 
+/** The model chosen among several the service serves (GET /models), sent as ?model= on every call; null while the
+ * service serves one: then no call names it. */
+let chosen = null;
+const withModel = (path) => (chosen === null ? path : `${path}?model=${encodeURIComponent(chosen)}`);
+
 /** A failed call to the API, with a message for the person (the problem detail's words when there is one). */
 class ApiError extends Error {}
 
@@ -136,10 +141,13 @@ const generate = latestOnly(async () => {
     temperature: Number($("temperature").value),
     scale: Number($("scale").value),
   };
+  const asked = chosen;
   try {
-    const answer = await (await postJSON("generate", body, "application/json")).json();
+    const answer = await (await postJSON(withModel("generate"), body, "application/json")).json();
+    if (asked !== chosen) return; // another model was chosen meanwhile: its own grid follows
     Object.assign(grid, { latents: answer.latents, labels: answer.labels, columns: answer.columns, scale: body.scale });
     const url = showPng($("grid"), pngBlob(answer.png_base64));
+    $("grid").dataset.model = asked ?? ""; // whose grid is shown, once it has arrived (tests wait on it)
     const save = $("save");
     save.href = url;
     save.download = `cvae-digits-seed${answer.seed}.png`;
@@ -159,6 +167,16 @@ const generate = latestOnly(async () => {
 const kind = () => (model.digits ? "digit" : "class");
 const kinds = () => (model.digits ? "digits" : "classes");
 
+/** The page's words for a digits model, as index.html has them: put back when a digits model is chosen again. */
+const DIGIT_WORDS = {
+  title: document.title,
+  texts: Object.fromEntries(
+    ["intro", "classes-legend", "n-label", "draw-title", "upload-label", "style-title"].map((id) => [id, $(id).textContent]),
+  ),
+  gridAlt: $("grid").alt,
+  probabilities: $("probabilities").getAttribute("aria-label"),
+};
+
 /** One checkbox per class of the served model, all checked; the words that name the model's kind of image. */
 function showClasses() {
   const boxes = model.names.map((name, labelNumber) => {
@@ -168,7 +186,13 @@ function showClasses() {
     return label;
   });
   $("digits").replaceChildren(...boxes);
-  if (model.digits) return;
+  if (model.digits) {
+    document.title = DIGIT_WORDS.title;
+    for (const [id, text] of Object.entries(DIGIT_WORDS.texts)) $(id).textContent = text;
+    $("grid").alt = DIGIT_WORDS.gridAlt;
+    $("probabilities").setAttribute("aria-label", DIGIT_WORDS.probabilities);
+    return;
+  }
   const list = model.names.join(", ");
   document.title = `cvae: try the model (${list})`;
   $("intro").textContent = `A conditional variational autoencoder for ${model.names.length} classes of small images: ` +
@@ -308,7 +332,7 @@ async function read(blob, filename, what) {
   const form = new FormData();
   form.append("file", blob, filename);
   try {
-    const answer = await (await call("encode", { method: "POST", body: form })).json();
+    const answer = await (await call(withModel("encode"), { method: "POST", body: form })).json();
     showReading(answer);
     if (what === "your drawing") drawn = { latent: answer.mean, label: answer.label };
     setHand(answer.mean, answer.log_var, `${what[0].toUpperCase()}${what.slice(1)}, read as ${answer.name}`, what);
@@ -393,7 +417,8 @@ const restyle = latestOnly(async () => {
   const latent = [...hand.base];
   hand.axes.forEach((axis, i) => (latent[axis] += Number($(`axis-${i}`).value)));
   try {
-    const response = await postJSON("generate", { label: classNumbers().slice(0, MAX_ROWS), n: 1, latent, columns: 5, scale: 3 }, "image/png");
+    const body = { label: classNumbers().slice(0, MAX_ROWS), n: 1, latent, columns: 5, scale: 3 };
+    const response = await postJSON(withModel("generate"), body, "image/png");
     const img = $("restyled");
     showPng(img, await response.blob());
     img.dataset.source = hand.what; // which hand is shown, once its image has arrived (tests wait on it)
@@ -409,11 +434,11 @@ async function takeTile(index) {
   const label = grid.labels[index];
   try {
     // The tile's posterior variances pick the axes: draw it alone and read it back as the class it is.
-    const tile = await (await postJSON("generate", { label, n: 1, latent, padding: 0 }, "image/png")).blob();
+    const tile = await (await postJSON(withModel("generate"), { label, n: 1, latent, padding: 0 }, "image/png")).blob();
     const form = new FormData();
     form.append("file", tile, "tile.png");
     form.append("label", String(label));
-    const answer = await (await call("encode", { method: "POST", body: form })).json();
+    const answer = await (await call(withModel("encode"), { method: "POST", body: form })).json();
     setHand(latent, answer.log_var, `The hand of the grid's row ${row}, column ${column}`, "grid");
   } catch (error) {
     showError("style-error", error);
@@ -478,7 +503,7 @@ const walk = latestOnly(async () => {
   // Every row of a grid column shares one latent (the column is one hand across classes): the first row's will do.
   const body = { label: drawn.label, from: drawn.latent, to: grid.latents[column - 1], steps: WALK_STEPS, scale: 3 };
   try {
-    const response = await postJSON("interpolate", body, "image/png");
+    const response = await postJSON(withModel("interpolate"), body, "image/png");
     const img = $("walk-strip");
     showPng(img, await response.blob());
     img.alt = `Your drawing's hand walking, in ${WALK_STEPS} steps, to the hand of grid column ${column}, as ${aClass(drawn.label)}`;
@@ -510,8 +535,49 @@ function setUpKey() {
   });
 }
 
+// ---- Models: a selector when the service serves several -------------------------------------------------------
+
+/** The served models (GET /models): with more than one, a selector of them, the chosen one (else the default)
+ * selected; with one, no selector and no ?model= on any call. */
+async function showModels() {
+  const { models } = await (await call("models")).json();
+  const choice = $("model-choice");
+  if (models.length < 2) {
+    chosen = null;
+    choice.hidden = true;
+    return;
+  }
+  if (!models.some((m) => m.name === chosen)) chosen = models.find((m) => m.default).name;
+  const options = models.map((m) => {
+    const text = `${m.name}: ${m.classes.map((c) => c.name).join(", ")}${m.default ? " (default)" : ""}`;
+    return Object.assign(document.createElement("option"), { value: m.name, textContent: text, selected: m.name === chosen });
+  });
+  $("model").replaceChildren(...options);
+  choice.hidden = false;
+}
+
+/** Another model chosen: what the page showed of the last one goes, then the new one's classes and grid come. */
+function chooseModel() {
+  chosen = $("model").value;
+  Object.assign(hand, { base: null, axes: [], what: "" });
+  drawn = null;
+  Object.assign(grid, { latents: [], labels: [], columns: 0, scale: 1 });
+  for (const id of ["grid", "restyled", "walk-strip", "save", "probabilities"]) $(id).hidden = true;
+  delete $("restyled").dataset.source;
+  delete $("walk-strip").dataset.column;
+  for (const id of ["inferred", "walk-caption", "hand-source"]) $(id).textContent = "";
+  $("grid-caption").textContent = "Loading the grid…";
+  for (const id of ["generate-error", "encode-error", "style-error", "walk-error"]) clearError(id);
+  load();
+}
+
+function setUpModels() {
+  $("model").addEventListener("change", chooseModel);
+}
+
 async function start() {
   setUpKey();
+  setUpModels();
   setUpGenerate();
   setUpPad();
   setUpStyle();
@@ -523,7 +589,8 @@ async function start() {
 async function load() {
   clearError("generate-error");
   try {
-    const manifest = await (await call("model")).json();
+    await showModels();
+    const manifest = await (await call(withModel("model"))).json();
     const [, tileHeight, tileWidth] = manifest.image_shape;
     const names = manifest.classes.map((c) => c.name);
     Object.assign(model, { names, digits: names.every((name, label) => name === String(label)), tileHeight, tileWidth });

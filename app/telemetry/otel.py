@@ -63,9 +63,10 @@ class Tracing:
         return Traced(job, request, now)
 
     def batches(
-        self, lane: str, run: Callable[[list[J], BatchTrace | None], Awaitable[list[R]]]
+        self, lane: str, run: Callable[[list[J], BatchTrace | None], Awaitable[list[R]]], model: str = ""
     ) -> Callable[[list[Traced[J]]], Awaitable[list[R]]]:
-        """The lane's batch function for traced jobs: run(jobs, trace), and each job's queue, batch and stage spans."""
+        """The lane's batch function for traced jobs: run(jobs, trace), and each job's queue, batch and stage spans;
+        model: the served model whose lane it is (its batches' cvae.model, beside cvae.lane and their numbers)."""
         numbers = itertools.count(1)
 
         async def traced(jobs: list[Traced[J]]) -> list[R]:
@@ -78,6 +79,8 @@ class Tracing:
                 self.tracer.start_span("queue", context=parent, start_time=j.queued_ns).end(started)
                 attributes: dict[str, str | int] = {"cvae.lane": lane, "cvae.batch.number": number,
                                                     "cvae.batch.size": len(jobs), "cvae.batch.position": i}  # fmt: skip
+                if model:
+                    attributes["cvae.model"] = model
                 links = [Link(c) for k, c in enumerate(requests) if k != i and c.is_valid]
                 span = self.tracer.start_span("batch", parent, links=links, start_time=started, attributes=attributes)
                 batches.append(span)

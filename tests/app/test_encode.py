@@ -145,7 +145,7 @@ def test_encode_limit_on_pixels_is_the_setting(client):
 
 
 def test_uploads_refused_from_their_header_never_reach_the_model(client):
-    series = 'cvae_batch_size_requests_count{operation="encode"}'
+    series = 'cvae_batch_size_requests_count{model="digits",operation="encode"}'
     before = metric(client, series)
     problem(upload(client, _png_header_only(50_000, 50_000)), 413)
     problem(upload(client, b"hello, this is text"), 415)
@@ -217,10 +217,10 @@ def test_concurrent_uploads_share_batches_and_each_gets_what_it_gets_alone(tiny_
     settings = Settings(model_dir=tiny_model_dir, max_wait_ms=50, inference_process=inference_process)
     with TestClient(create_app(settings)) as c:
         alone = [upload(c, data, digit) for data, digit in uploads]
-        batches_before = metric(c, 'cvae_batch_size_requests_count{operation="encode"}')
+        batches_before = metric(c, 'cvae_batch_size_requests_count{model="digits",operation="encode"}')
         with ThreadPoolExecutor(len(uploads)) as pool:
             together = list(pool.map(lambda u: upload(c, *u), uploads))
-        batches = metric(c, 'cvae_batch_size_requests_count{operation="encode"}') - batches_before
+        batches = metric(c, 'cvae_batch_size_requests_count{model="digits",operation="encode"}') - batches_before
     assert [r.status_code for r in alone] == [200] * 4 + [415] + [200] * 4 + [422] + [200] * 2
     assert [(r.status_code, r.content) for r in together] == [(r.status_code, r.content) for r in alone]
     assert batches < len(uploads)  # some uploads did share a batch

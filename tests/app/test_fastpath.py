@@ -24,9 +24,9 @@ def counting(monkeypatch, module) -> list[int]:
     calls: list[int] = []
     original = module.runtime_of
 
-    def runtime_of(app):
+    def runtime_of(state, model=None):
         calls.append(1)
-        return original(app)
+        return original(state, model)
 
     monkeypatch.setattr(module, "runtime_of", runtime_of)
     return calls
@@ -61,6 +61,16 @@ def test_plain_json_takes_the_fast_path_and_anything_else_the_route(client, rout
     assert route_calls == [1]
     invalid = client.post("/generate", content=b'{"digit": 3, "n": 0}', headers=FAST)
     assert invalid.status_code == 422 and invalid.json()["errors"][0]["loc"] == ["body", "n"]  # FastAPI's own words
+
+
+def test_a_model_query_takes_the_fast_path_and_any_other_query_the_route(client, route_calls):
+    body = b'{"digit": 3, "n": 2, "seed": 1}'
+    assert client.post("/generate?model=digits", content=body, headers=FAST).status_code == 200
+    assert client.post("/generate?model=nope", content=body, headers=FAST).status_code == 404
+    assert route_calls == []
+    assert client.post("/generate?model=digits&n=2", content=body, headers=FAST).status_code == 200
+    assert client.post("/generate?model=%64igits", content=body, headers=FAST).status_code == 200
+    assert route_calls == [1, 1]
 
 
 @pytest.mark.parametrize(

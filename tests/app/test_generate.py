@@ -326,10 +326,10 @@ def test_generate_is_byte_identical_alone_and_batched_with_concurrent_requests(t
     settings = Settings(model_dir=tiny_model_dir, max_wait_ms=50, decode_chunk=16)
     with TestClient(create_app(settings)) as c:
         alone = [c.post("/generate", json=b).content for b in bodies]
-        batches_before = metric(c, 'cvae_batch_size_requests_count{operation="generate"}')
+        batches_before = metric(c, 'cvae_batch_size_requests_count{model="digits",operation="generate"}')
         with ThreadPoolExecutor(len(bodies)) as pool:
             together = list(pool.map(lambda b: c.post("/generate", json=b).content, bodies))
-        batches = metric(c, 'cvae_batch_size_requests_count{operation="generate"}') - batches_before
+        batches = metric(c, 'cvae_batch_size_requests_count{model="digits",operation="generate"}') - batches_before
     assert together == alone
     assert batches < len(bodies)  # some requests did share a batch
 

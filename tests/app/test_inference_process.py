@@ -229,6 +229,6 @@ def test_metrics_count_batches_of_both_operations_in_either_mode(tiny_model_dir:
         upload(c, *UPLOADS[0])
         text = c.get("/metrics").text
     for operation in ("generate", "encode"):
-        assert f'cvae_batch_size_requests_count{{operation="{operation}"}} 1.0' in text
-        assert f'cvae_batch_queue_wait_seconds_bucket{{le="0.0005",operation="{operation}"}}' in text
-        assert f'cvae_inference_duration_seconds_count{{operation="{operation}"}} 1.0' in text
+        assert f'cvae_batch_size_requests_count{{model="digits",operation="{operation}"}} 1.0' in text
+        assert f'cvae_batch_queue_wait_seconds_bucket{{le="0.0005",model="digits",operation="{operation}"}}' in text
+        assert f'cvae_inference_duration_seconds_count{{model="digits",operation="{operation}"}} 1.0' in text

@@ -81,7 +81,7 @@ def test_interpolate_takes_a_class_name(fashion_client):
 
 
 def test_images_are_counted_by_class_number(fashion_client):
-    series = 'cvae_images_generated_total{digit="9"}'
+    series = 'cvae_images_generated_total{digit="9",model="digits"}'
     before = metric(fashion_client, series) if series in fashion_client.get("/metrics").text else 0.0
     assert fashion_client.post("/generate", json={"label": "ankle boot", "n": 3, "seed": 1}).status_code == 200
     assert metric(fashion_client, series) == before + 3

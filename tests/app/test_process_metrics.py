@@ -20,6 +20,7 @@ from tests.conftest import metric, wait_for
 from tests.system.prometheus_tools import binary
 
 P = "cvae_inference_process_"
+M = {"model": "m"}  # the fake engines' model label
 
 
 def rss_of(pid: int) -> int:
@@ -35,28 +36,29 @@ def test_the_inference_process_memory_cpu_and_start_are_its_own(tiny_model_dir: 
         assert pid != os.getpid()
         for seed in range(20):  # CPU time in the child, not here
             assert c.post("/generate", json={"digit": 3, "n": 64, "seed": seed}).status_code == 200
-        rss = metric(c, P + "resident_memory_bytes")
+        rss = metric(c, P + 'resident_memory_bytes{model="digits"}')
         assert abs(rss - rss_of(pid)) < 0.1 * rss  # the child's (a few MB apart: it moves between the two reads)
         assert rss != metric(c, "process_resident_memory_bytes")
-        assert metric(c, P + "virtual_memory_bytes") > rss
-        assert metric(c, P + "cpu_seconds_total") > 0
-        assert time.time() - 120 < metric(c, P + "start_time_seconds") <= time.time()
-        assert metric(c, P + "restarts_total") == 0
+        assert metric(c, P + 'virtual_memory_bytes{model="digits"}') > rss
+        assert metric(c, P + 'cpu_seconds_total{model="digits"}') > 0
+        assert time.time() - 120 < metric(c, P + 'start_time_seconds{model="digits"}') <= time.time()
+        assert metric(c, P + 'restarts_total{model="digits"}') == 0
 
 
 def test_a_sigkilled_inference_process_counts_one_restart_and_is_not_ready_meanwhile(tiny_model_dir: Path):
     with TestClient(create_app(Settings(model_dir=tiny_model_dir))) as c:
         engine = c.app.state.service.runtime.engine
-        first, started = engine.pid, metric(c, P + "start_time_seconds")
+        first, started = engine.pid, metric(c, P + 'start_time_seconds{model="digits"}')
         time.sleep(0.05)  # start times are in clock ticks (1/100 s)
         assert metric(c, "cvae_ready") == 1
         os.kill(first, signal.SIGKILL)
         wait_for(lambda: metric(c, "cvae_ready") == 0, 10)  # as /readyz: 503 while restarting
         wait_for(lambda: metric(c, "cvae_ready") == 1, 30)
         assert engine.pid != first and c.get("/readyz").status_code == 200
-        assert metric(c, P + "restarts_total") == 1
-        assert metric(c, P + "start_time_seconds") > started  # the figures are the new process's
-        assert abs(metric(c, P + "resident_memory_bytes") - rss_of(engine.pid)) < 0.1 * rss_of(engine.pid)
+        assert metric(c, P + 'restarts_total{model="digits"}') == 1
+        assert metric(c, P + 'start_time_seconds{model="digits"}') > started  # the figures are the new process's
+        rss = rss_of(engine.pid)
+        assert abs(metric(c, P + 'resident_memory_bytes{model="digits"}') - rss) < 0.1 * rss
         assert c.post("/generate", json={"digit": 1}).status_code == 200
 
 
@@ -84,13 +86,13 @@ def fake_proc(root: Path, pid: int, command: str, status: str) -> None:
 def test_stat_fields_are_counted_after_a_command_name_with_spaces_and_parentheses(tmp_path: Path):
     fake_proc(tmp_path, 7, "py ) 1 2 (x", "Name:\tpy\nVmRSS:\t  2048 kB\nThreads:\t3\n")
     registry = CollectorRegistry()
-    InferenceProcessCollector("t", registry, proc=str(tmp_path)).watch(FakeEngine(7))
+    InferenceProcessCollector("t", registry, proc=str(tmp_path)).watch("m", FakeEngine(7))
     ticks = os.sysconf("SC_CLK_TCK")
-    assert registry.get_sample_value("t_inference_process_cpu_seconds_total") == 2000 / ticks
-    assert registry.get_sample_value("t_inference_process_resident_memory_bytes") == 2048 * 1024
-    assert registry.get_sample_value("t_inference_process_virtual_memory_bytes") == 987654321
-    assert registry.get_sample_value("t_inference_process_start_time_seconds") == 1700000000 + 12345 / ticks
-    assert registry.get_sample_value("t_inference_process_restarts_total") == 2
+    assert registry.get_sample_value("t_inference_process_cpu_seconds_total", M) == 2000 / ticks
+    assert registry.get_sample_value("t_inference_process_resident_memory_bytes", M) == 2048 * 1024
+    assert registry.get_sample_value("t_inference_process_virtual_memory_bytes", M) == 987654321
+    assert registry.get_sample_value("t_inference_process_start_time_seconds", M) == 1700000000 + 12345 / ticks
+    assert registry.get_sample_value("t_inference_process_restarts_total", M) == 2
 
 
 def test_a_dead_or_zombie_process_leaves_only_what_can_be_read(tmp_path: Path):
@@ -98,19 +100,19 @@ def test_a_dead_or_zombie_process_leaves_only_what_can_be_read(tmp_path: Path):
     registry = CollectorRegistry()
     collector = InferenceProcessCollector("t", registry, proc=str(tmp_path))
     assert generate_latest(registry) == b""  # not watching yet
-    collector.watch(FakeEngine(8))
-    assert registry.get_sample_value("t_inference_process_resident_memory_bytes") is None
-    assert registry.get_sample_value("t_inference_process_cpu_seconds_total") is not None
-    collector.watch(FakeEngine(9))  # no such process
-    assert registry.get_sample_value("t_inference_process_cpu_seconds_total") is None
-    assert registry.get_sample_value("t_inference_process_restarts_total") == 2
+    collector.watch("m", FakeEngine(8))
+    assert registry.get_sample_value("t_inference_process_resident_memory_bytes", M) is None
+    assert registry.get_sample_value("t_inference_process_cpu_seconds_total", M) is not None
+    collector.watch("m", FakeEngine(9))  # no such process
+    assert registry.get_sample_value("t_inference_process_cpu_seconds_total", M) is None
+    assert registry.get_sample_value("t_inference_process_restarts_total", M) == 2
 
 
 def test_metrics_with_the_inference_process_pass_promtool_check_metrics(client):
     promtool = binary("promtool")
     client.post("/generate", json={"digit": [3, 4], "n": 5})
     text = client.get("/metrics").content
-    assert P.encode() + b"restarts_total 0.0" in text
+    assert P.encode() + b'restarts_total{model="digits"} 0.0' in text
     checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=30)
     assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
 

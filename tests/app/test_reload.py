@@ -69,12 +69,12 @@ def test_a_reload_serves_the_new_model_every_answer_names_it_and_rolling_back_is
     before = admin.post("/generate", json=SAMPLE)
     assert before.headers["x-model-id"] == a
     assert upload(admin, encoded(drawing())).headers["x-model-id"] == a
-    reloaded = metric(admin, 'cvae_reloads_total{outcome="reloaded"}')
+    reloaded = metric(admin, 'cvae_reloads_total{model="digits",outcome="reloaded"}')
 
     point(models, "b")
     r = admin.post("/admin/reload", headers=ADMIN)
     assert r.status_code == 200, r.text
-    assert r.json() == {"outcome": "reloaded", "model_id": b, "previous_id": a}
+    assert r.json() == {"model": "digits", "outcome": "reloaded", "model_id": b, "previous_id": a}
     assert admin.get("/model").json()["id"] == b
     after = admin.post("/generate", json=SAMPLE)
     assert after.headers["x-model-id"] == b and after.content != before.content
@@ -82,14 +82,14 @@ def test_a_reload_serves_the_new_model_every_answer_names_it_and_rolling_back_is
     assert as_json.headers["x-model-id"] == as_json.json()["model_id"] == b
     encoding = upload(admin, encoded(drawing()))
     assert encoding.headers["x-model-id"] == encoding.json()["model_id"] == b
-    assert admin.get("/readyz").json() == {"status": "ready", "model_id": b}
+    assert admin.get("/readyz").json() == {"status": "ready", "model_id": b, "models": {"digits": b}}
 
     point(models, "a")  # rollback: the previous model, by the same step
     assert admin.post("/admin/reload", headers=ADMIN).json()["model_id"] == a
     again = admin.post("/generate", json=SAMPLE)
     assert again.headers["x-model-id"] == a and again.content == before.content  # bit for bit what a drew before
-    assert metric(admin, 'cvae_reloads_total{outcome="reloaded"}') == reloaded + 2
-    assert metric(admin, f'cvae_model_answers_total{{model_id="{b}",operation="encode"}}') == 1
+    assert metric(admin, 'cvae_reloads_total{model="digits",outcome="reloaded"}') == reloaded + 2
+    assert metric(admin, f'cvae_model_answers_total{{model="digits",model_id="{b}",operation="encode"}}') == 1
 
 
 @pytest.mark.parametrize(
@@ -104,8 +104,8 @@ def test_a_reload_serves_the_new_model_every_answer_names_it_and_rolling_back_is
 )
 def test_a_model_that_cannot_be_served_is_refused_and_the_old_one_keeps_serving(admin, models, caplog, bad, why):
     a = model_id(models["a"])
-    refused = metric(admin, 'cvae_reloads_total{outcome="refused"}')
-    reloader = admin.app.state.service.reloader
+    refused = metric(admin, 'cvae_reloads_total{model="digits",outcome="refused"}')
+    reloader = admin.app.state.service.reloaders.by_name["digits"]
     timeout_s = reloader.timeout_s
     if bad == "slow":  # model b is good, but takes longer than this to load, check and warm up
         point(models, "b")
@@ -121,7 +121,7 @@ def test_a_model_that_cannot_be_served_is_refused_and_the_old_one_keeps_serving(
     body = problem(r, 409)
     assert why in body["detail"] and a in body["detail"]
     assert [rec.getMessage() for rec in caplog.records if why in rec.getMessage() and "refused" in rec.getMessage()]
-    assert metric(admin, 'cvae_reloads_total{outcome="refused"}') == refused + 1
+    assert metric(admin, 'cvae_reloads_total{model="digits",outcome="refused"}') == refused + 1
     assert admin.get("/model").json()["id"] == a
     served = admin.post("/generate", json=SAMPLE)
     assert served.status_code == 200 and served.headers["x-model-id"] == a
@@ -130,7 +130,7 @@ def test_a_model_that_cannot_be_served_is_refused_and_the_old_one_keeps_serving(
 def test_a_directory_that_changes_while_it_is_read_is_refused(admin, models):
     # The card says model b, but the inference process finds model a: what copying over a served directory can do.
     a, b = model_id(models["a"]), model_id(models["b"])
-    reloader = admin.app.state.service.reloader
+    reloader = admin.app.state.service.reloaders.by_name["digits"]
     read = reloader.read
     b_card_of_a = ModelCard(manifest=json.loads((models["b"] / "manifest.json").read_text()), path=models["a"])
     reloader.read = lambda: b_card_of_a
@@ -172,12 +172,14 @@ def test_contents_replaced_in_place_are_served_by_the_thread_engine_too(models, 
         assert c.post("/generate", json=SAMPLE).headers["x-model-id"] == model_id(models["b"])
 
 
-def test_answers_are_counted_for_the_current_and_the_previous_model_only(tiny_model_dir):
-    metrics = Metrics()
+def test_answers_are_counted_for_each_served_models_current_and_previous_model_id_only(tiny_model_dir):
+    metrics = Metrics(models=["a", "b"])
     manifest = json.loads((tiny_model_dir / "manifest.json").read_text())
+    metrics.set_model("b", ModelCard(manifest={**manifest, "id": "b1"}, path=tiny_model_dir))
+    metrics.count_answer("b", "b1", "generate")
     for name in ("m1", "m2", "m3"):
-        metrics.set_model(ModelCard(manifest={**manifest, "id": name}, path=tiny_model_dir))
-        metrics.count_answer(name, "generate")
-        metrics.count_answer("m1", "encode")  # counted only while m1 is current or previous
-    exposed = {s.labels["model_id"] for m in metrics.answers.collect() for s in m.samples}
-    assert exposed == {"m2", "m3"}
+        metrics.set_model("a", ModelCard(manifest={**manifest, "id": name}, path=tiny_model_dir))
+        metrics.count_answer("a", name, "generate")
+        metrics.count_answer("a", "m1", "encode")  # counted only while m1 is current or previous
+    exposed = {(s.labels["model"], s.labels["model_id"]) for m in metrics.answers.collect() for s in m.samples}
+    assert exposed == {("a", "m2"), ("a", "m3"), ("b", "b1")}  # each served model's own ids

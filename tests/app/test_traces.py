@@ -85,6 +85,7 @@ def test_a_generate_request_is_one_trace_across_the_process_continuing_its_trace
     assert batch.start_time <= inference.start_time <= inference.end_time <= png.start_time <= png.end_time
     assert png.end_time <= batch.end_time <= server.end_time
     assert batch.attributes is not None and batch.attributes["cvae.batch.size"] == 1 and not batch.links
+    assert batch.attributes["cvae.model"] == "digits"  # the served model whose lane ran it
 
 
 def test_requests_that_shared_a_batch_are_linked_to_one_another(traced):

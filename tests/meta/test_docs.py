@@ -10,7 +10,8 @@ command needs a rule here. The rules, and what each substitutes:
   -> the test server's port, and curl fails on an HTTP error.
 - serve (`python -m app`): started with its environment and must answer /readyz 200, then stop on SIGTERM with exit
   status 0. Substituted: the interpreter, `--host`/`--port` (loopback, a free port), and a model directory that
-  does not exist yet (`runs/...`, trained by a command further on) -> a copy of the shipped model.
+  does not exist yet (`runs/...`, trained by a command further on; in CVAE_MODEL_DIR or an entry of CVAE_MODELS) ->
+  a copy of the shipped model.
 - train (`python -m training` on the CPU): run, shortened: one epoch on the committed 1,000-digit fixture
   (`--data-dir`; `--dataset mnist` dropped: it downloads), with a 200-digit held-out split, a 50-component prior
   (the fixture has 80 digits a class) and `--no-evaluate` (the judge's figures take minutes). Outputs go to a
@@ -319,6 +320,11 @@ def test_server_commands_start_and_stop_cleanly(command: Command, workdir: Path)
     env = dict(command.env)
     if "CVAE_MODEL_DIR" in env and not (workdir / env["CVAE_MODEL_DIR"]).is_dir():
         env["CVAE_MODEL_DIR"] = "artifacts/default"
+    if "=" in env.get("CVAE_MODELS", ""):  # NAME=DIRECTORY entries: each missing directory the shipped model
+        entries = [entry.split("=", 1) for entry in env["CVAE_MODELS"].split(",")]
+        env["CVAE_MODELS"] = ",".join(
+            f"{name}={d if (workdir / d).is_dir() else 'artifacts/default'}" for name, d in entries
+        )
     argv, port = command.argv, free_port()
     for option in ("--host", "--port"):
         if option in argv:

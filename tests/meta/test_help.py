@@ -21,6 +21,7 @@ COMMANDS = [
     "tests.bench.train_speed",
     "tests.bench.train_ddp",
     "tests.bench.replicas",
+    "tests.bench.models",
     "tests.bench.gpu",  # refuses to run without CUDA, but answers --help anywhere
 ]
 

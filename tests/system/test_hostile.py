@@ -244,8 +244,8 @@ def test_an_abandoned_burst_of_large_requests_costs_almost_nothing_and_a_small_r
     """40 of the largest /generate, each dropped by its client 20 ms after sending it: the queued ones are dropped
     unrun, and the next small request is served within the time of at most the one batch already running (or
     refused at once)."""
-    batches = 'cvae_batch_size_requests_count{operation="generate"}'
-    abandoned = 'cvae_queue_events_total{operation="generate",reason="abandoned"}'
+    batches = 'cvae_batch_size_requests_count{model="digits",operation="generate"}'
+    abandoned = 'cvae_queue_events_total{model="digits",operation="generate",reason="abandoned"}'
 
     async def main():
         before = server.metric(batches), server.metric(abandoned)

@@ -1,7 +1,7 @@
 """The Open Inference Protocol spoken by real clients to `python -m app`: tritonclient's HTTP client (locked in the
 dev extra) and kserve's InferenceRESTClient (not locked: docs/api.md says why; skipped where it is not installed).
 Metadata, readiness, digits-generate and digits-encode with JSON and binary tensors, errors and the repository
-index."""
+index; and a service of two models (CVAE_MODELS), each answering as its own pair."""
 
 from __future__ import annotations
 
@@ -26,10 +26,11 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def port(tiny_model_dir: Path) -> Iterator[int]:
+@contextlib.contextmanager
+def service(settings: dict[str, str]) -> Iterator[int]:
+    """`python -m app` with these CVAE_* settings -> its port, once ready."""
     port = free_port()
-    env = {**os.environ, "CVAE_MODEL_DIR": str(tiny_model_dir), "CVAE_PORT": str(port), "CVAE_ACCESS_LOG": "false"}
+    env = {**os.environ, **settings, "CVAE_PORT": str(port), "CVAE_ACCESS_LOG": "false"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -44,6 +45,19 @@ def port(tiny_model_dir: Path) -> Iterator[int]:
             proc.kill()
 
 
+@pytest.fixture(scope="module")
+def port(tiny_model_dir: Path) -> Iterator[int]:
+    with service({"CVAE_MODEL_DIR": str(tiny_model_dir)}) as port:
+        yield port
+
+
+@pytest.fixture(scope="module")
+def two_port(tiny_model_dir: Path, fashion_model_dir: Path) -> Iterator[int]:
+    """digits (the default) and fashion, a model of other classes."""
+    with service({"CVAE_MODELS": f"digits={tiny_model_dir},fashion={fashion_model_dir}"}) as port:
+        yield port
+
+
 def picture() -> bytes:
     img = Image.new("L", (40, 60), 255)
     img.paste(20, (17, 10, 23, 50))
@@ -52,8 +66,8 @@ def picture() -> bytes:
     return buf.getvalue()
 
 
-def rest_tiles(port: int, body: dict[str, object], count: int) -> np.ndarray:
-    png = httpx.post(f"http://127.0.0.1:{port}/generate", json={**body, "padding": 0}).content
+def rest_tiles(port: int, body: dict[str, object], count: int, query: str = "") -> np.ndarray:
+    png = httpx.post(f"http://127.0.0.1:{port}/generate{query}", json={**body, "padding": 0}).content
     grid = np.asarray(Image.open(io.BytesIO(png)))
     return grid.reshape(grid.shape[0], count, -1).transpose(1, 0, 2)
 
@@ -117,3 +131,36 @@ def test_kserve_s_rest_client_speaks_to_the_service(port: int) -> None:
             await client.close()
 
     asyncio.run(run())
+
+
+def test_tritonclient_speaks_to_each_of_two_models(two_port: int) -> None:
+    http = pytest.importorskip("tritonclient.http")
+    utils = pytest.importorskip("tritonclient.utils")
+    client = http.InferenceServerClient(f"127.0.0.1:{two_port}")
+    assert client.is_server_ready()
+    index = client.get_model_repository_index()
+    assert [(m["name"], m["state"]) for m in index] == [
+        ("digits-generate", "READY"), ("digits-encode", "READY"), ("fashion-generate", "READY"),
+        ("fashion-encode", "READY"),
+    ]  # fmt: skip
+    fashion_id = httpx.get(f"http://127.0.0.1:{two_port}/model?model=fashion").json()["id"]
+    assert client.get_model_metadata("fashion-generate")["versions"] == [fashion_id]
+    assert client.is_model_ready("fashion-encode", model_version=fashion_id)
+
+    for name, query in (("fashion", "?model=fashion"), ("digits", "")):
+        label = http.InferInput("label", [3], "INT64")
+        label.set_data_from_numpy(np.full(3, 4, dtype=np.int64), binary_data=True)
+        result = client.infer(f"{name}-generate", [label], parameters={"seed": 11})
+        model_id = httpx.get(f"http://127.0.0.1:{two_port}/model{query}").json()["id"]
+        assert result.get_response()["model_version"] == model_id
+        tiles = rest_tiles(two_port, {"label": 4, "n": 3, "seed": 11}, 3, query)
+        assert np.array_equal(result.as_numpy("image"), tiles)
+
+    image = http.InferInput("image", [1], "BYTES")
+    image.set_data_from_numpy(np.array([picture()], dtype=np.object_), binary_data=True)
+    encoded = client.infer("fashion-encode", [image])
+    answer = httpx.post(f"http://127.0.0.1:{two_port}/encode?model=fashion", files={"file": ("d.png", picture())})
+    assert encoded.as_numpy("label").tolist() == [answer.json()["label"]]
+    assert np.array_equal(encoded.as_numpy("mean")[0], np.asarray(answer.json()["mean"], dtype=np.float32))
+    with pytest.raises(utils.InferenceServerException, match="fashion-generate, fashion-encode"):
+        client.get_model_metadata("mnist-generate")

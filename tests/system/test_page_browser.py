@@ -29,7 +29,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.conftest import FASHION, set_manifest
 from tests.system.test_serve import ROOT, free_port, serving
@@ -76,6 +76,18 @@ def fashion_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     with serving(["-m", "app", "--port", str(port)], {"CVAE_MODEL_DIR": str(model_dir), "CVAE_ACCESS_LOG": "false"},
                  port):  # fmt: skip
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def two_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real service with two models (CVAE_MODELS): the shipped one as digits, the default, and a copy of it given
+    FASHION's class names as fashion."""
+    model_dir = shutil.copytree(ROOT / "artifacts" / "default", tmp_path_factory.mktemp("models") / "fashion")
+    set_manifest(model_dir, labels=FASHION, preprocessing="frame")
+    port = free_port()
+    env = {"CVAE_MODELS": f"digits={ROOT / 'artifacts' / 'default'},fashion={model_dir}", "CVAE_ACCESS_LOG": "false"}
+    with serving(["-m", "app", "--port", str(port)], env, port):
         yield f"http://127.0.0.1:{port}"
 
 
@@ -334,6 +346,50 @@ def test_the_page_takes_its_title_controls_and_rows_from_a_model_whose_classes_a
     walk = [json.loads(r["postData"]) for r in network_requests(browser) if r["url"] == fashion_base + "/interpolate"]
     assert walk and isinstance(walk[-1]["label"], int) and "digit" not in walk[-1]
     assert console_errors(browser) == []
+
+
+def test_with_several_models_the_page_offers_them_and_speaks_to_the_one_chosen(browser, two_base):
+    """Served two models, the page shows a selector of them, the default chosen; choosing the other brings its classes
+    (title, checkboxes, rows, readings) and sends ?model= with every call; choosing the default again brings back the
+    digits' words."""
+    open_page(browser, two_base + "/")
+    choice = Select(by_id(browser, "model"))
+    assert by_id(browser, "model-choice").is_displayed()
+    assert [o.get_attribute("value") for o in choice.options] == ["digits", "fashion"]
+    assert choice.first_selected_option.get_attribute("value") == "digits"
+    assert "(default)" in choice.first_selected_option.text
+    boxes = [e.text.strip() for e in browser.find_elements(By.CSS_SELECTOR, "#digits label")]
+    assert boxes == [str(d) for d in range(10)]
+    calls = [r["url"] for r in network_requests(browser) if r["method"] == "POST" or "/model" in r["url"]]
+    assert calls and all(url.endswith("?model=digits") for url in calls if "/models" not in url), calls
+
+    choice.select_by_value("fashion")
+    wait(browser, lambda d: by_id(d, "grid").get_attribute("data-model") == "fashion" and loaded(d, "grid"),
+         "the fashion model's grid did not load")  # fmt: skip
+    wait(browser, lambda d: hand(d) == "grid" and loaded(d, "restyled"), "the fashion grid's hand was not drawn")
+    assert "t-shirt/top" in browser.title and by_id(browser, "classes-legend").text == "Classes (one row each)"
+    assert [e.text.strip() for e in browser.find_elements(By.CSS_SELECTOR, "#digits label")] == FASHION
+    draw(browser, [[(-60, -60), (60, -60), (60, 60), (-60, 60), (-60, -60)]])
+    by_id(browser, "encode").click()
+    wait(browser, lambda d: hand(d) == "your drawing" and loaded(d, "restyled"), "the drawing was not read")
+    reading = by_id(browser, "inferred").text
+    assert any(re.search(rf"reads an? {re.escape(name)}\b", reading) for name in FASHION), reading
+    urls = {r["url"].removeprefix(two_base) for r in network_requests(browser)}
+    assert {"/model?model=fashion", "/generate?model=fashion", "/encode?model=fashion"} <= urls, urls
+
+    choice.select_by_value("digits")
+    wait(browser, lambda d: by_id(d, "grid").get_attribute("data-model") == "digits" and loaded(d, "grid"),
+         "the digits model's grid did not load again")  # fmt: skip
+    assert browser.title == "cvae-digits: try the model"
+    assert by_id(browser, "classes-legend").text == "Digits (one row each)"
+    assert not by_id(browser, "inferred").text  # the fashion model's reading is gone with it
+    assert console_errors(browser) == []
+
+
+def test_with_one_model_the_page_offers_no_choice_and_names_none(browser, base):
+    open_page(browser, base + "/")
+    assert not by_id(browser, "model-choice").is_displayed()
+    assert not [r["url"] for r in network_requests(browser) if "?model=" in r["url"]]
 
 
 def test_the_walk_strip_goes_from_the_drawn_hand_to_a_grid_column(browser, base):

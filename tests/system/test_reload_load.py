@@ -100,7 +100,7 @@ def test_a_reload_under_continuous_load_answers_every_request_200_from_the_model
 
         answers = asyncio.run(main())
         id_b = model_id(s.base)
-        assert s.metric('cvae_reloads_total{outcome="reloaded"}') == 1
+        assert s.metric('cvae_reloads_total{model="digits",outcome="reloaded"}') == 1
     assert id_a != id_b
     assert {t.status for t in answers} == {200}, sorted({t.status for t in answers})
     assert {t.model_id for t in answers} == {id_a, id_b}
@@ -138,13 +138,13 @@ def test_after_20_reloads_resident_memory_is_what_it_was_after_the_first(tmp_pat
         for i in range(1, 21):
             point(link, models[i % 2])
             s.proc.send_signal(signal.SIGHUP)
-            wait_for(lambda i=i: s.metric('cvae_reloads_total{outcome="reloaded"}') == i, timeout_s=120)
+            wait_for(lambda i=i: s.metric('cvae_reloads_total{model="digits",outcome="reloaded"}') == i, timeout_s=120)
             for _ in range(10):  # some work on the new model before measuring
                 r = httpx.post(f"{s.base}/generate", json={"digit": [0, 1, 2], "n": 4, "seed": i}, timeout=10)
                 assert r.status_code == 200
             rss.append(s.rss_mib())
         left = children(s.proc.pid)
-        assert s.metric('cvae_reloads_total{outcome="refused"}') == 0
+        assert s.metric('cvae_reloads_total{model="digits",outcome="refused"}') == 0
     print(f"\nserver RSS after reload 1: {rss[0]:.1f} MiB, after 20: {rss[-1]:.1f} MiB (max {max(rss):.1f})")
     assert len(left) == 1, left  # the serving inference process; every replaced one has exited
     assert rss[-1] - rss[0] < 8, rss

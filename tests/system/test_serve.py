@@ -94,6 +94,34 @@ def test_python_m_app_serves_over_http_and_drains_on_sigterm(tiny_model_dir):
     assert "Traceback" not in output
 
 
+def test_python_m_app_serves_several_models_reloads_all_on_sighup_and_drains_all(tiny_model_dir, fashion_model_dir):
+    port = free_port()
+    env = {"CVAE_MODELS": f"digits={tiny_model_dir},fashion={fashion_model_dir}", "CVAE_SHUTDOWN_DELAY_S": "0",
+           "CVAE_ACCESS_LOG": "false"}  # fmt: skip
+    with serving(["-m", "app", "--port", str(port)], env, port) as proc:
+        base = f"http://127.0.0.1:{port}"
+        pids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(pids) == 2  # an inference process per model
+        r = httpx.post(f"{base}/generate?model=fashion", json={"label": "coat", "n": 2}, timeout=10)
+        assert r.status_code == 200 and r.headers["x-model-id"] == httpx.get(f"{base}/model?model=fashion").json()["id"]
+
+        def reloaded(name: str) -> float:
+            series = f'cvae_reloads_total{{model="{name}",outcome="reloaded"}} '
+            line = next(x for x in httpx.get(f"{base}/metrics").text.splitlines() if x.startswith(series))
+            return float(line.split()[-1])
+
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: reloaded("digits") == 1 and reloaded("fashion") == 1, 120)
+        assert httpx.get(f"{base}/readyz").status_code == 200
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        wait_for(lambda: len(children.read_text().split()) == 2, 30)  # each old one exits once it has drained
+        assert not set(children.read_text().split()) & set(pids)  # both replaced
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output
+
+
 @pytest.mark.parametrize("problem", ["missing", "checksum"])
 def test_python_m_app_refuses_a_bad_model_dir_with_one_line_and_exit_1(tiny_model_dir, tmp_path, problem):
     if problem == "missing":

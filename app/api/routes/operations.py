@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, File, Form, Request, UploadFile
+from fastapi import APIRouter, Body, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import runtime_of
@@ -24,6 +24,7 @@ PNG = "image/png"
 JSON = "application/json"
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "The body is not valid JSON, or the upload is corrupt"},
+    404: {"model": Problem, "description": "No model of the name given as ?model= is served"},
     413: {"model": Problem, "description": "The body is larger than this endpoint reads (CVAE_MAX_UPLOAD_BYTES at "
           "most), or an upload's image has more than CVAE_MAX_IMAGE_PIXELS pixels"},
     415: {"model": Problem, "description": "The body is not sent in the media type this endpoint reads"},
@@ -31,6 +32,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": Problem, "description": "Overloaded, starting or shutting down: retry"},
 }  # fmt: skip
 Op = Operation[Any, Any, Any]
+# ?model=NAME: which served model answers (GET /models lists them); without it, the default one.
+MODEL_PARAM = inspect.Parameter(
+    "model", inspect.Parameter.KEYWORD_ONLY, default=None,
+    annotation=Annotated[str | None, Query(description="the served model that answers (GET /models lists them); "
+                                                       "without it, the default model", examples=["digits"])],
+)  # fmt: skip
 
 
 @lru_cache(maxsize=256)
@@ -98,12 +105,12 @@ def router(operations: tuple[Op, ...]) -> APIRouter:
 
 
 def json_endpoint(op: Op) -> Callable[..., Awaitable[Response]]:
-    async def endpoint(body: Any, request: Request) -> Response:
-        return await respond(runtime_of(request.app.state.service), op, body, request.headers.get("accept"))
+    async def endpoint(body: Any, request: Request, model: str | None) -> Response:
+        return await respond(runtime_of(request.app.state.service, model), op, body, request.headers.get("accept"))
 
     body = Annotated[op.Request, Body(openapi_examples=op.examples or None)]  # type: ignore[name-defined]
     param = inspect.Parameter("body", inspect.Parameter.KEYWORD_ONLY, annotation=body)
-    endpoint.__signature__ = signature([param])  # type: ignore[attr-defined]
+    endpoint.__signature__ = signature([param, MODEL_PARAM])  # type: ignore[attr-defined]
     return endpoint
 
 
@@ -111,12 +118,12 @@ def form_endpoint(op: Op) -> Callable[..., Awaitable[Response]]:
     """A multipart form: op.Request's bytes fields are file parts, the others plain fields."""
     files = [name for name, f in op.Request.model_fields.items() if f.annotation is bytes]
 
-    async def endpoint(request: Request, **fields: Any) -> Response:
+    async def endpoint(request: Request, model: str | None, **fields: Any) -> Response:
         for name in files:
             fields[name] = await fields[name].read()
         body = op.Request.model_validate(fields)
         # the runtime taken once the body is in
-        return await respond(runtime_of(request.app.state.service), op, body, None)
+        return await respond(runtime_of(request.app.state.service, model), op, body, None)
 
     params: list[inspect.Parameter] = []
     for name, f in op.Request.model_fields.items():
@@ -126,12 +133,12 @@ def form_endpoint(op: Op) -> Callable[..., Awaitable[Response]]:
             annotation = Annotated[f.annotation, *f.metadata, Form(description=f.description)]
         default = inspect.Parameter.empty if f.is_required() else f.default
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default))
-    endpoint.__signature__ = signature(params)  # type: ignore[attr-defined]
+    endpoint.__signature__ = signature([*params, MODEL_PARAM])  # type: ignore[attr-defined]
     return endpoint
 
 
 def signature(params: list[inspect.Parameter]) -> inspect.Signature:
-    """An endpoint's signature as FastAPI reads it: request, then the body's parameters."""
+    """An endpoint's signature as FastAPI reads it: request, then the body's parameters and the query's."""
     return inspect.Signature(
         [inspect.Parameter("request", inspect.Parameter.KEYWORD_ONLY, annotation=Request), *params]
     )
