@@ -76,12 +76,13 @@ def max_elements(card: ModelCard) -> int:
 
 
 class Plan(NamedTuple):
-    """A checked inference request: the operation, one payload per job in its lane, and how the results become the
-    output tensors asked for (each with whether it goes as binary tensor data)."""
+    """A checked inference request: the operation, one payload per job in its lane, how the results become the
+    output tensors asked for (each with whether it goes as binary tensor data), and the response's parameters."""
 
     op: Operation[Any, Any, Any]
     payloads: list[Any]
     finish: Callable[[list[Any]], list[tuple[Tensor, bool]]]
+    parameters: dict[str, Any]
 
 
 def plan(card: ModelCard, serving: Serving, kind: str, request: Request) -> Plan:
@@ -194,7 +195,9 @@ def _generate(card: ModelCard, request: Request, given: dict[str, Tensor]) -> Pl
         }
         return [(made[o.name], o.binary) for o in outputs]
 
-    return Plan(op, payloads, finish)
+    # The seed the latents were sampled with, given or drawn, as /generate's X-Seed: the same request with it draws
+    # the same images. None only when the latents were given.
+    return Plan(op, payloads, finish, {} if seed is None else {"seed": seed})
 
 
 def _encode(serving: Serving, request: Request, given: dict[str, Tensor]) -> Plan:
@@ -232,7 +235,7 @@ def _encode(serving: Serving, request: Request, given: dict[str, Tensor]) -> Pla
         }
         return [(made[o.name](), o.binary) for o in outputs]
 
-    return Plan(op, payloads, finish)
+    return Plan(op, payloads, finish, {})
 
 
 def _picture(value: bytes, binary: bool, i: int) -> bytes:

@@ -97,7 +97,9 @@ def router(server_version: str) -> APIRouter:
             if isinstance(outcome, BaseException):
                 raise outcome
         MODEL_ID.set(card.id)
-        content, length = write_response(model, card.id, parsed.id, work.finish(list(outcomes)))
+        content, length = write_response(
+            model, card.id, parsed.id, work.finish(list(outcomes)), parameters=work.parameters
+        )
         headers = {"X-Model-Id": card.id}
         if length is None:
             return Response(content, media_type="application/json", headers=headers)

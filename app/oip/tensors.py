@@ -268,10 +268,15 @@ def _json_data(t: Tensor) -> list[Any]:
 
 
 def write_response(
-    model: str, version: str, request_id: str | None, outputs: Iterable[tuple[Tensor, bool]]
+    model: str,
+    version: str,
+    request_id: str | None,
+    outputs: Iterable[tuple[Tensor, bool]],
+    *,
+    parameters: dict[str, Any] | None = None,
 ) -> tuple[bytes, int | None]:
     """-> (body, the Inference-Header-Content-Length to send, or None when every output is JSON). Each output with
-    True goes as binary tensor data, after the JSON, in the order given."""
+    True goes as binary tensor data, after the JSON, in the order given; parameters, when any, are the response's."""
     described, sections = [], []
     for t, binary in outputs:
         entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
@@ -285,6 +290,8 @@ def write_response(
     head: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": described}
     if request_id is not None:
         head["id"] = request_id
+    if parameters:
+        head["parameters"] = parameters
     header = json.dumps(head, separators=(",", ":"), allow_nan=False).encode()
     if not sections:
         return header, None
