@@ -58,6 +58,7 @@ class Request(NamedTuple):
 
 
 MAX_KEYS = 32  # members of one JSON object: the protocol's objects have a handful
+MAX_TEXT = 1024  # characters of a request's id or of a string parameter: names and tags, never data
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -84,6 +85,8 @@ def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
     params = obj.get("parameters", {})
     if not isinstance(params, dict) or any(isinstance(v, dict | list) for v in params.values()):
         raise ProtocolError(f"{where}.parameters must be an object of strings, numbers and booleans")
+    if any(isinstance(v, str) and len(v) > MAX_TEXT for v in params.values()):
+        raise ProtocolError(f"{where}.parameters: a string over {MAX_TEXT} characters")
     return params
 
 
@@ -122,7 +125,10 @@ def _json_elements(datatype: str, values: list[Any], where: str) -> list[Any]:
     if datatype == "BYTES":
         if not all(isinstance(v, str) for v in values):
             raise ProtocolError(f"{where}: BYTES data in JSON must be strings")
-        return [v.encode() for v in values]
+        try:
+            return [v.encode() for v in values]
+        except UnicodeEncodeError:  # a lone surrogate (JSON's "\ud800") is no UTF-8 text
+            raise ProtocolError(f"{where}: BYTES data in JSON must be UTF-8 text") from None
     if datatype == "BOOL":
         if not all(isinstance(v, bool) for v in values):
             raise ProtocolError(f"{where}: BOOL data must be true or false")
@@ -175,7 +181,12 @@ def read_request(body: bytes, header_length: int | None, *, max_elements: int) -
     if not 0 <= size <= len(body):
         raise ProtocolError(f"Inference-Header-Content-Length is {header_length}, the body {len(body)} bytes")
     try:
-        head = _object(json.loads(body[:size], object_pairs_hook=_pairs, parse_constant=_constant), "the request")
+        # UTF-8 only, as JSON between systems is (RFC 8259): json.loads would take UTF-16 and 32 bytes, or a BOM
+        text = body[:size].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("the request's JSON is not UTF-8") from None
+    try:
+        head = _object(json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant), "the request")
     except ProtocolError:
         raise
     except (ValueError, RecursionError) as e:
@@ -184,8 +195,8 @@ def read_request(body: bytes, header_length: int | None, *, max_elements: int) -
     if not isinstance(inputs_json, list) or not 0 < len(inputs_json) <= MAX_TENSORS:
         raise ProtocolError(f"the request needs inputs: a list of 1 to {MAX_TENSORS} tensors")
     request_id = head.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise ProtocolError("id must be a string")
+    if request_id is not None and (not isinstance(request_id, str) or len(request_id) > MAX_TEXT):
+        raise ProtocolError(f"id must be a string of at most {MAX_TEXT} characters")
     binary = memoryview(body)[size:]
     at, inputs = 0, []
     for i, raw_input in enumerate(inputs_json):
