@@ -2,9 +2,9 @@
 
 - requirements/app.txt: the service and the trainer (`.[train]`): what the Docker image installs.
 - requirements/dev.txt: the same versions plus the dev extra: what tests/run.sh (and so CI) installs.
-- requirements/kserve.txt: kserve's client, resolved from requirements/kserve.in alone (its own versions: kserve pins
-  protobuf<7, and its uvicorn[standard] brings uvloop into the service under test); tests/run.sh installs it into a venv of
-  its own, which tests/system/test_oip_clients.py runs as a client.
+- requirements/kserve.txt: kserve's client, resolved from requirements/kserve.in alone (its own versions: kserve
+  pins protobuf<7, and its uvicorn[standard] brings uvloop into the service under test); tests/run.sh installs it
+  into a venv of its own, which tests/system/test_oip_clients.py runs as a client.
 
 torch is left out of both (pip-tools' --unsafe-package): its build differs by platform (the CPU wheel, a CUDA
 build), so it is installed by itself, at the version pyproject.toml pins, before the lock. Its own dependencies

@@ -1,7 +1,8 @@
 """Hostile clients against the real service (`python -m app` on 127.0.0.1, the tiny test model, raw sockets): slow
 and idle connections, abandoned bursts of large requests, large ones saturating it, oversize and invalid bodies,
-lying and malformed Open Inference Protocol requests (/v2), too many connections, and SIGTERM with work in flight. Every test asserts that no answer is a 5xx other than 503,
-that nothing waits without bound (every wait here has a deadline), and, for bodies, that memory stays flat.
+lying and malformed Open Inference Protocol requests (/v2), too many connections, and SIGTERM with work in flight.
+Every test asserts that no answer is a 5xx other than 503, that nothing waits without bound (every wait here has a
+deadline), and, for bodies, that memory stays flat.
 
 The server's timeouts are set short (a second or two) so the suite stays well under a minute or two; the defaults
 are in docs/security.md. Marked slow: `bash tests/run.sh -m slow -k hostile`.
