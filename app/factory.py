@@ -30,6 +30,7 @@ from app.inference.thread import ThreadEngine
 from app.oip import models as oip_models
 from app.oip import routes as oip_routes
 from app.oip.errors import ProtocolErrors
+from app.oip.fastpath import InferFastPath
 from app.operations.registry import OPERATIONS
 from app.serving.reload import Reloader, Reloaders
 from app.serving.runtime import Runtime
@@ -262,9 +263,10 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     install_error_handlers(app)
     # Added innermost first. Outermost: request IDs and nosniff on every response, metrics counting every answer,
     # the answers for connections cut short (app/http/connections.py), then access control and the body limit, which
-    # answer before the body is read, and the fast path, which answers the plainest valid requests.
+    # answer before the body is read, and the fast paths: the plainest valid REST requests, every /v2 infer request.
     generate, encode = route_answers(state)
     app.add_middleware(FastPath, generate=generate, encode=encode)
+    app.add_middleware(InferFastPath)
     app.add_middleware(BodyLimitMiddleware, limit_of=body_limit_of(settings, state))
     app.add_middleware(AccessMiddleware, access=access_of(settings))
     app.add_middleware(RequestGuard)

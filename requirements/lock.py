@@ -2,6 +2,9 @@
 
 - requirements/app.txt: the service and the trainer (`.[train]`): what the Docker image installs.
 - requirements/dev.txt: the same versions plus the dev extra: what tests/run.sh (and so CI) installs.
+- requirements/kserve.txt: kserve's client, resolved from requirements/kserve.in alone (its own versions: kserve
+  pins protobuf<7, and its uvicorn[standard] brings uvloop into the service under test); tests/run.sh installs it
+  into a venv of its own, which tests/system/test_oip_clients.py runs as a client.
 
 torch is left out of both (pip-tools' --unsafe-package): its build differs by platform (the CPU wheel, a CUDA
 build), so it is installed by itself, at the version pyproject.toml pins, before the lock. Its own dependencies
@@ -35,10 +38,16 @@ ROOT = Path(__file__).resolve().parent.parent
 PIP_TOOLS = "pip-tools==7.6.2"
 TORCH = "torch"  # installed by itself, never from the lock
 CUDA_PACKAGES = re.compile(r"^(nvidia-|triton$|cuda-)")  # in a lock, a sign that torch resolved to a CUDA build
-STAMP = "# pyproject.toml inputs sha256:"  # the line each lock carries: what it was resolved from
 
 # lock file -> the extras it covers, besides the main dependencies
 LOCKS = {"requirements/dev.txt": ("train", "otel", "dev"), "requirements/app.txt": ("train", "otel")}
+# lock file -> the requirements file it is resolved from, by itself: a client the tests run in a venv of its own
+CLIENT_LOCKS = {"requirements/kserve.txt": "requirements/kserve.in"}
+
+
+def stamp(source: str) -> str:
+    """The start of the line each lock carries: what it was resolved from (then that input's digest)."""
+    return f"# {source} inputs sha256:"
 
 
 def inputs_digest(pyproject: dict[str, Any]) -> str:
@@ -50,6 +59,16 @@ def inputs_digest(pyproject: dict[str, Any]) -> str:
         "optional-dependencies": {k: sorted(v) for k, v in project.get("optional-dependencies", {}).items()},
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def requirement_lines(text: str) -> list[str]:
+    """A requirements file's requirements, without comments and blank lines."""
+    return [line for line in (raw.split("#")[0].strip() for raw in text.splitlines()) if line]
+
+
+def client_digest(text: str) -> str:
+    """sha256 of what a client's lock is resolved from: its requirements (order, comments ignored)."""
+    return hashlib.sha256(json.dumps(sorted(requirement_lines(text))).encode()).hexdigest()
 
 
 def read_pins(text: str) -> dict[str, tuple[str, int]]:
@@ -81,16 +100,23 @@ def check(root: Path = ROOT) -> list[str]:
     project = pyproject["project"]
     problems: list[str] = []
     locked: dict[str, dict[str, tuple[str, int]]] = {}
-    for path, extras in LOCKS.items():
+    sources = {path: ("pyproject.toml", digest) for path in LOCKS}
+    for path, source in CLIENT_LOCKS.items():
+        sources[path] = (source, client_digest((root / source).read_text()) if (root / source).is_file() else "")
+    for path, (source, source_digest) in sources.items():
         lock = root / path
         if not lock.is_file():
             problems.append(f"{path} is missing: run python3 requirements/lock.py")
             continue
         text = lock.read_text()
-        if f"{STAMP} {digest}" not in text:
-            problems.append(f"{path} was not resolved from pyproject.toml as it is: run python3 requirements/lock.py")
+        if f"{stamp(source)} {source_digest}" not in text:
+            problems.append(f"{path} was not resolved from {source} as it is: run python3 requirements/lock.py")
         pins = locked[path] = read_pins(text)
-        wanted = [*project["dependencies"], *(r for extra in extras for r in project["optional-dependencies"][extra])]
+        if path in LOCKS:
+            extras = LOCKS[path]
+            wanted = [*project["dependencies"], *(r for e in extras for r in project["optional-dependencies"][e])]
+        else:
+            wanted = requirement_lines((root / source).read_text())
         for line in wanted:
             req = Requirement(line)
             name = normalise(req.name)
@@ -99,7 +125,7 @@ def check(root: Path = ROOT) -> list[str]:
             if name not in pins:
                 problems.append(f"{path}: {req.name} is not locked")
             elif not req.specifier.contains(pins[name][0], prereleases=True):
-                problems.append(f"{path}: {req.name}=={pins[name][0]} is outside pyproject.toml's {req.specifier}")
+                problems.append(f"{path}: {req.name}=={pins[name][0]} is outside {source}'s {req.specifier}")
         for name, (version, hashes) in pins.items():
             if hashes == 0:
                 problems.append(f"{path}: {name}=={version} has no hash")
@@ -124,26 +150,33 @@ def pip_compile() -> Path:
 
 
 def lock(upgrade: list[str]) -> None:
-    """Resolve both locks: dev.txt first (every extra), then app.txt constrained to dev.txt's versions."""
+    """Resolve the locks: dev.txt first (every extra), then app.txt constrained to dev.txt's versions, then each
+    client's from its own requirements file."""
     digest = inputs_digest(tomllib.loads((ROOT / "pyproject.toml").read_text()))
     torch_index = os.environ.get("TORCH_INDEX_URL", "https://download.pytorch.org/whl/cpu")
     common = ["--generate-hashes", f"--unsafe-package={TORCH}", "--strip-extras", "--no-emit-find-links"]
     common += ["--no-emit-index-url", "--quiet", *([f"--extra-index-url={torch_index}"] if torch_index else [])]
     tool = str(pip_compile())
+    commands = {}
     for path, extras in LOCKS.items():
         command = [tool, "pyproject.toml", *common, *(f"--extra={e}" for e in extras), f"--output-file={path}"]
         if path == "requirements/dev.txt":
             command += upgrade
         else:
             command += ["--constraint=requirements/dev.txt"]
+        commands[path] = (command, "pyproject.toml", digest)
+    for path, source in CLIENT_LOCKS.items():
+        command = [tool, source, *common, f"--output-file={path}", *upgrade]
+        commands[path] = (command, source, client_digest((ROOT / source).read_text()))
+    for path, (command, source, source_digest) in commands.items():
         # the header's "to regenerate, run" line names this script, not pip-compile's own options
         subprocess.run(
             command, cwd=ROOT, check=True, env={**os.environ, "CUSTOM_COMPILE_COMMAND": "python3 requirements/lock.py"}
         )
         lock_file = ROOT / path
         text = lock_file.read_text()
-        text = "\n".join(line for line in text.splitlines() if not line.startswith(STAMP)) + "\n"
-        lock_file.write_text(f"{STAMP} {digest} (python3 requirements/lock.py --check)\n{text}")
+        text = "\n".join(line for line in text.splitlines() if not line.startswith(stamp(source))) + "\n"
+        lock_file.write_text(f"{stamp(source)} {source_digest} (python3 requirements/lock.py --check)\n{text}")
         cuda = [name for name in read_pins(text) if CUDA_PACKAGES.match(name)]
         if cuda:
             names = ", ".join(cuda)

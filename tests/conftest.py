@@ -32,7 +32,8 @@ from training.export import export_model_dir
 # The user's own environment must not reach the tests: an exported setting (CVAE_MAX_BATCH=1, say) would change what
 # every Settings() and every `python -m app` the tests start is configured with, OTEL_* would turn traces on, and a
 # proxy would take the loopback requests of httpx, Selenium and the CLI tools elsewhere. The variables that steer
-# the suite itself (CVAE_REQUIRE_*, CVAE_PAGE_SCREENSHOT, CVAE_DASHBOARD_PICTURE) are not settings and stay.
+# the suite itself (CVAE_REQUIRE_*, CVAE_PAGE_SCREENSHOT, CVAE_DASHBOARD_PICTURE, CVAE_KSERVE_PYTHON) are not settings
+# and stay.
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 

@@ -4,8 +4,9 @@
 # Creates a virtual environment (default: .venv in the repository root; override with CVAE_VENV=DIR) and, when
 # pyproject.toml or the lock changed since the last install, installs into it: torch at the version pyproject.toml
 # pins, then requirements/dev.txt (every other package: exact versions with hashes), then the project itself
-# (editable, without dependencies), checked with `pip check`. Then runs pytest with the given arguments and exits with
-# pytest's status. Needs only python3 >= 3.11 (override with PYTHON=...).
+# (editable, without dependencies), checked with `pip check`; and kserve's client, requirements/kserve.txt, into a
+# venv of its own inside it. Then runs pytest with the given arguments and exits with pytest's status. Needs only
+# python3 >= 3.11 (override with PYTHON=...).
 #
 # torch is installed by itself because its build depends on the machine. On Linux, PyPI's torch wheels are CUDA
 # builds (several GB); for the CPU build run it once as
@@ -53,5 +54,22 @@ print(next(d for d in deps if re.match(r"torch\s*==", d)))' "$root/pyproject.tom
     "${pip[@]}" check
     echo "$key" >"$stamp"
 fi
+
+# kserve's client, for tests/system/test_oip_clients.py: requirements/kserve.txt in a venv of its own (override with
+# CVAE_KSERVE_VENV=DIR), since it cannot join requirements/dev.txt (docs/dependencies.md). The test runs its Python,
+# CVAE_KSERVE_PYTHON, as a client process against the service. Reinstalled when the lock or the Python changed.
+kserve_venv="${CVAE_KSERVE_VENV:-$venv/kserve-client}"
+kserve_stamp="$kserve_venv/.cvae-digits-install"
+kserve_key="$(sha256sum "$root/requirements/kserve.txt" | cut -d' ' -f1) $("$python" -V 2>&1)"
+if [[ "$(cat "$kserve_stamp" 2>/dev/null)" != "$kserve_key" ]]; then
+    echo "tests/run.sh: installing requirements/kserve.txt into $kserve_venv (kserve's client)" >&2
+    [[ -x "$kserve_venv/bin/python" ]] || "$python" -m venv "$kserve_venv"
+    rm -f "$kserve_stamp"
+    kserve_pip=("$kserve_venv/bin/python" -m pip --disable-pip-version-check)
+    "${kserve_pip[@]}" install --quiet --require-hashes -r "$root/requirements/kserve.txt"
+    "${kserve_pip[@]}" check
+    echo "$kserve_key" >"$kserve_stamp"
+fi
+export CVAE_KSERVE_PYTHON="$kserve_venv/bin/python"
 
 exec "$venv/bin/python" -m pytest "$@"

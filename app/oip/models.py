@@ -82,12 +82,13 @@ def max_elements(card: ModelCard) -> int:
 
 
 class Plan(NamedTuple):
-    """A checked inference request: the operation, one payload per job in its lane, and how the results become the
-    output tensors asked for (each with whether it goes as binary tensor data)."""
+    """A checked inference request: the operation, one payload per job in its lane, how the results become the
+    output tensors asked for (each with whether it goes as binary tensor data), and the response's parameters."""
 
     op: Operation[Any, Any, Any]
     payloads: list[Any]
     finish: Callable[[list[Any]], list[tuple[Tensor, bool]]]
+    parameters: dict[str, Any]
 
 
 def plan(card: ModelCard, serving: Serving, kind: str, request: Request) -> Plan:
@@ -127,9 +128,10 @@ def _labels(card: ModelCard, t: Tensor, most: int) -> list[int]:
     if not 1 <= len(t.data) <= most:
         raise ProtocolError(f"input {t.name!r} must hold 1 to {most} labels, not {len(t.data)}")
     labels = [int(v) for v in t.data]
-    unknown = sorted({v for v in labels if not 0 <= v < card.num_classes})
+    classes = card.num_classes
+    unknown = sorted({v for v in labels if not 0 <= v < classes})
     if unknown:
-        raise ProtocolError(f"this model's labels are 0-{card.num_classes - 1}, not {unknown[:10]}")
+        raise ProtocolError(f"this model's labels are 0-{classes - 1}, not {unknown[:10]}")
     return labels
 
 
@@ -186,21 +188,31 @@ def _generate(card: ModelCard, request: Request, given: dict[str, Tensor]) -> Pl
     h, w = card.tile_shape
 
     def finish(results: list[Drawing]) -> list[tuple[Tensor, bool]]:
-        tiles: list[bytes] = [b""] * k
-        latents: list[list[float]] = [[]] * k
-        size = h * w
-        for idx, drawing in zip(order, results, strict=True):
-            assert drawing.tiles is not None and drawing.latents is not None  # asked for: raw, with_latents
-            for j, i in enumerate(idx):
-                tiles[i] = drawing.tiles[j * size : (j + 1) * size]
-                latents[i] = drawing.latents[j]
+        drawn: list[tuple[bytes, list[list[float]]]] = []
+        for r in results:
+            assert r.tiles is not None and r.latents is not None  # asked for: raw, with_latents
+            drawn.append((r.tiles, r.latents))
+        latents: list[list[float]]
+        if len(drawn) == 1:  # one drawing (sampled, or latents of one label): its tiles in the request's order
+            pixels, latents = drawn[0]
+        else:  # a drawing per label: each tile back where the request had it
+            size = h * w
+            tiles: list[bytes] = [b""] * k
+            latents = [[]] * k
+            for idx, (pixels_, rows) in zip(order, drawn, strict=True):
+                for j, i in enumerate(idx):
+                    tiles[i] = pixels_[j * size : (j + 1) * size]
+                    latents[i] = rows[j]
+            pixels = b"".join(tiles)
         made = {
-            "image": Tensor("image", "UINT8", (k, h, w), b"".join(tiles)),
+            "image": Tensor("image", "UINT8", (k, h, w), pixels),
             "latent": Tensor("latent", "FP32", (k, d), [v for row in latents for v in row]),
         }
         return [(made[o.name], o.binary) for o in outputs]
 
-    return Plan(op, payloads, finish)
+    # The seed the latents were sampled with, given or drawn, as /generate's X-Seed: the same request with it draws
+    # the same images. None only when the latents were given.
+    return Plan(op, payloads, finish, {} if seed is None else {"seed": seed})
 
 
 def _encode(serving: Serving, request: Request, given: dict[str, Tensor]) -> Plan:
@@ -238,7 +250,7 @@ def _encode(serving: Serving, request: Request, given: dict[str, Tensor]) -> Pla
         }
         return [(made[o.name](), o.binary) for o in outputs]
 
-    return Plan(op, payloads, finish)
+    return Plan(op, payloads, finish, {})
 
 
 def _picture(value: bytes, binary: bool, i: int) -> bytes:

@@ -51,6 +51,39 @@ def served(request: Request, model: str, version: str | None) -> tuple[Runtime, 
     return runtime, kind
 
 
+async def infer(request: Request, model: str, version: str | None = None) -> Response:
+    """The infer route's endpoint, and the fast path's (app/oip/fastpath.py)."""
+    body = await request.body()
+    runtime, kind = served(request, model, version)  # taken once the body is in, as the REST routes do
+    card = runtime.card
+    try:
+        parsed = read_request(body, header_length(request), max_elements=max_elements(card))
+        work = plan(card, runtime.serving, kind, parsed)
+    except ProtocolError as e:
+        raise bad(str(e)) from None
+    except ServiceError as e:
+        raise refusal(e) from None
+    if len(work.payloads) == 1:  # most infers: their one job awaited as a REST route awaits it, without a task
+        try:
+            outcomes: list[Any] = [await runtime.run(work.op, work.payloads[0])]
+        except ServiceError as e:
+            raise refusal(e) from None
+    else:
+        outcomes = await asyncio.gather(*(runtime.run(work.op, p) for p in work.payloads), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, ServiceError):
+            raise refusal(outcome)
+        if isinstance(outcome, BaseException):
+            raise outcome
+    MODEL_ID.set(card.id)
+    content, length = write_response(model, card.id, parsed.id, work.finish(list(outcomes)), parameters=work.parameters)
+    headers = {"X-Model-Id": card.id}
+    if length is None:
+        return Response(content, media_type="application/json", headers=headers)
+    headers["Inference-Header-Content-Length"] = str(length)
+    return Response(content, media_type=BINARY, headers=headers)
+
+
 def router(server_version: str) -> APIRouter:
     routes = APIRouter(tags=["open inference protocol"])
 
@@ -79,31 +112,6 @@ def router(server_version: str) -> APIRouter:
         if reason is not None:
             raise unavailable(f"model {model} is not ready: {reason}", kind="not-ready")
         return {"name": model, "ready": True}
-
-    async def infer(request: Request, model: str, version: str | None = None) -> Response:
-        body = await request.body()
-        runtime, kind = served(request, model, version)  # taken once the body is in, as the REST routes do
-        card = runtime.card
-        try:
-            parsed = read_request(body, header_length(request), max_elements=max_elements(card))
-            work = plan(card, runtime.serving, kind, parsed)
-        except ProtocolError as e:
-            raise bad(str(e)) from None
-        except ServiceError as e:
-            raise refusal(e) from None
-        outcomes = await asyncio.gather(*(runtime.run(work.op, p) for p in work.payloads), return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, ServiceError):
-                raise refusal(outcome)
-            if isinstance(outcome, BaseException):
-                raise outcome
-        MODEL_ID.set(card.id)
-        content, length = write_response(model, card.id, parsed.id, work.finish(list(outcomes)))
-        headers = {"X-Model-Id": card.id}
-        if length is None:
-            return Response(content, media_type="application/json", headers=headers)
-        headers["Inference-Header-Content-Length"] = str(length)
-        return Response(content, media_type=BINARY, headers=headers)
 
     versioned = paths.V2_MODEL + "/versions/{version}"
     for base in (paths.V2_MODEL, versioned):

@@ -58,6 +58,7 @@ class Request(NamedTuple):
 
 
 MAX_KEYS = 32  # members of one JSON object: the protocol's objects have a handful
+MAX_TEXT = 1024  # characters of a request's id or of a string parameter: names and tags, never data
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -82,8 +83,13 @@ def _object(value: Any, where: str) -> dict[str, Any]:
 
 def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
     params = obj.get("parameters", {})
-    if not isinstance(params, dict) or any(isinstance(v, dict | list) for v in params.values()):
+    if not isinstance(params, dict):
         raise ProtocolError(f"{where}.parameters must be an object of strings, numbers and booleans")
+    for value in params.values():
+        if isinstance(value, dict | list):
+            raise ProtocolError(f"{where}.parameters must be an object of strings, numbers and booleans")
+        if isinstance(value, str) and len(value) > MAX_TEXT:
+            raise ProtocolError(f"{where}.parameters: a string over {MAX_TEXT} characters")
     return params
 
 
@@ -122,7 +128,10 @@ def _json_elements(datatype: str, values: list[Any], where: str) -> list[Any]:
     if datatype == "BYTES":
         if not all(isinstance(v, str) for v in values):
             raise ProtocolError(f"{where}: BYTES data in JSON must be strings")
-        return [v.encode() for v in values]
+        try:
+            return [v.encode() for v in values]
+        except UnicodeEncodeError:  # a lone surrogate (JSON's "\ud800") is no UTF-8 text
+            raise ProtocolError(f"{where}: BYTES data in JSON must be UTF-8 text") from None
     if datatype == "BOOL":
         if not all(isinstance(v, bool) for v in values):
             raise ProtocolError(f"{where}: BOOL data must be true or false")
@@ -175,7 +184,12 @@ def read_request(body: bytes, header_length: int | None, *, max_elements: int) -
     if not 0 <= size <= len(body):
         raise ProtocolError(f"Inference-Header-Content-Length is {header_length}, the body {len(body)} bytes")
     try:
-        head = _object(json.loads(body[:size], object_pairs_hook=_pairs, parse_constant=_constant), "the request")
+        # UTF-8 only, as JSON between systems is (RFC 8259): json.loads would take UTF-16 and 32 bytes, or a BOM
+        text = body[:size].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("the request's JSON is not UTF-8") from None
+    try:
+        head = _object(json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant), "the request")
     except ProtocolError:
         raise
     except (ValueError, RecursionError) as e:
@@ -184,8 +198,8 @@ def read_request(body: bytes, header_length: int | None, *, max_elements: int) -
     if not isinstance(inputs_json, list) or not 0 < len(inputs_json) <= MAX_TENSORS:
         raise ProtocolError(f"the request needs inputs: a list of 1 to {MAX_TENSORS} tensors")
     request_id = head.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise ProtocolError("id must be a string")
+    if request_id is not None and (not isinstance(request_id, str) or len(request_id) > MAX_TEXT):
+        raise ProtocolError(f"id must be a string of at most {MAX_TEXT} characters")
     binary = memoryview(body)[size:]
     at, inputs = 0, []
     for i, raw_input in enumerate(inputs_json):
@@ -261,17 +275,32 @@ def _binary(t: Tensor) -> bytes:
     return values.tobytes()
 
 
-def _json_data(t: Tensor) -> list[Any]:
-    if t.datatype == "BYTES":
-        return [v.decode("utf-8", "backslashreplace") for v in t.data]
-    return list(t.data)
+DECIMALS = [str(i) for i in range(256)]  # a byte's JSON text
+
+
+def _json_data(t: Tensor) -> str:
+    """An output's data as JSON text. Pixels (bytes) through a table: json.dumps takes several times as long over the
+    thousands of them a generate answer holds."""
+    if isinstance(t.data, bytes | bytearray):
+        return "[" + ",".join(map(DECIMALS.__getitem__, t.data)) + "]"
+    values = [v.decode("utf-8", "backslashreplace") for v in t.data] if t.datatype == "BYTES" else list(t.data)
+    return json.dumps(values, separators=(",", ":"), allow_nan=False)
+
+
+def _json(value: dict[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
 def write_response(
-    model: str, version: str, request_id: str | None, outputs: Iterable[tuple[Tensor, bool]]
+    model: str,
+    version: str,
+    request_id: str | None,
+    outputs: Iterable[tuple[Tensor, bool]],
+    *,
+    parameters: dict[str, Any] | None = None,
 ) -> tuple[bytes, int | None]:
     """-> (body, the Inference-Header-Content-Length to send, or None when every output is JSON). Each output with
-    True goes as binary tensor data, after the JSON, in the order given."""
+    True goes as binary tensor data, after the JSON, in the order given; parameters, when any, are the response's."""
     described, sections = [], []
     for t, binary in outputs:
         entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
@@ -279,13 +308,15 @@ def write_response(
             section = _binary(t)
             entry["parameters"] = {"binary_data_size": len(section)}
             sections.append(section)
-        else:
-            entry["data"] = _json_data(t)
-        described.append(entry)
-    head: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": described}
+            described.append(_json(entry))
+        else:  # the entry's JSON with its data's spliced in before the closing brace
+            described.append(f'{_json(entry)[:-1]},"data":{_json_data(t)}}}')
+    head: dict[str, Any] = {"model_name": model, "model_version": version}
     if request_id is not None:
         head["id"] = request_id
-    header = json.dumps(head, separators=(",", ":"), allow_nan=False).encode()
+    if parameters:
+        head["parameters"] = parameters
+    header = f'{_json(head)[:-1]},"outputs":[{",".join(described)}]}}'.encode()
     if not sections:
         return header, None
     return b"".join([header, *sections]), len(header)

@@ -100,6 +100,24 @@ def test_generate_draws_what_generate_draws_for_the_same_seed(client: TestClient
     assert np.array_equal(again["image"], out["image"])
 
 
+def test_generate_reports_the_seed_it_drew_and_that_seed_draws_the_same_again(client: TestClient) -> None:
+    """As /generate's X-Seed: the seed used, drawn or given, is in the answer's parameters (binary answers too); with
+    latents given there is none."""
+    drawn = client.post(f"{GEN}/infer", json={"inputs": [tensor("label", "INT64", [6, 6])]})
+    seed = drawn.json()["parameters"]["seed"]
+    assert isinstance(seed, int) and seed >= 0
+    rest = client.post("/generate", json={"digit": 6, "n": 2}, headers={"Accept": "application/json"})
+    assert rest.json()["seed"] == int(rest.headers["x-seed"])  # what the protocol's parameter matches
+    again = client.post(f"{GEN}/infer", json={"inputs": [tensor("label", "INT64", [6, 6])], "parameters": {
+        "seed": seed, "binary_data_output": True}})  # fmt: skip
+    assert np.array_equal(outputs_of(again)["image"], outputs_of(drawn)["image"])
+    length = int(again.headers["inference-header-content-length"])
+    assert json.loads(again.content[:length])["parameters"] == {"seed": seed}
+    given = client.post(f"{GEN}/infer", json={
+        "inputs": [tensor("label", "INT64", [6]), tensor("latent", "FP32", [[0.0] * D], [1, D])]})  # fmt: skip
+    assert "parameters" not in given.json()
+
+
 def test_generate_with_mixed_labels_draws_generate_s_digit_list(client: TestClient) -> None:
     out = outputs_of(client.post(f"{GEN}/infer", json={
         "inputs": [tensor("label", "INT64", [1, 7, 2])], "parameters": {"seed": 4}}))  # fmt: skip

@@ -125,7 +125,15 @@ def test_malformed_json_requests_are_refused_saying_what_to_fix(request_, says) 
         (b"[" * 100_000 + b"]" * 100_000, "malformed"),
         (b'{"inputs": [{"name": "x", "datatype": "INT64", "shape": [1], "data": ' + b"[" * 40 + b"1" + b"]" * 40
          + b"}]}", "nested deeper"),
-        (b"\xff\xfe", "malformed"),
+        (b"\xff\xfe", "not UTF-8"),
+        ('{"inputs": [], "id": "caf\u00e9"}'.encode("latin-1"), "not UTF-8"),
+        ('{"inputs": []}'.encode("utf-16"), "not UTF-8"),  # json.loads would read it: JSON is UTF-8 only
+        (b'\xef\xbb\xbf{"inputs": []}', "malformed"),  # a byte-order mark
+        (b'{"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": ["\\ud800"]}]}', "UTF-8 text"),
+        (b'{"inputs": [{"name": "x", "datatype": "INT64", "shape": [1], "data": [1]}], "parameters": {"s": "'
+         + b"x" * 1025 + b'"}}', "over 1024 characters"),
+        (b'{"inputs": [{"name": "x", "datatype": "INT64", "shape": [1], "data": [1]}], "id": "' + b"x" * 1025 + b'"}',
+         "at most 1024 characters"),
     ],
 )  # fmt: skip
 def test_hostile_json_is_refused_without_a_crash(body, says) -> None:

@@ -160,15 +160,21 @@ class Workload:
     content_type: str
     body: bytes
     expect: str  # the content type of a good answer
+    headers: tuple[tuple[str, str], ...] = ()  # sent besides Content-Type
+
+
+def mnist_png() -> bytes:
+    """The test fixture's first digit (a 28x28 MNIST 1) as a PNG: the upload every /encode workload sends."""
+    buf = io.BytesIO()
+    Image.fromarray(mnist_digits(1)[0].numpy()).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def encode_workload() -> Workload:
-    buf = io.BytesIO()
-    Image.fromarray(mnist_digits(1)[0].numpy()).save(buf, format="PNG")  # a 28x28 MNIST 5
     body = (
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="digit.png"\r\n'
         "Content-Type: image/png\r\n\r\n".encode()
-        + buf.getvalue()
+        + mnist_png()
         + f"\r\n--{BOUNDARY}--\r\n".encode()
     )
     return Workload("/encode", f"multipart/form-data; boundary={BOUNDARY}", body, "application/json")
@@ -182,9 +188,8 @@ WORKLOADS = {
 
 def check(server: Server, w: Workload) -> None:
     """One request answered 200 with the expected content type, or stop: a benchmark of errors means nothing."""
-    req = urllib.request.Request(
-        f"http://{HOST}:{server.port}{w.path}", data=w.body, headers={"Content-Type": w.content_type}, method="POST"
-    )
+    headers = {"Content-Type": w.content_type, **dict(w.headers)}
+    req = urllib.request.Request(f"http://{HOST}:{server.port}{w.path}", data=w.body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             status, kind = r.status, r.headers.get("content-type", "")
@@ -216,7 +221,7 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "{content_type}"
-
+{headers}
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format("BENCH %d %d %.1f %.1f %d\\n", summary.requests, summary.duration,
@@ -238,7 +243,8 @@ class Wrk:
             body = self.workdir / f"body{len(self.scripts)}.bin"
             body.write_bytes(w.body)
             script = self.workdir / f"load{len(self.scripts)}.lua"
-            script.write_text(WRK_SCRIPT.format(body=body, content_type=w.content_type))
+            headers = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in w.headers)
+            script.write_text(WRK_SCRIPT.format(body=body, content_type=w.content_type, headers=headers))
             self.scripts[w] = script
         return self.scripts[w]
 
@@ -263,8 +269,9 @@ class PythonClient:
         return asyncio.run(self._run(port, w, connections, duration))
 
     async def _run(self, port: int, w: Workload, connections: int, duration: float) -> Result:
+        headers = "".join(f"{k}: {v}\r\n" for k, v in w.headers)
         request = (
-            f"POST {w.path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: {w.content_type}\r\n"
+            f"POST {w.path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: {w.content_type}\r\n{headers}"
             f"Content-Length: {len(w.body)}\r\n\r\n".encode()
             + w.body
         )

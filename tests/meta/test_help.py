@@ -17,6 +17,7 @@ COMMANDS = [
     "app",
     "app.inference.child",  # started by the service, not by hand, but a command all the same
     "tests.bench.serve",
+    "tests.bench.oip",
     "tests.bench.apps",
     "tests.bench.train_speed",
     "tests.bench.train_ddp",

@@ -1,18 +1,25 @@
-"""The lock (requirements/app.txt, requirements/dev.txt) against pyproject.toml: requirements/lock.py --check."""
+"""The locks against what they are resolved from (requirements/app.txt and dev.txt: pyproject.toml; kserve.txt:
+requirements/kserve.in): requirements/lock.py --check."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-from requirements.lock import check, read_pins
+from requirements.lock import CLIENT_LOCKS, check, read_pins
 
 ROOT = Path(__file__).parents[2]
 
 
 def copy_of_project(tmp_path: Path) -> Path:
     (tmp_path / "requirements").mkdir()
-    for name in ("pyproject.toml", "requirements/app.txt", "requirements/dev.txt"):
+    for name in (
+        "pyproject.toml",
+        "requirements/app.txt",
+        "requirements/dev.txt",
+        *CLIENT_LOCKS,
+        *CLIENT_LOCKS.values(),
+    ):
         shutil.copy(ROOT / name, tmp_path / name)
     return tmp_path
 
@@ -56,3 +63,23 @@ def test_a_cuda_package_or_an_unhashed_pin_in_a_lock_is_refused(tmp_path: Path) 
     assert any("nvidia-cublas-cu12 is locked" in p for p in problems)
     assert "requirements/app.txt: mpmath==9.9 has no hash" in problems
     assert "mpmath: 9.9 in requirements/app.txt, 1.3.0 in requirements/dev.txt" in problems
+
+
+def test_kserve_s_client_has_a_lock_of_its_own_and_stays_out_of_the_project_s() -> None:
+    """kserve pins protobuf<7 and brings uvicorn[standard]: its client's venv is locked apart (tests/run.sh)."""
+    kserve = read_pins((ROOT / "requirements/kserve.txt").read_text())
+    dev = read_pins((ROOT / "requirements/dev.txt").read_text())
+    assert kserve["kserve"][0] == "0.21.0" and all(hashes > 0 for _, hashes in kserve.values())
+    assert "torch" not in kserve and not {"kserve", "uvloop", "httptools"} & dev.keys()
+
+
+def test_a_client_requirement_changed_without_relocking_is_found(tmp_path: Path) -> None:
+    root = copy_of_project(tmp_path)
+    wanted = root / "requirements/kserve.in"
+    wanted.write_text(wanted.read_text().replace("kserve==0.21.0", "kserve>=0.22"))
+    problems = check(root)
+    assert (
+        "requirements/kserve.txt was not resolved from requirements/kserve.in as it is: run python3 "
+        "requirements/lock.py" in problems
+    )
+    assert "requirements/kserve.txt: kserve==0.21.0 is outside requirements/kserve.in's >=0.22" in problems

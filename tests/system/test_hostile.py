@@ -1,7 +1,8 @@
 """Hostile clients against the real service (`python -m app` on 127.0.0.1, the tiny test model, raw sockets): slow
 and idle connections, abandoned bursts of large requests, large ones saturating it, oversize and invalid bodies,
-too many connections, and SIGTERM with work in flight. Every test asserts that no answer is a 5xx other than 503,
-that nothing waits without bound (every wait here has a deadline), and, for bodies, that memory stays flat.
+lying and malformed Open Inference Protocol requests (/v2), too many connections, and SIGTERM with work in flight.
+Every test asserts that no answer is a 5xx other than 503, that nothing waits without bound (every wait here has a
+deadline), and, for bodies, that memory stays flat.
 
 The server's timeouts are set short (a second or two) so the suite stays well under a minute or two; the defaults
 are in docs/security.md. Marked slow: `bash tests/run.sh -m slow -k hostile`.
@@ -10,21 +11,26 @@ are in docs/security.md. Marked slow: `bash tests/run.sh -m slow -k hostile`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import functools
+import io
 import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from app.operations.generate import max_generate_body_bytes
 from tests.conftest import D, free_port, wait_for, wait_ready
@@ -465,3 +471,199 @@ def test_by_default_readyz_turns_503_before_the_port_closes(tiny_model_dir, tmp_
         wait_for(lambda: httpx.get(f"{s.base}/readyz", timeout=5).status_code == 503, 10)
         assert httpx.get(f"{s.base}/livez", timeout=5).status_code == 200
         assert s.proc.wait(20) == 0
+
+
+# --- the Open Inference Protocol (/v2) ------------------------------------------------------------------------
+
+V2_GENERATE = "/v2/models/digits-generate/infer"
+V2_ENCODE = "/v2/models/digits-encode/infer"
+
+
+def infer_bytes(path: str, body: bytes, header_length: str | int | None = None) -> bytes:
+    """A raw infer request; header_length: its Inference-Header-Content-Length, sent as given (any text)."""
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
+    if header_length is not None:
+        head += f"Inference-Header-Content-Length: {header_length}\r\n"
+    return (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def v2_json(path: str, inputs: object, **members: object) -> bytes:
+    return infer_bytes(path, json.dumps({"inputs": inputs, **members}).encode())
+
+
+def v2_binary(path: str, name: str, datatype: str, shape: list[int], section: bytes, size: int | None = None) -> bytes:
+    """One input as binary tensor data; size: the binary_data_size to claim instead of the section's own."""
+    parameters = {"binary_data_size": len(section) if size is None else size}
+    header = json.dumps({"inputs": [{"name": name, "datatype": datatype, "shape": shape, "parameters": parameters}]})
+    return infer_bytes(path, header.encode() + section, len(header))
+
+
+def labels(data: list[object], shape: object = None, datatype: object = "INT64") -> dict[str, object]:
+    return {"name": "label", "datatype": datatype, "shape": [len(data)] if shape is None else shape, "data": data}
+
+
+@functools.cache
+def picture() -> dict[str, object]:
+    """digits-encode's input of one real picture (base64 in JSON), so that only the fault under test is one."""
+    return {"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(png_of_a_stroke()).decode()]}
+
+
+def png_of_a_stroke() -> bytes:
+    buf = io.BytesIO()
+    image = Image.new("L", (28, 28), 255)
+    image.paste(0, (12, 4, 16, 24))
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def deep(depth: int) -> bytes:
+    return b"[" * depth + b"1" + b"]" * depth
+
+
+def raw(path: str, text: str) -> bytes:
+    """A request whose JSON is written out (NaN, 1e999, numbers of any length: what json.dumps would not write)."""
+    return infer_bytes(path, text.encode())
+
+
+LABEL = '{"name": "label", "datatype": "INT64", "shape": [1], "data": [1]}'
+GOOD_V2 = v2_json(V2_GENERATE, [labels([3, 3])], parameters={"seed": 1})
+GOOD_JSON = json.dumps({"inputs": [labels([3, 3])], "parameters": {"seed": 1}})
+ONE = struct.pack("<q", 3)
+ONE_HEAD = json.dumps({"inputs": [{"name": "label", "datatype": "INT64", "shape": [1],
+                                   "parameters": {"binary_data_size": 8}}]}).encode()  # fmt: skip
+# (what, the request, the status): each refused with the protocol's {"error": ...}, never a 5xx. Built when run.
+HOSTILE_V2: list[tuple[str, Callable[[], bytes], int]] = [
+    ("BYTES element longer than its section",
+     lambda: v2_binary(V2_ENCODE, "image", "BYTES", [1], struct.pack("<I", 1_000_000) + b"abcd"), 400),
+    ("BYTES element length cut short", lambda: v2_binary(V2_ENCODE, "image", "BYTES", [1], b"\x01\x00"), 400),
+    ("BYTES elements more than the shape",
+     lambda: v2_binary(V2_ENCODE, "image", "BYTES", [1], (struct.pack("<I", 1) + b"a") * 2), 400),
+    ("binary_data_size past the body", lambda: v2_binary(V2_GENERATE, "label", "INT64", [2], ONE, 16), 400),
+    ("binary_data_size against the shape", lambda: v2_binary(V2_GENERATE, "label", "INT64", [2], ONE * 3), 400),
+    ("binary_data_size negative", lambda: v2_binary(V2_GENERATE, "label", "INT64", [1], b"", -8), 400),
+    ("bytes after the last section", lambda: v2_binary(V2_GENERATE, "label", "INT64", [1], ONE + b"extra", 8), 400),
+    ("header length past the body", lambda: infer_bytes(V2_GENERATE, ONE_HEAD + ONE, len(ONE_HEAD) + 100), 400),
+    ("header length inside the JSON", lambda: infer_bytes(V2_GENERATE, ONE_HEAD + ONE, 10), 400),
+    ("header length zero", lambda: infer_bytes(V2_GENERATE, ONE_HEAD + ONE, 0), 400),
+    ("header length not a number", lambda: infer_bytes(V2_GENERATE, ONE_HEAD + ONE, "abc"), 400),
+    ("header length negative", lambda: infer_bytes(V2_GENERATE, ONE_HEAD + ONE, -5), 400),
+    ("header length in exponent form", lambda: infer_bytes(V2_GENERATE, ONE_HEAD + ONE, "1e2"), 400),
+    ("header length of 30 digits", lambda: infer_bytes(V2_GENERATE, ONE_HEAD + ONE, "9" * 30), 400),
+    ("header length empty", lambda: infer_bytes(V2_GENERATE, ONE_HEAD + ONE, ""), 400),
+    ("shape and data disagree", lambda: v2_json(V2_GENERATE, [labels([3, 3, 3], [4])]), 400),
+    ("two dimensions for a vector", lambda: v2_json(V2_GENERATE, [labels([3, 3], [1, 2])]), 400),
+    ("negative shape", lambda: v2_json(V2_GENERATE, [labels([3], [-1])]), 400),
+    ("huge shape", lambda: v2_json(V2_GENERATE, [labels([3], [2**62, 2**62])]), 400),
+    ("shape beyond 64 bits", lambda: v2_json(V2_GENERATE, [labels([3], [10**30])]), 400),
+    ("shape of 100 dimensions", lambda: v2_json(V2_GENERATE, [labels([3], [1] * 100)]), 400),
+    ("shape that is a string", lambda: v2_json(V2_GENERATE, [labels([3], "1")]), 400),
+    ("a million labels, over the body limit", lambda: v2_json(V2_GENERATE, [labels([3] * 1_000_000)]), 413),
+    ("a million labels to encode", lambda: v2_json(V2_ENCODE, [picture(), labels([3] * 1_000_000)]), 400),
+    ("a million labels in the shape only", lambda: v2_json(V2_GENERATE, [labels([3], [1_000_000])]), 400),
+    ("a million binary labels", lambda: v2_binary(V2_GENERATE, "label", "INT64", [1_000_000], ONE * 1_000_000), 413),
+    ("data nested 100,000 deep", lambda: infer_bytes(V2_GENERATE, b'{"inputs": [{"name": "label", "datatype": '
+     b'"INT64", "shape": [1], "data": ' + deep(100_000) + b"}]}"), 400),
+    ("data nested 20 deep", lambda: v2_json(V2_GENERATE, [labels(json.loads(deep(20)), [1])]), 400),
+    ("a body nested 100,000 deep", lambda: infer_bytes(V2_ENCODE, deep(100_000)), 400),
+    ("labels as FP32", lambda: v2_json(V2_GENERATE, [labels([3.0], datatype="FP32")]), 400),
+    ("a datatype that does not exist", lambda: v2_json(V2_GENERATE, [labels([3], datatype="INT128")]), 400),
+    ("a datatype that is a number", lambda: v2_json(V2_GENERATE, [labels([3], datatype=8)]), 400),
+    ("INT64 data that are strings", lambda: v2_json(V2_GENERATE, [labels(["3"])]), 400),
+    ("INT64 data out of range", lambda: v2_json(V2_GENERATE, [labels([2**70])]), 400),
+    ("BYTES data that are numbers", lambda: v2_json(V2_ENCODE, [{**picture(), "data": [7]}]), 400),
+    ("BYTES data with a lone surrogate", lambda: raw(V2_ENCODE, '{"inputs": [{"name": "image", "datatype": "BYTES", '
+     '"shape": [1], "data": ["\\ud800"]}]}'), 400),
+    ("latin-1 JSON", lambda: infer_bytes(V2_GENERATE, GOOD_JSON.replace("}}", ', "tag": "caf\u00e9"}}').encode(
+     "latin-1")), 400),
+    ("UTF-16 JSON", lambda: infer_bytes(V2_GENERATE, GOOD_JSON.encode("utf-16")), 400),
+    ("JSON after a byte-order mark", lambda: infer_bytes(V2_GENERATE, b"\xef\xbb\xbf" + GOOD_JSON.encode()), 400),
+    ("NaN in the latents", lambda: raw(V2_GENERATE, '{"inputs": [' + LABEL + ', {"name": "latent", "datatype": '
+     '"FP32", "shape": [1, 4], "data": [NaN, 0, 0, 0]}]}'), 400),
+    ("latents that overflow to infinity", lambda: raw(V2_GENERATE, '{"inputs": [' + LABEL + ', {"name": "latent", '
+     '"datatype": "FP32", "shape": [1, 4], "data": [1e999, 0, 0, 0]}]}'), 400),
+    ("a seed beyond 64 bits", lambda: v2_json(V2_GENERATE, [labels([3])], parameters={"seed": 10**30}), 400),
+    ("a seed of 5,000 digits", lambda: raw(V2_GENERATE, '{"inputs": [' + LABEL + '], "parameters": {"seed": '
+     + "9" * 5000 + "}}"), 400),
+    ("a temperature of 1e999", lambda: raw(V2_GENERATE, '{"inputs": [' + LABEL + '], "parameters": {"temperature": '
+     "1e999}}"), 400),
+    ("a seed that is a string", lambda: v2_json(V2_GENERATE, [labels([3])], parameters={"seed": "1"}), 400),
+    ("parameters nested", lambda: v2_json(V2_GENERATE, [labels([3])], parameters={"seed": {"value": 1}}), 400),
+    ("a thousand parameters",
+     lambda: v2_json(V2_GENERATE, [labels([3])], parameters={f"p{i}": i for i in range(1000)}), 400),
+    ("a parameter of 3 MB", lambda: v2_json(V2_ENCODE, [picture()], parameters={"note": "x" * 3_000_000}), 400),
+    ("an output's parameter of 3 MB", lambda: v2_json(V2_ENCODE, [picture()], outputs=[
+     {"name": "mean", "parameters": {"note": "x" * 3_000_000}}]), 400),
+    ("an id of 3 MB", lambda: v2_json(V2_ENCODE, [picture()], id="x" * 3_000_000), 400),
+    ("a parameter of 3 MB to generate",
+     lambda: v2_json(V2_GENERATE, [labels([3])], parameters={"note": "x" * 3_000_000}), 413),
+    ("binary_data_output not a boolean",
+     lambda: v2_json(V2_GENERATE, [labels([3])], parameters={"binary_data_output": 1}), 400),
+    ("inputs not a list", lambda: v2_json(V2_GENERATE, {"label": [3]}), 400),
+    ("no inputs", lambda: v2_json(V2_GENERATE, []), 400),
+    ("an input twice", lambda: v2_json(V2_GENERATE, [labels([3]), labels([3])]), 400),
+    ("a body that is a JSON string", lambda: infer_bytes(V2_GENERATE, b'"inputs"'), 400),
+    ("an empty body", lambda: infer_bytes(V2_GENERATE, b""), 400),
+]  # fmt: skip
+
+
+def test_a_real_picture_makes_the_encode_cases_fail_only_for_their_fault(server):
+    """The encode cases above carry one real picture: without their fault, the same request is answered 200."""
+    answer = asyncio.run(ask(server.port, v2_json(V2_ENCODE, [picture()], parameters={"note": "x" * 1000})))
+    assert answer is not None and answer.status == 200, answer and answer.body[:300]
+
+
+@pytest.mark.parametrize(("request_", "status"), [(r, s) for _, r, s in HOSTILE_V2], ids=[w for w, _, _ in HOSTILE_V2])
+def test_hostile_protocol_requests_are_a_clear_4xx_and_the_service_answers_on(server, request_, status):
+    async def main():
+        return await ask(server.port, request_(), timeout=30), await ask(server.port, GOOD_V2, timeout=30)
+
+    answer, after = asyncio.run(main())
+    assert answer is not None and answer.status == status, (answer and answer.status, answer and answer.body[:300])
+    assert answer.headers["content-type"] == "application/json" and len(answer.body) < 1000, answer.body[:300]
+    error = json.loads(answer.body)
+    assert list(error) == ["error"] and isinstance(error["error"], str) and error["error"], error
+    assert after is not None and after.status == 200, after and after.body[:300]
+
+
+def test_memory_stays_flat_over_bursts_of_hostile_multi_megabyte_protocol_bodies(server):
+    """Infer bodies of up to 4 MB (the upload limit) that fail: a million labels to digits-encode, a binary BYTES
+    element claiming more than its section, data nested a million deep, a string parameter of megabytes, a
+    generate body over its limit. After a first burst, further bursts leave the server's memory where it was and
+    /livez stays prompt; each is refused with the protocol's error."""
+    bodies = [
+        v2_json(V2_ENCODE, [picture(), labels([3] * 1_200_000)]),
+        v2_binary(V2_ENCODE, "image", "BYTES", [1], struct.pack("<I", 2**32 - 1) + os.urandom(3_900_000)),
+        infer_bytes(V2_ENCODE, b'{"inputs": [{"name": "image", "data": ' + deep(1_900_000) + b"}]}"),
+        v2_json(V2_ENCODE, [picture()], parameters={"note": "x" * 3_900_000}),
+        v2_json(V2_GENERATE, [labels([3] * 1_000_000)]),
+    ]
+    expected = [400, 400, 400, 400, 413]
+
+    async def burst() -> list[Answer | None]:
+        answers = []
+        for _ in range(3):
+            answers += await asyncio.gather(*(ask(server.port, body, timeout=60) for body in bodies * 4))
+        return answers
+
+    async def main():
+        stop = asyncio.Event()
+        probe = asyncio.ensure_future(livez_latencies(server.port, stop))
+        first = await burst()
+        await asyncio.sleep(0.5)
+        before = server.rss_mib()
+        later = [await burst() for _ in range(3)]
+        await asyncio.sleep(0.5)
+        after = server.rss_mib()
+        stop.set()
+        return first, later, before, after, await probe
+
+    first, later, before, after, livez = asyncio.run(main())
+    for answers in [first, *later]:
+        assert [a.status for a in answers] == expected * 12, [a and a.status for a in answers]
+        assert all(a.headers["content-type"] == "application/json" and len(a.body) < 1000 for a in answers)
+    assert after - before < 40, f"the server grew from {before:.0f} to {after:.0f} MiB"
+    assert max(livez) < BODY_TIMEOUT_S, max(livez)
+    print(
+        f"\nserver memory over 3 bursts of 60 hostile /v2 bodies: {before:.0f} -> {after:.0f} MiB; "
+        f"/livez meanwhile at most {max(livez) * 1000:.0f} ms"
+    )
