@@ -214,7 +214,7 @@ def test_training_says_before_it_starts_when_evaluation_must_train_a_judge(tmp_p
     data = load_data_dir(FIXTURE, val_size=200, seed=0)
     with caplog.at_level("INFO"):
         announce_judge(data, tmp_path / "cache")
-    assert "first train its judge classifier on the 800 training digits" in caplog.text
+    assert "first train its judge classifier on the 800 training images" in caplog.text
     assert "--no-evaluate" in caplog.text
 
 

@@ -141,8 +141,8 @@ def announce_judge(data: DataSplits, cache_dir: Path, seed: int = 0) -> None:
     """Say, before training starts, that evaluation at export will first train a judge (when it will)."""
     if not shipped_judge_applies(data, seed) and not _cache_path(data, cache_dir, seed).is_file():
         log.info(
-            "the evaluation at export will first train its judge classifier on the %d training digits (about a "
-            "minute per 7,500 digits on 2 CPU cores; cached in %s afterwards); --no-evaluate skips the judge",
+            "the evaluation at export will first train its judge classifier on the %d training images (about a "
+            "minute per 7,500 images on 2 CPU cores; cached in %s afterwards); --no-evaluate skips the judge",
             len(data.train), cache_dir,
         )  # fmt: skip
 
@@ -160,7 +160,7 @@ def cached_judge(data: DataSplits, cache_dir: Path, seed: int = 0) -> tuple[Judg
         judge = Judge()
         judge.load_state_dict(payload["state_dict"])
         return judge.eval(), float(payload["val_accuracy"])
-    log.info("training the judge classifier on %d digits (cached afterwards in %s)", len(data.train), cache_dir)
+    log.info("training the judge classifier on %d images (cached afterwards in %s)", len(data.train), cache_dir)
     judge, acc = train_judge(data, seed=seed)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
