@@ -223,16 +223,19 @@ def judged_figures(
         out["heldout_reconstruction_train_distance"] = nearest_distance(reconstructions.flatten(1), train_pixels)
     perm = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))
     half = len(real) // 2
-    ref, other = real_feats[perm[:half]], real_feats[perm[half : 2 * half]]
-    gen_perm = torch.randperm(len(gen_feats), generator=torch.Generator().manual_seed(seed))[:half]
+    # Each set measured against the reference half is the same size (at most the samples drawn): a Frechet distance's
+    # bias grows as its sets shrink, so sets of different sizes would not compare.
+    size = min(half, len(gen_feats))
+    ref, other = real_feats[perm[:half]], real_feats[perm[half : half + size]]
+    gen_perm = torch.randperm(len(gen_feats), generator=torch.Generator().manual_seed(seed))[:size]
     out["frechet_generated_vs_real"] = frechet_distance(gen_feats[gen_perm], ref)
     out["frechet_real_vs_real"] = frechet_distance(other, ref)
     out["frechet_ratio"] = out["frechet_generated_vs_real"] / out["frechet_real_vs_real"]
-    out["frechet_set_size"] = half
+    out["frechet_set_size"] = size
     out["frechet_generated_1000_vs_all_heldout"] = frechet_distance(gen_feats, real_feats)
-    # The yardstick beside the real halves: as many training images against the same held-out half.
+    # The yardstick beside the real halves: as many training images against the same reference half.
     if train_images is not None:
-        train_perm = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))[:half]
+        train_perm = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))[:size]
         _, train_feats = predict(judge, train_images[train_perm].unsqueeze(1).float() / 255)
         out["frechet_train_vs_heldout"] = frechet_distance(train_feats, ref)
         out["frechet_ratio_to_train"] = out["frechet_generated_vs_real"] / out["frechet_train_vs_heldout"]
