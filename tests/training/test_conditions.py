@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,9 @@ def test_figures_report_each_kind_beside_the_plain_cnn(
         assert kind["count"] == 10 and kind["refused"] == 0
         assert 0 <= kind["encode_accuracy"] <= 1 and 0 <= kind["judge_accuracy"] <= 1
         assert 0 <= kind["calibration_error"] <= 1
+        # The share read at the page's "sure" level, and how many of those are right (none read so: not a number).
+        assert 0 <= kind["sure_share"] <= 1
+        assert 0 <= kind["sure_accuracy"] <= 1 if kind["sure_share"] else math.isnan(kind["sure_accuracy"])
     assert conditions_figures.main(["--model", str(tiny_model_dir), "--count", "3", "--kind", "speckle"]) == 0
     assert set(json.loads(capsys.readouterr().out)) == {"speckle"}
 

@@ -24,14 +24,17 @@ from training.evaluation.figures import calibration_error
 from training.evaluation.judge import Judge, predict, shipped_judge, train_judge
 from training.evaluation.uploads import MAX_PIXELS, read_digits
 
+SURE = 0.9  # the top probability from which the page gives a reading as sure (SURE in app/static/page.js)
+
 
 @torch.no_grad()
 def figures(
     model_dir: Path, *, count: int, seed: int, kinds: Sequence[str] = KINDS, reference: Judge | None = None
 ) -> dict[str, Any]:
-    """Per kind: the share `model_dir`'s /encode reads right (an upload refused as blank counts as misread), how many
-    it refuses, the expected calibration error of its probabilities, and the share a plain CNN reads right from the
-    same 28x28 images: the shipped judge (trained on the model's 7,500 training digits), and `reference` when given."""
+    """Per kind: the share `model_dir`'s /encode reads right (an upload refused as blank counts as misread), how
+    many it refuses, the expected calibration error of its probabilities, the share it reads at SURE or more and how
+    many of those are right, and the share a plain CNN reads right from the same 28x28 images: the shipped judge
+    (trained on the model's 7,500 training digits), and `reference` when given."""
     model, judge = load_model_dir(model_dir), shipped_judge()
     out: dict[str, Any] = {}
     for kind in kinds:
@@ -44,11 +47,14 @@ def figures(
                 refused += 1
         x, y = torch.stack(images), torch.tensor(labels)
         probs, _ = read_digits(model.encoder, model.decoder, model.prior, x, model.reader)
+        sure = probs.max(1).values >= SURE
         out[kind] = {
             "count": count,
             "refused": refused,
             "encode_accuracy": float((probs.argmax(1) == y).sum()) / count,
             "calibration_error": calibration_error(probs, y),
+            "sure_share": float(sure.sum()) / count,
+            "sure_accuracy": float((probs.argmax(1) == y)[sure].float().mean()) if sure.any() else float("nan"),
             "judge_accuracy": float((predict(judge, x)[0] == y).sum()) / count,
         }
         if reference is not None:
