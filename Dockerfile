@@ -102,6 +102,9 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 # The default model shipped with the image (the app is installed non-editable, hence CVAE_MODEL_DIR above).
 COPY artifacts/default/ /app/artifacts/default/
+# The Fashion-MNIST model, served with CVAE_MODEL_DIR=/app/artifacts/fashion CVAE_MODEL_NAME=fashion, or beside the
+# digits with CVAE_MODELS=digits=/app/artifacts/default,fashion=/app/artifacts/fashion.
+COPY artifacts/fashion/ /app/artifacts/fashion/
 
 USER 10001:10001
 EXPOSE 8000
