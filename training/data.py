@@ -293,7 +293,7 @@ def load_data_dir(data_dir: Path, val_size: int = 1000, seed: int = 0) -> DataSp
         val, test_files = _load_pair(test_images, test_labels)
         files |= test_files
         val_source = "t10k"
-        log.info("%s: %d train digits, %d t10k digits as validation", data_dir, len(train), len(val))
+        log.info("%s: %d training images, %d t10k images as validation", data_dir, len(train), len(val))
     else:
         n = len(train)
         if not 0 < val_size < n:

@@ -223,6 +223,10 @@ def _reader_data(run: Run) -> tuple[slice, slice, torch.Tensor]:
     return fit, keep, calibration
 
 
+def _items(run: Run) -> str:
+    return "digits" if run.cfg.kind.digits else "images"
+
+
 def _members(run: Run) -> tuple[str, ...]:
     return MEMBERS if run.cfg.kind.digits else PLAIN_MEMBERS
 
@@ -247,7 +251,7 @@ def train_teacher(run: Run) -> None:
     )  # fmt: skip
     teacher.temperature = fit_temperature(teacher, calibration, labels[keep])
     teacher_accuracy = accuracy(teacher, calibration, labels[keep])
-    log.info("teacher: temperature %.3f, %.1f%% of calibration digits", teacher.temperature, 100 * teacher_accuracy)
+    log.info("teacher: temperature %.3f, %.1f%% of calibration images", teacher.temperature, 100 * teacher_accuracy)
     payload = {"config": reader_cfg.to_dict(), "state_dict": teacher.state_dict(), "accuracy": teacher_accuracy}
     torch.save(payload | {"temperature": teacher.temperature}, run.dir / TEACHER)
 
@@ -271,7 +275,7 @@ def train_student(run: Run) -> None:
     reader.temperature = fit_temperature(reader, calibration, labels[keep])
     final_cfg = ReaderConfig(**{**reader_cfg.to_dict(), "members": 1, "temperature": reader.temperature})
     calibration_accuracy = accuracy(reader, calibration, labels[keep])
-    log.info("reader: temperature %.3f, %.1f%% of varied calibration digits right", reader.temperature,
+    log.info("reader: temperature %.3f, %.1f%% of calibration images right", reader.temperature,
              100 * calibration_accuracy)  # fmt: skip
     student = {
         "recipe": "distilled",
@@ -283,9 +287,10 @@ def train_student(run: Run) -> None:
     kept = keep.stop - keep.start if keep.stop is not None else len(images) - (keep.start or 0)
     record = {
         "config": final_cfg.to_dict(),
-        "trained_on": f"{len(images) - kept} training digits of {run.data.info.get('name')}",
+        "trained_on": f"{len(images) - kept} training {_items(run)} of {run.data.info.get('name')}",
         "members": [student],
-        "calibrated_on": f"the last {kept} training digits, varied",
+        "calibrated_on": f"the last {kept} training {_items(run)}, "
+        + ("varied" if run.cfg.kind.digits else "as /encode pre-processes them"),
         "calibration_accuracy": calibration_accuracy,
         "epochs": epochs,
         "seed": cfg.seed,

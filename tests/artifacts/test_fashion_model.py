@@ -45,6 +45,8 @@ def test_the_fashion_model_is_what_its_manifest_says(model: LoadedModel) -> None
     assert m["metrics"]["heldout_count"] == 10_000  # evaluated on the test split, which nothing trained on
     assert m["reproduce"].startswith("python -m training --dataset fashion-mnist --out artifacts/fashion ")
     assert m["reader"]["reproduce"] == m["reproduce"]  # the one command made every part
+    assert m["reader"]["trained_on"] == "59500 training images of fashion-mnist"  # the training split's, less 500:
+    assert m["reader"]["calibrated_on"] == "the last 500 training images, as /encode pre-processes them"
 
 
 def test_the_fashion_model_answers_alike_from_either_format(model: LoadedModel) -> None:
