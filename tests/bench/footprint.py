@@ -49,10 +49,9 @@ def upload() -> bytes:
     return buf.getvalue()
 
 
-def run_once(port: int, model_dir: Path | None) -> str:
-    env = {**os.environ, "CVAE_ACCESS_LOG": "false", "CVAE_LOG_LEVEL": "warning"}
-    if model_dir is not None:
-        env["CVAE_MODEL_DIR"] = str(model_dir)
+def start_ready(port: int, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], float]:
+    """`python -m app` started on `port` with `env`, once its /readyz answers 200. -> (the process, seconds from just
+    before its start to that 200: its cold start)."""
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "app", "--port", str(port)], cwd=ROOT, env=env)
     try:
@@ -61,11 +60,23 @@ def run_once(port: int, model_dir: Path | None) -> str:
                 assert proc.poll() is None, "the server exited"
                 try:
                     if c.get("/readyz").status_code == 200:
-                        break
+                        return proc, time.perf_counter() - started
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.02)
-            ready_s = time.perf_counter() - started
+    except BaseException:
+        proc.terminate()
+        proc.wait(30)
+        raise
+
+
+def run_once(port: int, model_dir: Path | None) -> str:
+    env = {**os.environ, "CVAE_ACCESS_LOG": "false", "CVAE_LOG_LEVEL": "warning"}
+    if model_dir is not None:
+        env["CVAE_MODEL_DIR"] = str(model_dir)
+    proc, ready_s = start_ready(port, env)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
             data = upload()
             for i in range(200):
                 headers = {"Accept": "application/json"} if i % 4 == 0 else {}

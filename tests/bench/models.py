@@ -14,15 +14,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from tests.bench.footprint import children, rss_mb, upload
+from tests.bench.footprint import children, rss_mb, start_ready, upload
 
 ROOT = Path.cwd()
 SHIPPED = ROOT / "artifacts" / "default"
@@ -43,19 +40,9 @@ def run_once(port: int, models: dict[str, Path], requests: int) -> Footprint:
     """One cold start of `python -m app` serving `models` (name -> directory), warmed up, measured, stopped."""
     env = {**os.environ, "CVAE_ACCESS_LOG": "false", "CVAE_LOG_LEVEL": "warning", "CVAE_SHUTDOWN_DELAY_S": "0",
            "CVAE_MODELS": ",".join(f"{name}={directory}" for name, directory in models.items())}  # fmt: skip
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "app", "--port", str(port)], cwd=ROOT, env=env)
+    proc, ready_s = start_ready(port, env)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
-            while True:
-                assert proc.poll() is None, "the server exited"
-                try:
-                    if c.get("/readyz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.02)
-            ready_s = time.perf_counter() - started
             data = upload()
             for name in models:
                 for i in range(requests):
