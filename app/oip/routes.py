@@ -140,11 +140,7 @@ def router(server_version: str) -> APIRouter:
 
     @routes.post(paths.V2_LOAD, summary="Reload a model's directory (admin key)")
     async def load(request: Request, model: str) -> dict[str, Any]:
-        admin_only(request)
-        repository_body(await request.body())
-        state: ServiceState = request.app.state.service
-        name, _ = served_model(state, model)
-        runtime_of(state, name)
+        state, name = await repository_model(request, model)
         if state.reloaders is None:
             raise unavailable("the model is not loaded yet", kind="not-ready")
         reload_answer(await state.reloaders.reload(f"POST {request.url.path}", [name]))  # 409 when refused
@@ -152,11 +148,7 @@ def router(server_version: str) -> APIRouter:
 
     @routes.post(paths.V2_UNLOAD, summary="Retire a model (admin key)")
     async def unload(request: Request, model: str) -> dict[str, Any]:
-        admin_only(request)
-        repository_body(await request.body())
-        state: ServiceState = request.app.state.service
-        name, _ = served_model(state, model)
-        runtime_of(state, name)
+        state, name = await repository_model(request, model)
         why = (
             "the default model (the REST endpoints serve it without ?model=)" if name == state.default
             else "served from the configuration (CVAE_MODELS), which only a restart changes"
@@ -167,6 +159,18 @@ def router(server_version: str) -> APIRouter:
         )  # fmt: skip
 
     return routes
+
+
+async def repository_model(request: Request, model: str) -> tuple[ServiceState, str]:
+    """What load and unload check first, in order: the admin key, the body, the protocol model (404 for one not
+    served) and its served model's runtime (503 before it is loaded). -> (the service's state, the served model's
+    name)."""
+    admin_only(request)
+    repository_body(await request.body())
+    state: ServiceState = request.app.state.service
+    name, _ = served_model(state, model)
+    runtime_of(state, name)
+    return state, name
 
 
 def admin_only(request: Request) -> None:
