@@ -161,6 +161,34 @@ async def livez_latencies(port: int, stop: asyncio.Event) -> list[float]:
     return latencies
 
 
+def bursts(
+    server: Server, bodies: list[bytes], *, timeout: float
+) -> tuple[list[Answer | None], list[list[Answer | None]], float, float, list[float]]:
+    """Bursts of `bodies` (each 4 times at once, 3 times over) while /livez is probed: one burst, then the server's
+    RSS, three more, the RSS again. -> (the first burst's answers, the later bursts', RSS before and after in MiB,
+    /livez's latencies)."""
+
+    async def burst() -> list[Answer | None]:
+        answers = []
+        for _ in range(3):
+            answers += await asyncio.gather(*(ask(server.port, body, timeout=timeout) for body in bodies * 4))
+        return answers
+
+    async def main() -> tuple[list[Answer | None], list[list[Answer | None]], float, float, list[float]]:
+        stop = asyncio.Event()
+        probe = asyncio.ensure_future(livez_latencies(server.port, stop))
+        first = await burst()
+        await asyncio.sleep(0.5)
+        before = server.rss_mib()
+        later = [await burst() for _ in range(3)]
+        await asyncio.sleep(0.5)
+        after = server.rss_mib()
+        stop.set()
+        return first, later, before, after, await probe
+
+    return asyncio.run(main())
+
+
 def assert_no_5xx_but_503(answers: list[Answer | None]) -> None:
     bad = [a.status for a in answers if a is not None and a.status >= 500 and a.status != 503]
     assert not bad, bad
@@ -384,25 +412,7 @@ def test_memory_stays_flat_over_bursts_of_invalid_multi_megabyte_bodies(server):
     ]
     expected = [415, 422, 413, 422]
 
-    async def burst() -> list[Answer | None]:
-        answers = []
-        for _ in range(3):
-            answers += await asyncio.gather(*(ask(server.port, body, timeout=30) for body in bodies * 4))
-        return answers
-
-    async def main():
-        stop = asyncio.Event()
-        probe = asyncio.ensure_future(livez_latencies(server.port, stop))
-        first = await burst()
-        await asyncio.sleep(0.5)
-        before = server.rss_mib()
-        later = [await burst() for _ in range(3)]
-        await asyncio.sleep(0.5)
-        after = server.rss_mib()
-        stop.set()
-        return first, later, before, after, await probe
-
-    first, later, before, after, livez = asyncio.run(main())
+    first, later, before, after, livez = bursts(server, bodies, timeout=30)
     for answers in [first, *later]:
         assert [a.status for a in answers] == expected * 12
         assert all(len(a.body) < 4096 for a in answers)
@@ -639,25 +649,7 @@ def test_memory_stays_flat_over_bursts_of_hostile_multi_megabyte_protocol_bodies
     ]
     expected = [400, 400, 400, 400, 413]
 
-    async def burst() -> list[Answer | None]:
-        answers = []
-        for _ in range(3):
-            answers += await asyncio.gather(*(ask(server.port, body, timeout=60) for body in bodies * 4))
-        return answers
-
-    async def main():
-        stop = asyncio.Event()
-        probe = asyncio.ensure_future(livez_latencies(server.port, stop))
-        first = await burst()
-        await asyncio.sleep(0.5)
-        before = server.rss_mib()
-        later = [await burst() for _ in range(3)]
-        await asyncio.sleep(0.5)
-        after = server.rss_mib()
-        stop.set()
-        return first, later, before, after, await probe
-
-    first, later, before, after, livez = asyncio.run(main())
+    first, later, before, after, livez = bursts(server, bodies, timeout=60)
     for answers in [first, *later]:
         assert [a.status for a in answers] == expected * 12, [a and a.status for a in answers]
         assert all(a.headers["content-type"] == "application/json" and len(a.body) < 1000 for a in answers)
