@@ -86,7 +86,7 @@ def main(cfg: TrainConfig, argv: list[str] | None = None) -> dict[str, Any] | No
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
     distributed.init(launch, device)
     try:
-        command = shlex.join(["python", "-m", "training", *(argv if argv is not None else sys.argv[1:])])
+        command = reproduce_command(argv if argv is not None else sys.argv[1:])
         data = load_data(cfg, launch)
         distributed.check_batches(
             launch, batch_size=cfg.batch_size, label_batch=cfg.label_batch, train_size=len(data.train)
@@ -109,6 +109,12 @@ def load_data(cfg: TrainConfig, launch: Launch = SINGLE_PROCESS) -> DataSplits:
             f"{FASHION_MNIST_DIR}), or give --data-dir"
         )
     return load_data_dir(data_dir, val_size=cfg.val_size, seed=cfg.seed)
+
+
+def reproduce_command(argv: list[str]) -> str:
+    """The command line that makes this run's model in one go: argv without --resume (a resumed run makes, step for
+    step, what the run it continues would have made)."""
+    return shlex.join(["python", "-m", "training", *(a for a in argv if a not in ("--resume", "--no-resume"))])
 
 
 def run_steps(run: Run) -> dict[str, Any] | None:

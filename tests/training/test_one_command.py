@@ -108,10 +108,11 @@ def test_a_step_that_fails_resumes_from_itself_and_out_gets_only_a_whole_model(t
     ran = []
     for name in ("export", "teacher"):
         monkeypatch.setitem(steps.STEPS, name, lambda run, name=name: ran.append(name))
-    steps.main(small_config(tmp_path, epochs=1, resume=True), argv=[])
+    steps.main(small_config(tmp_path, epochs=1, resume=True), argv=["--epochs", "1", "--resume"])
     assert ran == []  # the steps done before were not run again
     model = load_model_dir(tmp_path / "model")
     record = model.manifest["reader"]
+    assert record["reproduce"] == "python -m training --epochs 1"  # what makes the model in one go: no --resume
     assert model.reader is not None and record["config"]["temperature"] > 0
     assert record["trained_on"].startswith("640 training digits")
     assert record["calibrated_on"].endswith("160 training digits, varied")
