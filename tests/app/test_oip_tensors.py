@@ -174,3 +174,10 @@ def test_what_a_response_writes_as_binary_a_request_reads_back_the_same() -> Non
                                                                              max_elements=LIMIT).inputs] == [
         (t.name, t.datatype, t.shape, list(t.data)) for t in tensors
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("pixels", [bytes(range(256)), bytes(range(255, -1, -1)) * 3, b"\x07", b""])
+def test_pixels_written_as_json_read_back_as_every_byte_value(pixels: bytes) -> None:
+    image = Tensor("image", "UINT8", (len(pixels),), pixels)
+    body, length = write_response("m", "1", None, [(image, False)])
+    assert length is None and json.loads(body)["outputs"][0]["data"] == list(pixels)
