@@ -299,9 +299,13 @@ def _json_pixels(data: bytes | bytearray) -> bytes:
 
 
 def _json_data(t: Tensor) -> bytes:
-    """An output's data as JSON text (UTF-8)."""
+    """An output's data as JSON text (UTF-8). FP32 numbers in nine significant digits, which name every float32 exactly
+    (IEEE 754's 9 for binary32; -0 reads as 0, equal as a number): half of json.dumps's cost and text, which writes the
+    double's 17."""
     if isinstance(t.data, bytes | bytearray):
         return _json_pixels(t.data)
+    if t.datatype == "FP32" and all(map(math.isfinite, t.data)):
+        return b"[%s]" % ",".join(map("%.9g".__mod__, t.data)).encode()
     values = [v.decode("utf-8", "backslashreplace") for v in t.data] if t.datatype == "BYTES" else list(t.data)
     return json.dumps(values, separators=(",", ":"), allow_nan=False).encode()
 
@@ -330,13 +334,13 @@ def write_response(
             sections.append(section)
             described.append(_json(entry).encode())
         else:  # the entry's JSON with its data's spliced in before the closing brace
-            described.append(b"%s,\"data\":%s}" % (_json(entry)[:-1].encode(), _json_data(t)))
+            described.append(b'%s,"data":%s}' % (_json(entry)[:-1].encode(), _json_data(t)))
     head: dict[str, Any] = {"model_name": model, "model_version": version}
     if request_id is not None:
         head["id"] = request_id
     if parameters:
         head["parameters"] = parameters
-    header = b"%s,\"outputs\":[%s]}" % (_json(head)[:-1].encode(), b",".join(described))
+    header = b'%s,"outputs":[%s]}' % (_json(head)[:-1].encode(), b",".join(described))
     if not sections:
         return header, None
     return b"".join([header, *sections]), len(header)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+from array import array
 from typing import Any
 
 import pytest
@@ -181,3 +182,12 @@ def test_pixels_written_as_json_read_back_as_every_byte_value(pixels: bytes) -> 
     image = Tensor("image", "UINT8", (len(pixels),), pixels)
     body, length = write_response("m", "1", None, [(image, False)])
     assert length is None and json.loads(body)["outputs"][0]["data"] == list(pixels)
+
+
+def test_fp32_written_as_json_reads_back_as_the_same_float32() -> None:
+    values = list(array("f", [0.1, -1 / 3, 3.4028234663852886e38, 1.401298464324817e-45, -0.0, 0.0, 12345.678, 2.5e-7]))
+    body, _ = write_response("m", "1", None, [(Tensor("latent", "FP32", (len(values),), values), False)])
+    read = json.loads(body)["outputs"][0]["data"]
+    assert array("f", read) == array("f", values)  # as numbers: -0 reads back as 0 (JSON has no signed zero)
+    text = json.dumps(json.loads(body)["outputs"][0]["data"], separators=(",", ":"))
+    assert len(text) < len(json.dumps(values, separators=(",", ":")))  # nine digits, not the double's seventeen
