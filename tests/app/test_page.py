@@ -147,3 +147,12 @@ def test_static_files_are_counted_under_one_route_label(client):
     client.get("/static/missing.js")
     metrics = client.get("/metrics").text
     assert 'route="/static"' in metrics and "page.js" not in metrics and "missing.js" not in metrics
+
+
+def test_the_pages_sure_threshold_is_the_one_the_figures_measure() -> None:
+    """conditions_figures reports how often a reading the page gives as sure is right: the same threshold, or the
+    figure is of another page."""
+    from training.evaluation.conditions_figures import SURE
+
+    found = re.search(r"^const SURE = ([0-9.]+);", (STATIC_DIR / "page.js").read_text(), re.MULTILINE)
+    assert found is not None and float(found.group(1)) == SURE

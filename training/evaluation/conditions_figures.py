@@ -24,7 +24,9 @@ from training.evaluation.figures import calibration_error
 from training.evaluation.judge import Judge, predict, shipped_judge, train_judge
 from training.evaluation.uploads import MAX_PIXELS, read_digits
 
-SURE = 0.9  # the top probability from which the page gives a reading as sure (SURE in app/static/page.js)
+# The top probability from which the page gives a reading as sure: SURE in app/static/page.js, which
+# tests/app/test_page.py checks this equals.
+SURE = 0.9
 
 
 @torch.no_grad()
