@@ -11,10 +11,13 @@
                    reader, reader.pt2 (its generative_weight in the archive's extra file "generative_weight")
     prior.pt       (when the prior is "aggregate_posterior") {"kind", "means": float32[10, M, D],
                    "log_vars": float32[10, M, D]}, plain tensors (torch.load(weights_only=True))
+    tone.pt        (optional: models trained with --tone-curves) {"drawn", "real": float32[C, K]}, each class's
+                   tone curve (model/tone.py), applied to what the decoder draws
     manifest.json  format_version, id, latent_dim, image_shape, labels, preprocessing (absent: "mnist"), prior, data,
                    config, metrics, artifacts (sha256 of each file above), torch_version, created, reproduce;
                    prior.temperature: the temperature the service samples at by default (1 when absent);
-                   reader (when reader.pt is there): its file, config and how it was trained
+                   reader (when reader.pt is there): its file, config and how it was trained; tone (when tone.pt
+                   is there): its file and how it was fitted
 
 Loading verifies every checksum (model/manifest.py, torch-free) and refuses, naming the file, when anything is missing
 or differs.
@@ -37,12 +40,14 @@ from model.manifest import (
     MANIFEST_FILE,
     PROGRAM_FILES,
     READER_FILE,
+    TONE_FILE,
     ModelCard,
     ModelDirError,
     ModelFormat,
     verify_model_dir,
 )
 from model.prior import AggregatePosteriorPrior, GaussianPrior, Prior
+from model.tone import Draw, ToneCurves, ToneError, toned
 
 
 @contextlib.contextmanager
@@ -88,6 +93,13 @@ class LoadedModel:
     path: Path
     reader: Network | None = None  # None in model directories written before readers existed
     format: ModelFormat = "torchscript"  # what the networks were loaded from
+    tone: ToneCurves | None = None  # None: the model draws the decoder's grey levels as they are
+
+    @property
+    def draw(self) -> Draw:
+        """What the service draws for (z, labels): the decoder's grey levels through the tone curves, when the model
+        has them (the decoder alone gives the likelihoods)."""
+        return toned(self.decoder, self.tone)
 
     @property
     def card(self) -> ModelCard:
@@ -131,6 +143,7 @@ def load_model_dir(
     encoder, decoder = (load(model_dir, name, device) for name in (ENCODER_FILE, DECODER_FILE))
     reader = _load_reader(model_dir, manifest, device, load)
     prior = _load_prior(model_dir, manifest).to(device)
+    tone = _load_tone(model_dir, manifest)
     if prior.latent_dim != manifest["latent_dim"] or prior.num_classes != len(manifest["labels"]):
         raise ModelDirError(f"{model_dir / MANIFEST_FILE}: prior shape disagrees with latent_dim/labels")
     return LoadedModel(
@@ -141,6 +154,7 @@ def load_model_dir(
         path=model_dir,
         reader=reader,
         format=loaded_format,
+        tone=None if tone is None else ToneCurves(tone.drawn.to(device), tone.real.to(device)),
     )
 
 
@@ -194,6 +208,19 @@ def _load_reader(
     if not weight >= 0:
         raise ModelDirError(f"{model_dir / name}: generative_weight must be >= 0, got {weight}")
     return reader
+
+
+def _load_tone(model_dir: Path, manifest: dict[str, Any]) -> ToneCurves | None:
+    spec = manifest.get("tone")
+    if spec is None:
+        return None
+    name = spec.get("file") if isinstance(spec, dict) else None
+    if name != TONE_FILE or name not in manifest["artifacts"]:
+        raise ModelDirError(f"{model_dir / MANIFEST_FILE}: 'tone' must name {TONE_FILE!r}, listed in 'artifacts'")
+    try:
+        return ToneCurves.load(model_dir / name, len(manifest["labels"]))
+    except ToneError as e:
+        raise ModelDirError(f"{model_dir / name}: {e}") from None
 
 
 def _load_prior(model_dir: Path, manifest: dict[str, Any]) -> Prior:

@@ -20,6 +20,7 @@ ENCODER_FILE = "encoder.pt"
 DECODER_FILE = "decoder.pt"
 PRIOR_FILE = "prior.pt"
 READER_FILE = "reader.pt"
+TONE_FILE = "tone.pt"
 # torch.export programs (torch.export.save), one per method, beside the TorchScript files (model directories from
 # 2026-12 on; model/artifacts.py loads either): TorchScript file -> {method: program file}.
 PROGRAM_FILES = {

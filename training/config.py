@@ -123,6 +123,14 @@ class TrainConfig:
             "it scales each sample's distance from the mean style (docs/quality.md)"
         ),
     )
+    tone_curves: bool = field(
+        default=False,
+        metadata=doc(
+            "match the grey levels the model draws, class by class, to the training images' (a monotone curve per "
+            "class, fitted on training images and the model's own samples at --sample-temperature): sharper "
+            "drawings, nearer real ones in the judge's features (docs/quality.md)"
+        ),
+    )
     eval_k: int = field(default=100, metadata=doc("importance samples for the NLL bound computed at export"))
     latent_dim: int = field(default=16, metadata=doc("size of the latent z"))
     encoder: Literal["mlp", "conv"] = field(default="conv", metadata=doc("encoder architecture"))

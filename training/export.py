@@ -33,6 +33,7 @@ from model.manifest import (
     PRIOR_FILE,
     PROGRAM_FILES,
     READER_FILE,
+    TONE_FILE,
     ModelDirError,
     sha256_file,
     verify_model_dir,
@@ -262,12 +263,13 @@ def rewrite_model_dir(model_dir: Path, manifest: dict[str, Any], add: Callable[[
 
 
 def model_id(artifacts: dict[str, str]) -> str:
-    """cvae- and 12 hex digits: the decoder's sha256 alone (what every model without a reader has), or, with a
-    reader, a digest of both (a new reader answers /encode differently: a new id)."""
-    if READER_FILE not in artifacts:
-        return f"cvae-{artifacts[DECODER_FILE][:12]}"
-    both = hashlib.sha256(f"{artifacts[DECODER_FILE]}:{artifacts[READER_FILE]}".encode()).hexdigest()
-    return f"cvae-{both[:12]}"
+    """cvae- and 12 hex digits: the decoder's sha256 alone (what every model without a reader or tone curves has),
+    or a digest of it and the reader's and tone curves' that the model has (a new reader answers /encode
+    differently, new curves draw differently: a new id)."""
+    parts = [artifacts[name] for name in (DECODER_FILE, READER_FILE, TONE_FILE) if name in artifacts]
+    if len(parts) == 1:
+        return f"cvae-{parts[0][:12]}"
+    return f"cvae-{hashlib.sha256(':'.join(parts).encode()).hexdigest()[:12]}"
 
 
 def replace_dir(tmp: Path, out_dir: Path) -> None:

@@ -5,6 +5,8 @@
     teacher   train the reader's teacher, three CNNs, and fit its temperature (--no-reader: skipped)
     reader    distil the teacher into the reader's one CNN, calibrate it, add it to the model directory (--no-reader:
               skipped; /encode then reads by the generative rule)
+    tone      fit each class's tone curve, add them to the model directory, measure what the model draws again
+              (--tone-curves; else skipped)
     figures   measure /encode with the reader and record the figures in the manifest
     programs  add the torch.export programs of every network (the second export format)
     publish   copy the finished model directory to --out (replaced atomically)
@@ -38,10 +40,11 @@ from training.cvae.checkpoint import CHECKPOINT, load_checkpoint, resume
 from training.cvae.distributed import SINGLE_PROCESS, Launch
 from training.cvae.epochs import train_epochs
 from training.cvae.prior import fit_prior, sample_grid_png
+from training.cvae.tone import fit_tone_curves as fit_tone
 from training.cvae.train import Batches, new_state
 from training.data import FASHION_MNIST_DIR, FASHION_MNIST_PACKAGE, DataError, DataSplits, download_mnist, load_data_dir
 from training.device import select_device
-from training.evaluation.evaluate import evaluate_model, record_figures
+from training.evaluation.evaluate import evaluate_model, record_figures, record_toned_figures
 from training.evaluation.judge import announce_judge, default_cache_dir
 from training.export import add_programs, export_model_dir, replace_dir
 from training.reader.model_dir import add_reader
@@ -135,6 +138,9 @@ def run_steps(run: Run) -> dict[str, Any] | None:
             continue
         if name in READER_STEPS and not run.cfg.reader:
             log.info("step %s: skipped (--no-reader)", name)
+            continue
+        if name == "tone" and not run.cfg.tone_curves:
+            log.info("step tone: skipped (no --tone-curves)")
             continue
         log.info("step %s", name)
         step(run)
@@ -305,6 +311,14 @@ def train_student(run: Run) -> None:
     add_reader(run.model_dir, reader, record)
 
 
+def fit_tone_curves(run: Run) -> None:
+    """Step tone (--tone-curves, else skipped): each class's tone curve fitted and added to the model directory, and
+    the figures of what the model draws measured again (--no-evaluate: not measured)."""
+    fit_tone(run.model_dir, run.data, seed=run.cfg.seed)
+    if run.cfg.evaluate:
+        record_toned_figures(run.model_dir, run.data, seed=run.cfg.seed)
+
+
 def measure_reader(run: Run) -> None:
     """Step figures: /encode with the reader, recorded in the manifest's metrics (--no-evaluate: skipped)."""
     if not run.cfg.evaluate:
@@ -340,6 +354,7 @@ STEPS: dict[str, Callable[[Run], None]] = {
     "export": export_cvae,
     "teacher": train_teacher,
     "reader": train_student,
+    "tone": fit_tone_curves,
     "figures": measure_reader,
     "programs": add_export_programs,
     "publish": publish,

@@ -107,15 +107,16 @@ class Inference:
     # --- what the operations' batch functions call ------------------------------------------------------------
 
     def decode(self, z: Tensor, labels: Tensor) -> Tensor:
-        """(N, D), (N,) -> (N, 1, H, W), zero-padded to whole chunks, run in passes of at most pass_rows rows."""
+        """(N, D), (N,) -> (N, 1, H, W) as the model draws them (LoadedModel.draw), zero-padded to whole chunks, run in
+        passes of at most pass_rows rows."""
         b = self.options.decode_chunk
         count = z.shape[0]
         padded = -(-count // b) * b
         if padded > count:
             z = torch.cat([z, z.new_zeros(padded - count, z.shape[1])])
             labels = torch.cat([labels, labels.new_zeros(padded - count)])
-        decoder, step = self.model.decoder, self.pass_rows
-        images = [decoder(z[i : i + step], labels[i : i + step]) for i in range(0, padded, step)]
+        draw, step = self.model.draw, self.pass_rows  # the decoder, then the model's tone curves when it has them
+        images = [draw(z[i : i + step], labels[i : i + step]) for i in range(0, padded, step)]
         return (images[0] if len(images) == 1 else torch.cat(images))[:count]
 
     def score(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -187,6 +187,23 @@ def test_generate_from_latent_decodes_exactly_that_latent(client, tiny_model_dir
     assert np.abs(a.astype(int) - expected).max() <= 1  # one forward row vs. a padded chunk: last-bit rounding
 
 
+def test_a_model_with_tone_curves_draws_its_decoders_levels_through_them(tmp_path: Path):
+    from model.pictures import to_uint8
+    from tests.model.test_tone import ten_curves
+    from training.cvae.tone import add_tone
+
+    toned = make_model_dir(tmp_path / "toned")
+    add_tone(toned, ten_curves(), {"knots": 9, "fitted_on": "random curves (a test)", "seed": 0})
+    latent, model = [0.3, -0.7, 1.1, 0.05], load_model_dir(toned)
+    with TestClient(create_app(Settings(model_dir=toned))) as c:
+        a = pixels(c.post("/generate", json={"digit": 6, "n": 1, "latent": latent, "padding": 0}).content)
+    with torch.inference_mode():
+        z, y = torch.tensor([latent]), torch.tensor([6])
+        expected = to_uint8(model.draw(z, y))[0, 0].numpy()
+        untoned = to_uint8(model.decoder(z, y))[0, 0].numpy()
+    assert np.abs(a.astype(int) - expected).max() <= 1 and np.abs(a.astype(int) - untoned).max() > 10
+
+
 # --- content negotiation --------------------------------------------------------------------------------------
 
 

@@ -142,3 +142,24 @@ def test_no_reader_skips_the_readers_steps_and_the_model_reads_by_the_generative
     assert json.loads((tmp_path / "run" / "steps.json").read_text())["done"] == [
         "cvae", "export", "figures", "programs", "publish"
     ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_tone_curves_are_a_step_of_their_own_and_the_figures_measure_what_the_model_draws(
+    tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the judge trained here, not in the user's cache
+    cfg = small_config(tmp_path, epochs=1, reader=False, tone_curves=True, evaluate=True, outside_count=10)
+    steps.main(cfg, argv=["--epochs", "1", "--tone-curves"])
+    model = load_model_dir(tmp_path / "model")
+    assert json.loads((tmp_path / "run" / "steps.json").read_text())["done"] == [
+        "cvae", "export", "tone", "figures", "programs", "publish"
+    ]  # fmt: skip
+    assert model.tone is not None and model.manifest["tone"]["knots"] == 65
+    assert "800 training images" in model.manifest["tone"]["fitted_on"]
+    metrics = model.manifest["metrics"]
+    # export's figures (the decoder's grey levels) are kept apart; those in their place judge the toned samples
+    assert {"sample_accuracy", "frechet_ratio_to_train", "transfer_accuracy"} <= metrics["untoned"].keys()
+    assert metrics["untoned"]["frechet_generated_vs_real"] != metrics["frechet_generated_vs_real"]
+    assert "encode_accuracy_real" not in metrics["untoned"]  # /encode reads uploads: the curves do not touch it
+    assert model.manifest["reproduce"].endswith("--epochs 1 --tone-curves")

@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         reader=model.reader,
         outside_count=args.outside_count if model.card.is_digits else 0,  # the sets of uploads are of digits
         preprocessing=model.card.preprocessing,
+        draw=model.draw,
     )
     metrics["model_id"] = model.id
     print(json.dumps(metrics, indent=1))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from model.inference import DecoderLike, EncoderLike, ReaderLike, elbo_terms, im
 from model.manifest import MANIFEST_FILE, Preprocessing
 from model.pictures import encode_png
 from model.prior import GaussianPrior, Prior, sample_latents
+from model.tone import Draw
 from model.uploads import ImageError
 from training.data import DataSplits, Digits
 from training.evaluation.figures import (
@@ -54,11 +56,14 @@ def outside_figures(
     reference: Judge | None = None,
     count: int = OUTSIDE_COUNT,
     seed: int = 0,
+    draw: Draw | None = None,
 ) -> dict[str, Any]:
     """/encode on digits that are not MNIST (training.testsets), per kind: the share read right (an upload refused
     as blank counts as misread), the same images read by `reference` (default: the judge, a plain CNN trained on
     the same MNIST digits), the share of the encoded hand re-drawn as all ten digits that the judge reads as the
-    digit asked for, and the calibration error of the probabilities."""
+    digit asked for, and the calibration error of the probabilities. draw: what the service draws (default: the
+    decoder; a model's LoadedModel.draw)."""
+    draw = draw or decoder
     out: dict[str, Any] = {}
     c = prior.num_classes
     for kind in KINDS:
@@ -78,7 +83,7 @@ def outside_figures(
         probs, mean = read_digits(encoder, decoder, prior, x, reader)
         reference_read, _ = predict(reference or judge, x)
         asked = torch.arange(c).repeat(len(x))
-        redrawn, _ = predict(judge, decoder(mean.repeat_interleave(c, dim=0), asked))
+        redrawn, _ = predict(judge, draw(mean.repeat_interleave(c, dim=0), asked))
         out[kind] = {
             "count": count,
             "refused": refused,
@@ -133,11 +138,13 @@ def evaluate_model(
     reader: ReaderLike | None = None,
     outside_count: int = 0,
     preprocessing: Preprocessing = "mnist",
+    draw: Draw | None = None,
 ) -> dict[str, Any]:
     """All figures on data.val (the held-out digits); samples drawn at `temperature` (the service's default is the
     model's, LoadedModel.temperature); /encode read with `reader` (a model directory's, when it has one), and
     `outside_count` digits of each kind that is not MNIST's (training.testsets) when > 0. full=False: likelihoods
-    only (no judge)."""
+    only (no judge). The likelihoods and the label rule are the decoder's; what is judged as drawn is draw's (default:
+    the decoder; a model's LoadedModel.draw)."""
     held = data.val
     out: dict[str, Any] = {"heldout_source": data.info.get("val_source")}
     out.update(likelihood_metrics(encoder, decoder, prior, held, k=k, seed=seed))
@@ -157,10 +164,13 @@ def evaluate_model(
             train_images=data.train.images,
             reader=reader,
             preprocessing=preprocessing,
+            draw=draw,
         )
     )
     if outside_count > 0:
-        out["outside"] = outside_figures(encoder, decoder, prior, judge, reader=reader, count=outside_count, seed=seed)
+        out["outside"] = outside_figures(
+            encoder, decoder, prior, judge, reader=reader, count=outside_count, seed=seed, draw=draw
+        )
     return out
 
 
@@ -177,9 +187,12 @@ def judged_figures(
     train_images: Tensor | None = None,
     reader: ReaderLike | None = None,
     preprocessing: Preprocessing = "mnist",
+    draw: Draw | None = None,
+    encode: bool = True,
 ) -> dict[str, Any]:
-    """Everything the judge measures on the held-out digits `held`; the copying figures too when the training
-    digits are given."""
+    """Everything the judge measures on the held-out digits `held` (/encode's figures only with encode); the copying
+    figures too when the training digits are given. draw: what the service draws (default: the decoder)."""
+    draw = draw or decoder
     # long: one figure after another on the same judged features; split, each piece would take them all as arguments
     out: dict[str, Any] = {}
     real = held.images.unsqueeze(1).float() / 255
@@ -189,7 +202,7 @@ def judged_figures(
     # Generated samples, exactly as the service draws them for one digit at a time (seeded, the model's temperature).
     drawn = [sample_latents(prior, [d], SAMPLES_PER_DIGIT, seed=seed, temperature=temperature) for d in range(c)]
     z, y = torch.cat([d[0] for d in drawn]), torch.cat([d[1] for d in drawn])
-    generated = decoder(z, y)
+    generated = draw(z, y)
     pred, gen_feats = predict(judge, generated)
     out["sample_temperature"] = temperature
     out["sample_accuracy"] = (pred == y).float().mean().item()
@@ -200,11 +213,11 @@ def judged_figures(
     # as every digit (what /encode then /generate with that mean as latent do): recognised as the digit asked
     # for, and its slant carried (the correlation of each digit's slant with the mean slant of its re-drawings).
     z, y = sample_latents(prior, list(range(c)), SAMPLES_PER_DIGIT, seed=seed, temperature=temperature)
-    grid_pred, _ = predict(judge, decoder(z, y))
+    grid_pred, _ = predict(judge, draw(z, y))
     out["grid_accuracy"] = (grid_pred == y).float().mean().item()
     mean, _ = encoder(real, held.labels)
     labels = torch.arange(c).repeat(len(real))
-    redrawings = decoder(mean.repeat_interleave(c, dim=0), labels)
+    redrawings = draw(mean.repeat_interleave(c, dim=0), labels)
     transfer_pred, _ = predict(judge, redrawings)
     out["transfer_accuracy"] = (transfer_pred == labels).float().mean().item()
     out["transfer_accuracy_by_digit"] = [(transfer_pred[labels == d] == d).float().mean().item() for d in range(c)]
@@ -219,7 +232,7 @@ def judged_figures(
     if train_images is not None:
         train_pixels = train_images.flatten(1).float() / 255
         out["sample_train_distance"] = nearest_distance(generated.flatten(1), train_pixels)
-        reconstructions = decoder(mean, held.labels)
+        reconstructions = draw(mean, held.labels)
         out["heldout_reconstruction_train_distance"] = nearest_distance(reconstructions.flatten(1), train_pixels)
     perm = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))
     half = len(real) // 2
@@ -240,9 +253,10 @@ def judged_figures(
         out["frechet_train_vs_heldout"] = frechet_distance(train_feats, ref)
         out["frechet_ratio_to_train"] = out["frechet_generated_vs_real"] / out["frechet_train_vs_heldout"]
 
-    out.update(
-        encode_figures(encoder, decoder, prior, held, judge, seed=seed, reader=reader, preprocessing=preprocessing)
-    )
+    if encode:
+        out.update(encode_figures(
+            encoder, decoder, prior, held, judge, seed=seed, reader=reader, preprocessing=preprocessing, draw=draw
+        ))  # fmt: skip
     return out
 
 
@@ -257,6 +271,7 @@ def encode_figures(
     seed: int,
     reader: ReaderLike | None = None,
     preprocessing: Preprocessing = "mnist",
+    draw: Draw | None = None,
 ) -> dict[str, Any]:
     """/encode on the held-out images: the class read from uploads as they are (with the calibration error of its
     probabilities) and, for digits, re-drawn as users upload them, and reconstruction from the encoded mean."""
@@ -273,7 +288,7 @@ def encode_figures(
             (inferred_labels(encoder, decoder, prior, redrawn, reader) == held.labels).float().mean().item()
         )
     mean, _ = encoder(uploads, held.labels)
-    recon_pred, _ = predict(judge, decoder(mean, held.labels))
+    recon_pred, _ = predict(judge, (draw or decoder)(mean, held.labels))
     out["reconstruction_accuracy"] = (recon_pred == held.labels).float().mean().item()
     return out
 
@@ -286,17 +301,43 @@ def record_figures(model_dir: Path, data: DataSplits, *, seed: int, outside_coun
     judge, _ = cached_judge(data, default_cache_dir(), seed=seed)
     figures = encode_figures(
         model.encoder, model.decoder, model.prior, data.val, judge, seed=seed, reader=model.reader,
-        preprocessing=model.card.preprocessing,
+        preprocessing=model.card.preprocessing, draw=model.draw,
     )  # fmt: skip
     if outside_count > 0:
         figures["outside"] = outside_figures(
-            model.encoder, model.decoder, model.prior, judge, reader=model.reader, count=outside_count, seed=seed
-        )
+            model.encoder, model.decoder, model.prior, judge, reader=model.reader, count=outside_count, seed=seed,
+            draw=model.draw,
+        )  # fmt: skip
+    _update_metrics(model_dir, lambda metrics: metrics.update(figures))
+    log.info("recorded: %s", json.dumps(figures))
+    return figures
+
+
+def record_toned_figures(model_dir: Path, data: DataSplits, *, seed: int) -> dict[str, Any]:
+    """Measure what a model with tone curves draws (its samples, grid and transfer, judged as export judged the
+    decoder's) and record the figures in the manifest's metrics, which keep export's under "untoned". -> the
+    figures."""
+    model = load_model_dir(model_dir)
+    judge, _ = cached_judge(data, default_cache_dir(), seed=seed)
+    figures = judged_figures(
+        model.encoder, model.decoder, model.prior, data.val, judge, seed=seed, temperature=model.temperature,
+        train_images=data.train.images, preprocessing=model.card.preprocessing, draw=model.draw, encode=False,
+    )  # fmt: skip
+    figures.pop("judge_heldout_accuracy")  # the judge's own, unchanged
+
+    def update(metrics: dict[str, Any]) -> None:
+        metrics["untoned"] = {k: metrics[k] for k in figures if k in metrics}
+        metrics.update(figures)
+
+    _update_metrics(model_dir, update)
+    log.info("what the model draws, toned: %s", json.dumps(figures))
+    return figures
+
+
+def _update_metrics(model_dir: Path, update: Callable[[dict[str, Any]], None]) -> None:
     path = model_dir / MANIFEST_FILE
     manifest = json.loads(path.read_text())
-    manifest["metrics"].update(figures)
+    update(manifest["metrics"])
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(manifest, indent=1) + "\n")
     tmp.replace(path)
-    log.info("recorded: %s", json.dumps(figures))
-    return figures
