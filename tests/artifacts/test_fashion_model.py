@@ -47,6 +47,12 @@ def test_the_fashion_model_is_what_its_manifest_says(model: LoadedModel) -> None
     assert m["reader"]["reproduce"] == m["reproduce"]  # the one command made every part
     assert m["reader"]["trained_on"] == "59500 training images of fashion-mnist"  # the training split's, less 500:
     assert m["reader"]["calibrated_on"] == "the last 500 training images, as /encode pre-processes them"
+    # Its tone curves, fitted on the training split alone; the figures of what it draws are the toned samples', the
+    # decoder's own kept beside them.
+    assert model.tone is not None and m["tone"]["knots"] == 65 and m["reproduce"].endswith(" --tone-curves")
+    assert m["tone"]["fitted_on"].startswith("60000 training images of fashion-mnist and 300 samples of each class")
+    untoned = m["metrics"]["untoned"]
+    assert m["metrics"]["frechet_ratio_to_train"] < untoned["frechet_ratio_to_train"]
 
 
 def test_the_fashion_model_answers_alike_from_either_format(model: LoadedModel) -> None:
