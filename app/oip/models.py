@@ -9,6 +9,7 @@ import base64
 import binascii
 import math
 import secrets
+from array import array
 from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -188,25 +189,24 @@ def _generate(card: ModelCard, request: Request, given: dict[str, Tensor]) -> Pl
     h, w = card.tile_shape
 
     def finish(results: list[Drawing]) -> list[tuple[Tensor, bool]]:
-        drawn: list[tuple[bytes, list[list[float]]]] = []
+        drawn: list[tuple[bytes, bytes]] = []
         for r in results:
             assert r.tiles is not None and r.latents is not None  # asked for: raw, with_latents
             drawn.append((r.tiles, r.latents))
-        latents: list[list[float]]
         if len(drawn) == 1:  # one drawing (sampled, or latents of one label): its tiles in the request's order
             pixels, latents = drawn[0]
-        else:  # a drawing per label: each tile back where the request had it
-            size = h * w
+        else:  # a drawing per label: each tile, and its latent, back where the request had it
+            size, row = h * w, 4 * d  # a tile's bytes; a latent's (float32)
             tiles: list[bytes] = [b""] * k
-            latents = [[]] * k
-            for idx, (pixels_, rows) in zip(order, drawn, strict=True):
+            rows: list[bytes] = [b""] * k
+            for idx, (pixels_, latents_) in zip(order, drawn, strict=True):
                 for j, i in enumerate(idx):
                     tiles[i] = pixels_[j * size : (j + 1) * size]
-                    latents[i] = rows[j]
-            pixels = b"".join(tiles)
+                    rows[i] = latents_[j * row : (j + 1) * row]
+            pixels, latents = b"".join(tiles), b"".join(rows)
         made = {
             "image": Tensor("image", "UINT8", (k, h, w), pixels),
-            "latent": Tensor("latent", "FP32", (k, d), [v for row in latents for v in row]),
+            "latent": Tensor("latent", "FP32", (k, d), array("f", latents)),
         }
         return [(made[o.name], o.binary) for o in outputs]
 

@@ -269,22 +269,25 @@ def _binary(t: Tensor) -> bytes:
         return b"".join(struct.pack("<I", len(v)) + v for v in t.data)
     if isinstance(t.data, bytes | bytearray):  # UINT8 pixels as they are
         return bytes(t.data)
-    values = array(NUMERIC[t.datatype][0], t.data)
-    if sys.byteorder == "big":
+    code = NUMERIC[t.datatype][0]
+    values = t.data if isinstance(t.data, array) and t.data.typecode == code else array(code, t.data)
+    if sys.byteorder == "big":  # the protocol's binary data is little-endian; swapped in a copy
+        values = array(code, values)
         values.byteswap()
     return values.tobytes()
 
 
-# A byte's JSON text in four characters, right-aligned, and a comma: "  7," " 42," "255,". Leading spaces are JSON's
-# whitespace (RFC 8259), so a pixel array is written by three bytes.translate calls and four strided copies, all in
-# C, instead of a Python string per pixel (docs/performance.md: the writer's cost, measured).
+# A byte's JSON text in four characters, right-aligned, and a comma: "  7," " 42," "255,", written by three
+# bytes.translate calls and four strided copies, all in C, instead of a Python string per pixel; the spaces are then
+# deleted in one more pass (docs/performance.md: the writer's cost, measured).
 _HUNDREDS = bytes(ord(str(v // 100)) if v >= 100 else 32 for v in range(256))
 _TENS = bytes(ord(str(v // 10 % 10)) if v >= 10 else 32 for v in range(256))
 _UNITS = bytes(ord(str(v % 10)) for v in range(256))
 
 
 def _json_pixels(data: bytes | bytearray) -> bytes:
-    """UINT8 data as a JSON array: "[" then four bytes per element, the last one's comma replaced by "]"."""
+    """UINT8 data as a JSON array: "[" then each element's digits and a comma, the last comma replaced by "]"
+    (written four bytes an element, three digits with spaces for leading zeros, and the spaces then deleted)."""
     n = len(data)
     if not n:
         return b"[]"
@@ -295,7 +298,7 @@ def _json_pixels(data: bytes | bytearray) -> bytes:
     out[3::4] = data.translate(_UNITS)
     out[4::4] = b"," * n
     out[-1] = 0x5D  # ]
-    return bytes(out)
+    return bytes(out).translate(None, b" ")  # the leading zeros' spaces dropped: a dark image's text nearly halves
 
 
 def _json_data(t: Tensor) -> bytes:

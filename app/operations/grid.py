@@ -5,6 +5,7 @@ and, on the inference side, decoding every tile of a batch in shared passes and 
 from __future__ import annotations
 
 import base64
+from array import array
 from time import time_ns
 from typing import Any, NamedTuple
 
@@ -43,8 +44,15 @@ class Drawing(NamedTuple):
 
     png: bytes  # empty when the tiles were asked for instead
     labels: list[int] | None  # (N,)
-    latents: list[list[float]] | None  # (N, D), what the decoder drew each tile from
+    latents: bytes | None  # (N, D) float32, native byte order, row-major: what the decoder drew each tile from
     tiles: bytes | None = None  # (N, H, W) uint8, row-major: the pixels the PNG lays out, when asked for instead
+
+
+def latent_rows(latents: bytes, n: int) -> list[list[float]]:
+    """A drawing's latents as n rows of floats (each the float32's exact value)."""
+    values = array("f", latents).tolist()
+    d = len(values) // n if n else 0
+    return [values[i * d : (i + 1) * d] for i in range(n)]
 
 
 def layout(card: ModelCard, *, tiles: int, columns: int | None, default_columns: int, padding: int, scale: int) -> Grid:
@@ -101,7 +109,7 @@ def answer(
         "columns": grid.columns,
         "digits": rows,  # the name the answer had when classes were digits: answers stay as they were
         "labels": drawing.labels,
-        "latents": drawing.latents,
+        "latents": latent_rows(drawing.latents, len(drawing.labels)),
         "png_base64": base64.b64encode(drawing.png).decode("ascii"),
     }
     return Answer(body, JSON, headers)
@@ -133,7 +141,9 @@ def draw(
     drawings = []
     raw = raw or [False] * len(jobs)
     for i, (g, t, (z, labels), latents, as_tiles) in enumerate(zip(grids, tiles, jobs, with_latents, raw, strict=True)):
-        labels_, latents_ = (labels.tolist(), z.tolist()) if latents else (None, None)
+        # Latents travel as float32 bytes: a Python float per element cost both processes more than the rest of
+        # the answer (docs/performance.md).
+        labels_, latents_ = (labels.tolist(), z.float().contiguous().numpy().tobytes()) if latents else (None, None)
         if as_tiles:
             drawings.append(Drawing(b"", labels_, latents_, t.contiguous().numpy().tobytes()))
             continue
