@@ -154,7 +154,7 @@ def load_model_dir(
         path=model_dir,
         reader=reader,
         format=loaded_format,
-        tone=None if tone is None else ToneCurves(tone.drawn.to(device), tone.real.to(device)),
+        tone=None if tone is None else tone.to(device),
     )
 
 
@@ -192,12 +192,9 @@ def _load_reader(
     device: str | torch.device,
     load: Callable[[Path, str, str | torch.device], Network],
 ) -> Network | None:
-    spec = manifest.get("reader")
-    if spec is None:
+    name = _optional_file(model_dir, manifest, "reader", READER_FILE)
+    if name is None:
         return None
-    name = spec.get("file") if isinstance(spec, dict) else None
-    if name != READER_FILE or name not in manifest["artifacts"]:
-        raise ModelDirError(f"{model_dir / MANIFEST_FILE}: 'reader' must name {READER_FILE!r}, listed in 'artifacts'")
     try:
         reader = load(model_dir, name, device)
         weight = float(reader.generative_weight)
@@ -210,13 +207,22 @@ def _load_reader(
     return reader
 
 
-def _load_tone(model_dir: Path, manifest: dict[str, Any]) -> ToneCurves | None:
-    spec = manifest.get("tone")
+def _optional_file(model_dir: Path, manifest: dict[str, Any], key: str, file: str) -> str | None:
+    """The file of an optional part of the model (the manifest's `key`, naming `file`): None when the manifest has no
+    such part; refused unless it names `file` and lists it among the checksummed artifacts."""
+    spec = manifest.get(key)
     if spec is None:
         return None
     name = spec.get("file") if isinstance(spec, dict) else None
-    if name != TONE_FILE or name not in manifest["artifacts"]:
-        raise ModelDirError(f"{model_dir / MANIFEST_FILE}: 'tone' must name {TONE_FILE!r}, listed in 'artifacts'")
+    if name != file or name not in manifest["artifacts"]:
+        raise ModelDirError(f"{model_dir / MANIFEST_FILE}: {key!r} must name {file!r}, listed in 'artifacts'")
+    return name
+
+
+def _load_tone(model_dir: Path, manifest: dict[str, Any]) -> ToneCurves | None:
+    name = _optional_file(model_dir, manifest, "tone", TONE_FILE)
+    if name is None:
+        return None
     try:
         return ToneCurves.load(model_dir / name, len(manifest["labels"]))
     except ToneError as e:

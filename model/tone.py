@@ -62,6 +62,9 @@ class ToneCurves:
         w = ((flat - x0) / (x1 - x0).clamp_min(1e-6)).clamp_(0.0, 1.0)
         return (y0 + w * (y1 - y0)).reshape(images.shape)
 
+    def to(self, device: str | torch.device) -> ToneCurves:
+        return ToneCurves(self.drawn.to(device), self.real.to(device))
+
     def state(self) -> dict[str, Tensor]:
         return {"drawn": self.drawn, "real": self.real}
 
