@@ -171,7 +171,8 @@ const kinds = () => (model.digits ? "digits" : "classes");
 const DIGIT_WORDS = {
   title: document.title,
   texts: Object.fromEntries(
-    ["intro", "classes-legend", "n-label", "draw-title", "upload-label", "style-title"].map((id) => [id, $(id).textContent]),
+    ["intro", "classes-legend", "n-label", "draw-title", "upload-label", "style-title", "temperature-help", "pad-help",
+     "walk-help"].map((id) => [id, $(id).textContent]),
   ),
   gridAlt: $("grid").alt,
   probabilities: $("probabilities").getAttribute("aria-label"),
@@ -186,6 +187,7 @@ function showClasses() {
     return label;
   });
   $("digits").replaceChildren(...boxes);
+  $("probabilities").classList.toggle("named", !model.digits);
   if (model.digits) {
     document.title = DIGIT_WORDS.title;
     for (const [id, text] of Object.entries(DIGIT_WORDS.texts)) $(id).textContent = text;
@@ -204,6 +206,9 @@ function showClasses() {
   $("grid").alt = "Generated images: one row per class";
   $("probabilities").setAttribute("aria-label", "Probability of each class");
   $("style-title").textContent = "Style";
+  $("temperature-help").textContent = "Lower is tidier and less varied; 0 draws each class's mean style.";
+  $("pad-help").textContent = DIGIT_WORDS.texts["pad-help"].replace("Draw one digit", "Draw one item");
+  $("walk-help").textContent = DIGIT_WORDS.texts["walk-help"].replace("as the digit", "as the class");
 }
 
 function setUpGenerate() {

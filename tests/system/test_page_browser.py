@@ -326,6 +326,8 @@ def test_the_page_takes_its_title_controls_and_rows_from_a_model_whose_classes_a
     boxes = [e.text.strip() for e in browser.find_elements(By.CSS_SELECTOR, "#digits label")]
     assert boxes == FASHION
     assert by_id(browser, "classes-legend").text == "Classes (one row each)"
+    for help_text in ("temperature-help", "pad-help", "walk-help"):
+        assert "digit" not in by_id(browser, help_text).text, help_text
     width, height = browser.execute_script(
         "const g = document.querySelector('[data-testid=grid]'); return [g.naturalWidth, g.naturalHeight]"
     )
@@ -382,6 +384,7 @@ def test_with_several_models_the_page_offers_them_and_speaks_to_the_one_chosen(b
          "the digits model's grid did not load again")  # fmt: skip
     assert browser.title == "cvae-digits: try the model"
     assert by_id(browser, "classes-legend").text == "Digits (one row each)"
+    assert by_id(browser, "pad-help").text.startswith("Draw one digit")  # the digits' words, back
     assert not by_id(browser, "inferred").text  # the fashion model's reading is gone with it
     assert console_errors(browser) == []
 
